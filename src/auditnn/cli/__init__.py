@@ -1,0 +1,64 @@
+"""The command line: parse, call one library function, render. The only place that imports typer or rich."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from ..errors import AuditError
+from . import data as data_cmd
+from . import shortcut as shortcut_cmd
+from . import train as train_cmd
+
+app = typer.Typer(
+    name="auditnn",
+    help="Audit PyTorch image classifiers for shortcut learning and adversarial fragility.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("shortcut")(shortcut_cmd.shortcut)
+app.command("train")(train_cmd.train)
+app.add_typer(data_cmd.app, name="data")
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _error(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"auditnn: error: {first}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: 0 pass, 1 a gate check failed, 2 usage/config/input error (one line,
+    no traceback), 3 internal error, 130 interrupted (nothing half-written: every file is written atomically)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="auditnn", standalone_mode=False)
+    except typer.Exit as exc:
+        result = exc.exit_code
+    except typer.Abort:
+        result = EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # typer's usage errors: unknown option, bad type, missing value
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: show its help
+            print(exc.format_message())
+            return EXIT_OK
+        _error(exc.format_message())
+        return EXIT_USAGE
+    except AuditError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        result = EXIT_INTERRUPTED
+    except Exception as exc:  # the contract: an internal error exits 3 with one line (traceback on request)
+        if os.environ.get("AUDITNN_DEBUG"):
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {exc} (set AUDITNN_DEBUG=1 for the traceback)")
+        return EXIT_INTERNAL
+    if result == EXIT_INTERRUPTED:
+        _error("interrupted; no partial report was written")
+    return result if isinstance(result, int) else EXIT_OK

@@ -1,0 +1,50 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..data.controlled import BuildConfig, ShortcutConfig
+from ..train import TrainConfig
+
+Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
+Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
+Size = Annotated[Optional[int], typer.Option(help="Stamp/pictogram side in pixels (watermark 7, boat 10).")]
+Opacity = Annotated[Optional[float], typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
+Position = Annotated[Optional[str], typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
+TargetClass = Annotated[Optional[int], typer.Option(help="Single-class variant: only this class carries the tag.")]
+Seed = Annotated[int, typer.Option(help="Seed for data, splits, initialisation and batches.")]
+TestPerClass = Annotated[int, typer.Option(help="Base test images per class (each gets every shortcut variant).")]
+DataRoot = Annotated[Optional[Path], typer.Option(help="Folder of a torchvision dataset's files.")]
+Download = Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root first.")]
+Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: reports/<run-id>/).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+Width = Annotated[Optional[int], typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes; tables only.")]
+
+
+def build_config(
+    *, base: str, tag: str, rho: float, size: int | None, opacity: float | None, position: str | None,
+    target_class: int | None, seed: int, test_per_class: int, data_root: Path | None, download: bool,
+) -> BuildConfig:
+    return BuildConfig(
+        base=base,
+        shortcut=ShortcutConfig(tag=tag, size=size, opacity=opacity, position=position, target_class=target_class),
+        rho=rho,
+        seed=seed,
+        test_per_class=test_per_class,
+        data_root=None if data_root is None else str(data_root),
+        download=download,
+    )
+
+
+def train_config(*, epochs: int, batch_size: int, lr: float, seed: int) -> TrainConfig:
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config.validate()
+    return config

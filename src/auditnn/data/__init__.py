@@ -1,0 +1,1 @@
+"""Data: base image sources, planted shortcuts and the controlled dataset builder."""

@@ -1,0 +1,249 @@
+"""The controlled dataset: a base source with a shortcut planted at correlation rho; train/val/test splits with
+group labels, a group-balanced test split, and the same test images without any shortcut. Saved safely."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import AuditError
+from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, safe_torch_load, sha256_file
+from .shortcuts import Shortcut, make_shortcut
+from .sources import BaseData, ImageSet, load_source, validate_images
+
+SPLITS = ("train", "val", "test", "test_clean")
+
+
+@dataclass
+class ShortcutConfig:
+    """What to plant and how salient it is. None keeps the tag's default (see shortcuts.py)."""
+
+    tag: str = "watermark"
+    size: int | None = None
+    opacity: float | None = None
+    position: str | None = None
+    target_class: int | None = None  # only this class carries the tag (the horse-watermark variant)
+
+    def build(self, num_classes: int) -> Shortcut:
+        if self.target_class is not None and not 0 <= self.target_class < num_classes:
+            raise AuditError(f"target class {self.target_class} is out of range; allowed: 0 .. {num_classes - 1}")
+        return make_shortcut(self.tag, num_classes, size=self.size, opacity=self.opacity, position=self.position)
+
+
+@dataclass
+class BuildConfig:
+    base: str = "digits"
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    rho: float = 0.95  # P(a training image's shortcut agrees with its label)
+    seed: int = 0
+    test_per_class: int = 30  # base test images per class; the balanced test split plants every id on each
+    val_fraction: float = 0.1
+    max_train: int | None = None  # cap on training images for large sources
+    size: int | None = None  # number of images for generated sources (shapes)
+    data_root: str | None = None
+    download: bool = False
+
+    def validate(self) -> None:
+        if not 0.0 <= self.rho <= 1.0:
+            raise AuditError(f"rho {self.rho} is outside [0, 1]; allowed: 0 <= rho <= 1")
+        if self.test_per_class < 1:
+            raise AuditError(f"test_per_class {self.test_per_class}; allowed: at least 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise AuditError(f"val_fraction {self.val_fraction} is outside (0, 1)")
+
+
+@dataclass
+class Split:
+    """One split. images (N, C, H, W) float32 in [0, 1]; labels (N,) int64; shortcut_ids (N,) int64 with -1 for none;
+    masks (N, 1, H, W) bool, the pixels the shortcut touched; source_index (N,) int64, the base image each came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    shortcut_ids: torch.Tensor
+    masks: torch.Tensor
+    source_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in ("images", "labels", "shortcut_ids", "masks", "source_index")}
+
+
+@dataclass
+class ControlledDataset:
+    train: Split
+    val: Split
+    test: Split  # every base test image once with each shortcut id (balanced over label x id)
+    test_clean: Split  # the same base test images with no shortcut
+    classes: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def target_class(self) -> int | None:
+        return self.manifest["shortcut"]["target_class"]
+
+    @property
+    def tag(self) -> str:
+        return self.manifest["shortcut"]["tag"]
+
+
+def assign_shortcut_ids(labels: torch.Tensor, num_classes: int, rho: float, generator: torch.Generator) -> torch.Tensor:
+    """Shortcut id = label with probability rho, otherwise another class chosen uniformly. rho = 1/K is independence."""
+    agree = torch.rand(labels.shape, generator=generator) < rho
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator)  # 1..K-1: never the label itself
+    return torch.where(agree, labels, (labels + offset) % num_classes)
+
+
+def _stratified_take(labels: torch.Tensor, per_class: int, num_classes: int, generator: torch.Generator):
+    """Pick `per_class` indices of every class (random, seeded); returns (taken, rest)."""
+    order = torch.randperm(len(labels), generator=generator)
+    taken = []
+    for k in range(num_classes):
+        members = order[labels[order] == k]
+        if len(members) < per_class:
+            raise AuditError(
+                f"class {k} has {len(members)} image(s) for the test split; allowed: at least test_per_class = {per_class}"
+            )
+        taken.append(members[:per_class])
+    chosen = torch.cat(taken)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[chosen] = False
+    return chosen.sort().values, order[keep[order]]
+
+
+def _plant_split(
+    shortcut: Shortcut, images: ImageSet, ids: torch.Tensor, target_class: int | None, generator: torch.Generator,
+    source_index: torch.Tensor,
+) -> Split:
+    visible = ids if target_class is None else torch.where(ids == target_class, ids, torch.full_like(ids, -1))
+    planted, masks = shortcut.plant(images.images, visible, foreground=images.foreground, generator=generator)
+    return Split(planted.contiguous(), images.labels.clone(), visible.clone(), masks, source_index)
+
+
+def build_controlled(config: BuildConfig, base: BaseData | None = None) -> ControlledDataset:
+    """Build the controlled dataset for one rho. Same config (and seed), same tensors."""
+    config.validate()
+    base = base or load_source(
+        config.base, data_root=config.data_root, download=config.download, seed=config.seed, size=config.size
+    )
+    pool = base.train
+    num_classes = pool.num_classes
+    validate_images(pool.images, pool.labels, num_classes, f"data source '{config.base}'")
+    shortcut = config.shortcut.build(num_classes)
+    target = config.shortcut.target_class
+    gen = torch.Generator().manual_seed(config.seed)
+
+    if base.test is not None:
+        test_idx, _ = _stratified_take(base.test.labels, config.test_per_class, num_classes, gen)
+        test_base = base.test.subset(test_idx)
+        rest = torch.randperm(len(pool), generator=gen)
+    else:
+        test_idx, rest = _stratified_take(pool.labels, config.test_per_class, num_classes, gen)
+        test_base = pool.subset(test_idx)
+    if config.max_train is not None:
+        rest = rest[: int(config.max_train / (1 - config.val_fraction))]
+    n_val = max(1, int(round(len(rest) * config.val_fraction)))
+    val_idx, train_idx = rest[:n_val].sort().values, rest[n_val:].sort().values
+    if len(train_idx) < num_classes:
+        raise AuditError(f"data source '{config.base}' leaves {len(train_idx)} training images; allowed: at least K = {num_classes}")
+
+    splits: dict[str, Split] = {}
+    for name, index in (("train", train_idx), ("val", val_idx)):
+        part = pool.subset(index)
+        ids = assign_shortcut_ids(part.labels, num_classes, config.rho, gen)
+        splits[name] = _plant_split(shortcut, part, ids, target, gen, index)
+
+    # Balanced test: each base test image once per shortcut variant (every class id, or tagged/untagged).
+    variants = list(range(num_classes)) if target is None else [-1, target]
+    n_test = len(test_base)
+    repeated = ImageSet(
+        test_base.images.repeat(len(variants), 1, 1, 1),
+        test_base.labels.repeat(len(variants)),
+        test_base.classes,
+        None if test_base.foreground is None else test_base.foreground.repeat(len(variants), 1, 1, 1),
+    )
+    test_ids = torch.tensor(variants).repeat_interleave(n_test)
+    test_source = test_idx.repeat(len(variants))
+    splits["test"] = _plant_split(shortcut, repeated, test_ids, target, gen, test_source)
+    splits["test_clean"] = _plant_split(shortcut, test_base, torch.full((n_test,), -1), target, gen, test_idx)
+
+    manifest = {
+        "format": "auditnn.controlled",
+        "format_version": 1,
+        "auditnn": __version__,
+        "base": config.base,
+        "classes": pool.classes,
+        "num_classes": num_classes,
+        "image_shape": list(splits["train"].images.shape[1:]),
+        "shortcut": {"tag": config.shortcut.tag, **_salience(shortcut), "target_class": target},
+        "rho": config.rho,
+        "seed": config.seed,
+        "test_per_class": config.test_per_class,
+        "val_fraction": config.val_fraction,
+        "max_train": config.max_train,
+        "sizes": {name: len(split) for name, split in splits.items()},
+    }
+    return ControlledDataset(**splits, classes=pool.classes, manifest=manifest)
+
+
+def _salience(shortcut: Shortcut) -> dict[str, Any]:
+    return {knob: getattr(shortcut, knob) for knob in shortcut.knobs}
+
+
+def save_controlled(dataset: ControlledDataset, out_dir: str | Path) -> Path:
+    """Write one tensor file per split (torch.load(weights_only=True) reads them) and manifest.json with checksums.
+
+    Each file is written atomically and the manifest last, so a folder without a manifest was never completed."""
+    out = prepare_output_dir(out_dir, "dataset folder")
+    (out / "manifest.json").unlink(missing_ok=True)
+    checksums = {}
+    for name in SPLITS:
+        path = atomic_torch_save(out / f"{name}.pt", getattr(dataset, name).to_dict())
+        checksums[path.name] = sha256_file(path)
+    dataset.manifest["checksums"] = checksums
+    atomic_write_text(out / "manifest.json", json.dumps(dataset.manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """A short identity of a dataset: the hash of its manifest (which holds every file's checksum)."""
+    from ..io import sha256_bytes
+
+    return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())[:16]
+
+
+def load_controlled(directory: str | Path) -> ControlledDataset:
+    """Read a folder written by save_controlled, verifying every checksum."""
+    root = Path(directory)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise AuditError(f"dataset folder '{root}' has no manifest.json; give a folder written by 'auditnn data build'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"dataset manifest '{manifest_path}' is not valid JSON ({exc})") from None
+    if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
+        raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
+    splits = {}
+    for name in SPLITS:
+        path = root / f"{name}.pt"
+        expected = manifest.get("checksums", {}).get(path.name)
+        if not path.is_file() or sha256_file(path) != expected:
+            raise AuditError(f"dataset file '{path}' is missing or does not match its checksum; rebuild the dataset")
+        data = safe_torch_load(path, "dataset file")
+        splits[name] = Split(**{k: data[k] for k in ("images", "labels", "shortcut_ids", "masks", "source_index")})
+    return ControlledDataset(**splits, classes=list(manifest["classes"]), manifest=manifest)
+
+
+def build_config_dict(config: BuildConfig) -> dict[str, Any]:
+    return asdict(config)

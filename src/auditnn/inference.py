@@ -1,0 +1,73 @@
+"""Batched inference helpers that leave the model's mode as they found it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .errors import AuditError
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode (BatchNorm and Dropout frozen) and restore every submodule's mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn parameter gradients off (input gradients only: the backward skips weight gradients) and restore them."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_logits(logits: torch.Tensor, n: int, where: str = "the model") -> None:
+    """The model contract: (N, K) finite logits with K >= 2."""
+    if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] < 2:
+        raise AuditError(f"{where} returned shape {tuple(logits.shape)}; allowed: logits of shape ({n}, K) with K >= 2")
+    if not torch.isfinite(logits).all():
+        raise AuditError(f"{where} returned NaN or infinite logits; allowed: finite logits")
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device | None = None, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits (N, K) on CPU for images (N, C, H, W) in [0, 1], in eval mode, batch by batch."""
+    device = device or model_device(model)
+    outputs = []
+    with eval_mode(model):
+        for begin in range(0, len(images), batch_size):
+            batch = images[begin : begin + batch_size].to(device, non_blocking=True)
+            logits = model(batch).float()
+            check_logits(logits, len(batch))
+            outputs.append(logits.cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def predict(model: nn.Module, images: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    """Predicted classes (N,) int64 on the images' device."""
+    return predict_logits(model, images, **kwargs).argmax(1).to(images.device)  # type: ignore[arg-type]

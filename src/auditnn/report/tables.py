@@ -1,0 +1,60 @@
+"""Tables derived from a Report: what the terminal and the Markdown summary show. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .schema import Report
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+SHORTCUT_ROWS = (  # (metric key, label shown)
+    ("clean_accuracy", "accuracy, no shortcut"),
+    ("aligned_accuracy", "accuracy, aligned"),
+    ("conflicting_accuracy", "accuracy, conflicting"),
+    ("gap", "gap (aligned - conflicting)"),
+    ("worst_group_accuracy", "worst-group accuracy"),
+    ("reliance", "reliance"),
+    ("follow_rate_normalized", "follows shortcut (vs chance)"),
+    ("swap_flip_rate", "flips when shortcut swapped"),
+    ("remove_flip_rate", "flips when shortcut removed"),
+    ("attribution_mass", "attribution inside shortcut"),
+    ("mask_share", "shortcut's share of pixels"),
+)
+
+
+def shortcut_tables(section: dict[str, Any]) -> list[Table]:
+    """One column per rho, one row per metric: narrow enough for a terminal whatever the sweep."""
+    runs = section["rows"]
+    columns = ["metric"] + [("rho " + fmt(r["rho"], 2)) if r["rho"] is not None else "given model" for r in runs]
+    rows = [[label] + [fmt(r["metrics"][key]) for r in runs] for key, label in SHORTCUT_ROWS]
+    rows.insert(5, ["worst group (label x shortcut)"] + [r["metrics"]["worst_group"] for r in runs])
+    first = runs[0]["dataset"]
+    title = f"Shortcut reliance: {first['shortcut']['tag']} on {first['base']}"
+    return [Table(title, columns, rows)]
+
+
+SECTION_TABLES: dict[str, Callable[[dict[str, Any]], list[Table]]] = {"shortcut": shortcut_tables}
+
+
+def report_tables(report: Report) -> list[Table]:
+    tables: list[Table] = []
+    for name, section in report.results.items():
+        if name in SECTION_TABLES:
+            tables.extend(SECTION_TABLES[name](section))
+    return tables

@@ -1,0 +1,190 @@
+"""The shortcut audit: build the controlled dataset for each rho, train (or take) a model, measure reliance."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled, manifest_digest
+from ..data.sources import load_source
+from ..errors import AuditError
+from ..models import PixelModel, build_model, load_model_dir, save_model_dir
+from ..models.load import channel_stats
+from ..report.schema import Report, metric_row
+from ..runtime import resolve_device, seed_everything
+from ..train import ProgressFn, TrainConfig, TrainResult, fit
+from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance
+
+
+@dataclass
+class ShortcutAuditConfig:
+    build: BuildConfig = field(default_factory=BuildConfig)
+    rhos: list[float] = field(default_factory=lambda: [0.95])
+    model: str = "cnn"  # an architecture to train (mlp, cnn, resnet18) or a trained model folder (auditnn:DIR)
+    width: int | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    data_dir: str | None = None  # a dataset written by 'auditnn data build' instead of building one
+    attribution: str = "gradxinput"
+    save_models_to: str | None = None  # folder for each trained model (model.pt + model.json), one per rho
+
+    def validate(self) -> None:
+        if not self.rhos:
+            raise AuditError("rho list is empty; allowed: one or more values in [0, 1]")
+        for rho in self.rhos:
+            replace(self.build, rho=rho).validate()
+        if self.attribution not in ATTRIBUTIONS:
+            raise AuditError(f"attribution '{self.attribution}' is unknown; allowed: {', '.join(ATTRIBUTIONS)}")
+        if self.data_dir is not None and len(self.rhos) > 1:
+            raise AuditError("a rho sweep builds its own datasets; drop --data or give a single --rho")
+        if is_trained_model_spec(self.model) and len(self.rhos) > 1:
+            raise AuditError("a rho sweep trains one model per rho; drop --model or give a single --rho")
+
+
+@dataclass
+class RhoResult:
+    rho: float | None
+    metrics: ShortcutMetrics
+    dataset: dict[str, Any]
+    training: dict[str, Any] | None
+    model_dir: str | None
+    seconds: float
+
+
+@dataclass
+class ShortcutAuditResult:
+    rows: list[RhoResult]
+    device: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "seconds": self.seconds, "rows": [asdict(r) for r in self.rows]}
+
+
+def is_trained_model_spec(spec: str) -> bool:
+    return spec.startswith("auditnn:")
+
+
+def train_model(
+    dataset: ControlledDataset,
+    arch: str,
+    train: TrainConfig,
+    device: torch.device,
+    *,
+    width: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
+    """Train `arch` on the dataset's train split; returns the model, the fit record and its model card."""
+    _, channels, height, _ = dataset.train.images.shape
+    seed_everything(train.seed)  # the weight initialisation draws from the global generator
+    net = build_model(arch, channels, height, dataset.num_classes, width)
+    mean, std = channel_stats(dataset.train.images)
+    model = PixelModel(net, mean, std)
+    result = fit(
+        model, dataset.train.images, dataset.train.labels, train, device=device,
+        val=(dataset.val.images, dataset.val.labels), progress=progress,
+    )
+    card = {
+        "format": "auditnn.model",
+        "format_version": 1,
+        "architecture": {"name": arch, "width": width},
+        "classes": dataset.classes,
+        "input_shape": [channels, height, dataset.train.images.shape[3]],
+        "normalization": {"mean": mean, "std": std},
+        "dataset": {"manifest_hash": manifest_digest(dataset.manifest), "base": dataset.manifest["base"],
+                    "shortcut": dataset.manifest["shortcut"], "rho": dataset.manifest["rho"]},
+        "training": {**asdict(train), "seconds": result.seconds, "images_per_second": result.images_per_second},
+        "metrics": result.history[-1],
+    }
+    return model, result, card
+
+
+def check_model_fits(card: dict[str, Any], dataset: ControlledDataset, where: str) -> None:
+    shape = list(dataset.test.images.shape[1:])
+    if list(card["input_shape"]) != shape:
+        raise AuditError(f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data")
+    if len(card["classes"]) != dataset.num_classes:
+        raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {dataset.num_classes}")
+
+
+def run_shortcut_audit(
+    config: ShortcutAuditConfig,
+    *,
+    progress: Callable[[float, int, int, dict[str, float]], None] | None = None,
+) -> ShortcutAuditResult:
+    """One row per rho: build (or load) the controlled dataset, train (or load) the model, measure reliance.
+    `progress(rho, epoch, epochs, row)` is called after every training epoch."""
+    config.validate()
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    given_model = None
+    if is_trained_model_spec(config.model):
+        given_model, given_card = load_model_dir(config.model.removeprefix("auditnn:"))
+        given_model.to(device)
+    base = None
+    if config.data_dir is None:
+        b = config.build
+        base = load_source(b.base, data_root=b.data_root, download=b.download, seed=b.seed, size=b.size)
+    rows = []
+    for rho in config.rhos:
+        row_start = time.perf_counter()
+        if config.data_dir is not None:
+            dataset = load_controlled(config.data_dir)
+        else:
+            dataset = build_controlled(replace(config.build, rho=rho), base)
+        training = model_dir = None
+        if given_model is not None:
+            check_model_fits(given_card, dataset, f"'{config.model}'")
+            model = given_model
+        else:
+            report = None if progress is None else (lambda e, n, r, rho=rho: progress(rho, e, n, r))
+            model, fit_result, card = train_model(
+                dataset, config.model, config.train, device, width=config.width, progress=report
+            )
+            training = asdict(fit_result)
+            if config.save_models_to is not None:
+                model_dir = str(save_model_dir(model, card, Path(config.save_models_to) / f"rho-{dataset.manifest['rho']:g}"))
+        metrics = measure_reliance(model, dataset, attribution=config.attribution)
+        rows.append(
+            RhoResult(
+                rho=None if given_model is not None and config.data_dir is None else dataset.manifest["rho"],
+                metrics=metrics,
+                dataset={k: dataset.manifest[k] for k in ("base", "shortcut", "rho", "seed", "sizes")},
+                training=training,
+                model_dir=model_dir,
+                seconds=time.perf_counter() - row_start,
+            )
+        )
+    return ShortcutAuditResult(rows, str(device), time.perf_counter() - start)
+
+
+def shortcut_report(
+    result: ShortcutAuditResult, config: ShortcutAuditConfig, *, run_id: str, environment: dict[str, Any]
+) -> Report:
+    """The audit's Report: every metric as a tidy row (per rho, per group), the full configuration, timings."""
+    rows = []
+    scalar = (
+        "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
+        "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share",
+    )
+    for r in result.rows:
+        for name in scalar:
+            rows.append(metric_row("shortcut", name, getattr(r.metrics, name), rho=r.rho))
+        for g in r.metrics.groups:
+            rows.append(metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], rho=r.rho))
+    timings = {"total": result.seconds}
+    timings.update({f"rho={r.rho:g}" if r.rho is not None else "evaluation": r.seconds for r in result.rows})
+    return Report(
+        command="shortcut",
+        run_id=run_id,
+        config=asdict(config),
+        environment=environment,
+        seed=config.build.seed,
+        results={"shortcut": result.to_dict()},
+        metrics=rows,
+        timings=timings,
+    )

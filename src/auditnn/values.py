@@ -1,0 +1,25 @@
+"""Parsing of user-supplied values shared by the CLI and the audit file: number lists with fractions."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from .errors import AuditError
+
+
+def parse_number(text: str, name: str) -> float:
+    """'0.5', '8/255' or '1e-3' -> float; anything else names the option and the bad value."""
+    text = text.strip()
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise AuditError(f"{name} value '{text}' is not a number; allowed: decimals or fractions such as 8/255") from None
+
+
+def parse_number_list(text: str, name: str) -> list[float]:
+    """'0.5,0.9,0.99' -> [0.5, 0.9, 0.99]; duplicates are dropped, order kept."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise AuditError(f"{name} '{text}' is empty; allowed: one or more comma-separated numbers")
+    values = [parse_number(p, name) for p in parts]
+    return list(dict.fromkeys(values))
