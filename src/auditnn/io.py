@@ -6,8 +6,9 @@ import hashlib
 import io
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -87,3 +88,20 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
             f"{what} '{path}' cannot be written ({exc.strerror or exc}); give a folder you can write to"
         ) from None
     return path
+
+
+@contextmanager
+def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
+    """prepare_output_dir, and if the work inside fails before writing anything, remove the folders it created."""
+    path = Path(path)
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    prepare_output_dir(path, what)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first; stops at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

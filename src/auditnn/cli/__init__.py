@@ -33,6 +33,17 @@ def _error(message: str) -> None:
     print(f"auditnn: error: {first}", file=sys.stderr)
 
 
+def _with_bad_value(message: str, param: object, args: list[str]) -> str:
+    """Typer's type errors name the option but not what was typed: add the value from the command line."""
+    for opt in getattr(param, "opts", None) or []:
+        for i, token in reversed(list(enumerate(args))):  # the last occurrence is the one that counts
+            if token == opt and i + 1 < len(args):
+                return f"{message} (got '{args[i + 1]}')"
+            if token.startswith(opt + "="):
+                return f"{message} (got '{token.split('=', 1)[1]}')"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 pass, 1 a gate check failed, 2 usage/config/input error (one line,
     no traceback), 3 internal error, 130 interrupted (nothing half-written: every file is written atomically)."""
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: show its help
             print(exc.format_message())
             return EXIT_OK
-        _error(exc.format_message())
+        _error(_with_bad_value(exc.format_message(), getattr(exc, "param", None), args))
         return EXIT_USAGE
     except AuditError as exc:
         _error(str(exc))

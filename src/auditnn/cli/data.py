@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.controlled import build_controlled, save_controlled
-from ..io import prepare_output_dir
+from ..io import output_folder
 from ..values import parse_number
 from . import options as o
 from .common import Consoles
@@ -39,8 +39,8 @@ def build(
         target_class=target_class, seed=seed, test_per_class=test_per_class, data_root=data_root, download=download,
     )
     config.validate()
-    prepare_output_dir(out, "dataset folder")
-    dataset = build_controlled(config)
-    save_controlled(dataset, out)
+    with output_folder(out, "dataset folder"):
+        dataset = build_controlled(config)
+        save_controlled(dataset, out)
     sizes = ", ".join(f"{k} {v}" for k, v in dataset.manifest["sizes"].items())
     consoles.out.print(f"dataset written to {out}/: {sizes}; image shape {dataset.manifest['image_shape']}", markup=False)

@@ -10,7 +10,7 @@ from ..report.tables import report_tables
 from ..report.writers import write_report
 from ..runtime import environment, resolve_device
 from ..shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
-from ..io import prepare_output_dir
+from ..io import output_folder
 from ..values import parse_number_list
 from . import options as o
 from .common import Consoles, epoch_progress, output_dir, render_table, run_id
@@ -60,14 +60,13 @@ def shortcut(
     config.validate()
     resolved = resolve_device(device)
     rid = run_id("shortcut", tag)
-    out_dir = prepare_output_dir(output_dir(out, rid))
-    if save_models and not model.startswith("auditnn:"):
-        config.save_models_to = str(out_dir / "models")
-    consoles.note(f"auditnn shortcut: tag {tag}, base {base}, rho {', '.join(f'{r:g}' for r in rhos)}, model {model}, device {resolved}")
-    with epoch_progress(consoles, "training") as update:
-        result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
-    report = shortcut_report(result, config, run_id=rid, environment=environment(resolved))
+    with output_folder(output_dir(out, rid)) as out_dir:
+        if save_models and not model.startswith("auditnn:"):
+            config.save_models_to = str(out_dir / "models")
+        with epoch_progress(consoles, f"training {model} ({tag}, {resolved})") as update:
+            result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
+        report = shortcut_report(result, config, run_id=rid, environment=environment(resolved))
+        write_report(report, out_dir)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
-    write_report(report, out_dir)
     consoles.note(f"report written to {out_dir}/ (report.json, metrics.csv, summary.md) in {result.seconds:.1f} s")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.controlled import load_controlled
-from ..io import prepare_output_dir
+from ..io import output_folder
 from ..models import save_model_dir
 from ..runtime import resolve_device
 from ..shortcut.audit import train_model
@@ -33,12 +33,11 @@ def train(
     config = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     resolved = resolve_device(device)
     dataset = load_controlled(data)
-    prepare_output_dir(out, "model folder")
-    with epoch_progress(consoles, "training") as update:
+    with output_folder(out, "model folder"), epoch_progress(consoles, "training") as update:
         net, result, card = train_model(
             dataset, model, config, resolved, width=width, progress=lambda e, n, row: update(model, e, n, row)
         )
-    save_model_dir(net, card, out)
+        save_model_dir(net, card, out)
     last = result.history[-1]
     consoles.out.print(
         f"model written to {out}/: train acc {last['train_accuracy']:.3f}, val acc {last.get('val_accuracy', float('nan')):.3f}, "

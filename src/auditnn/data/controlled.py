@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import AuditError
 from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, safe_torch_load, sha256_file
 from .shortcuts import Shortcut, make_shortcut
-from .sources import BaseData, ImageSet, load_source, validate_images
+from .sources import BaseData, ImageSet, check_source_spec, load_source, validate_images
 
 SPLITS = ("train", "val", "test", "test_clean")
 
@@ -28,6 +28,12 @@ class ShortcutConfig:
     opacity: float | None = None
     position: str | None = None
     target_class: int | None = None  # only this class carries the tag (the horse-watermark variant)
+
+    def validate(self) -> None:
+        """Everything that can be checked before the data is loaded (the class count comes later)."""
+        make_shortcut(self.tag, 2, size=self.size, opacity=self.opacity, position=self.position)
+        if self.target_class is not None and self.target_class < 0:
+            raise AuditError(f"target class {self.target_class} is negative; allowed: a class index 0 .. K-1")
 
     def build(self, num_classes: int) -> Shortcut:
         if self.target_class is not None and not 0 <= self.target_class < num_classes:
@@ -49,6 +55,8 @@ class BuildConfig:
     download: bool = False
 
     def validate(self) -> None:
+        check_source_spec(self.base)
+        self.shortcut.validate()
         if not 0.0 <= self.rho <= 1.0:
             raise AuditError(f"rho {self.rho} is outside [0, 1]; allowed: 0 <= rho <= 1")
         if self.test_per_class < 1:

@@ -80,6 +80,19 @@ def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int
         raise AuditError(f"labels from {where} fall outside [0, {num_classes}); allowed: 0 .. K-1")
 
 
+def check_source_spec(spec: str) -> tuple[str, str]:
+    """Split a source spec into (kind, argument), or say which forms exist. Loading is separate (it is slow)."""
+    kind, _, arg = spec.partition(":")
+    kind, arg = kind.strip().lower(), arg.strip()
+    if (kind in ("digits", "shapes") and not arg) or (kind in ("torchvision", "imagefolder") and arg):
+        if kind == "torchvision" and arg.lower() not in TORCHVISION_SOURCES:
+            raise AuditError(
+                f"data source '{spec}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}"
+            )
+        return kind, arg
+    raise AuditError(f"data source '{spec}' is unknown; allowed: {allowed(SOURCE_FORMS)}")
+
+
 def load_source(
     spec: str,
     *,
@@ -89,17 +102,14 @@ def load_source(
     size: int | None = None,
 ) -> BaseData:
     """Parse a source spec and load it. `size` is the number of images for generated sources."""
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind == "digits" and not arg:
+    kind, arg = check_source_spec(spec)
+    if kind == "digits":
         return BaseData(spec, load_digits(seed=seed))
-    if kind == "shapes" and not arg:
+    if kind == "shapes":
         return BaseData(spec, make_shapes(size or 3000, seed=seed))
-    if kind == "torchvision" and arg:
-        return load_torchvision(arg.strip().lower(), data_root=data_root, download=download)
-    if kind == "imagefolder" and arg:
-        return BaseData(spec, load_imagefolder(arg))
-    raise AuditError(f"data source '{spec}' is unknown; allowed: {allowed(SOURCE_FORMS)}")
+    if kind == "torchvision":
+        return load_torchvision(arg.lower(), data_root=data_root, download=download)
+    return BaseData(spec, load_imagefolder(arg))
 
 
 # ---------------------------------------------------------------- digits
@@ -325,8 +335,6 @@ def _load_svhn(root: Path) -> BaseData:
 
 
 def load_torchvision(name: str, *, data_root: str | Path | None, download: bool) -> BaseData:
-    if name not in TORCHVISION_SOURCES:
-        raise AuditError(f"data source 'torchvision:{name}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}")
     root = _need_root(name, data_root)
     if download:
         _download(name, root)

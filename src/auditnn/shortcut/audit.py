@@ -11,8 +11,8 @@ import torch
 
 from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled, manifest_digest
 from ..data.sources import load_source
-from ..errors import AuditError
-from ..models import PixelModel, build_model, load_model_dir, save_model_dir
+from ..errors import AuditError, allowed
+from ..models import MODELS, PixelModel, build_model, load_model_dir, save_model_dir
 from ..models.load import channel_stats
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device, seed_everything
@@ -41,6 +41,9 @@ class ShortcutAuditConfig:
             raise AuditError(f"attribution '{self.attribution}' is unknown; allowed: {', '.join(ATTRIBUTIONS)}")
         if self.data_dir is not None and len(self.rhos) > 1:
             raise AuditError("a rho sweep builds its own datasets; drop --data or give a single --rho")
+        if not is_trained_model_spec(self.model) and self.model not in MODELS:
+            raise AuditError(f"model '{self.model}' is unknown; allowed: {allowed(MODELS)} or auditnn:DIR")
+        self.train.validate()
         if is_trained_model_spec(self.model) and len(self.rhos) > 1:
             raise AuditError("a rho sweep trains one model per rho; drop --model or give a single --rho")
 
