@@ -61,6 +61,16 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     """Versions, hardware and source commit, recorded in every report."""
     import torchvision
@@ -82,5 +92,5 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         if device.type == "cuda":
             info["device_name"] = torch.cuda.get_device_name(device)
         else:
-            info["device_name"] = platform.processor() or platform.machine()
+            info["device_name"] = _cpu_name()
     return info
