@@ -103,7 +103,7 @@ def test_ctrl_c_during_training_leaves_no_partial_report(capsys, tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("auditnn.shortcut.audit.fit", interrupted)
+    monkeypatch.setattr("auditnn.train.fit", interrupted)
     code, _, err = run_cli(capsys, "shortcut", *FAST, "--out", tmp_path)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert not any(p.name in {"report.json", "metrics.csv", "summary.md"} for p in files_under(tmp_path))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,12 @@ import torch.nn.functional as F
 
 from .errors import AuditError
 from .inference import predict
+from .models import PixelModel, build_model
+from .models.load import channel_stats
+from .runtime import seed_everything
+
+if TYPE_CHECKING:
+    from .data.controlled import ControlledDataset
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -93,3 +99,50 @@ def fit(
     seconds = time.perf_counter() - start
     model.eval()
     return TrainResult(config.epochs, seconds, n * config.epochs / max(seconds, 1e-9), history)
+
+
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    arch: str,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    width: int | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dataset_info: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
+    """Build `arch` for these images, normalize with their channel statistics, fit, and write the model card."""
+    _, channels, height, width_px = images.shape
+    seed_everything(config.seed)  # the weight initialisation draws from the global generator
+    model = PixelModel(build_model(arch, channels, height, len(classes), width), *channel_stats(images))
+    result = fit(model, images, labels, config, device=device, val=val, progress=progress)
+    card = {
+        "format": "auditnn.model",
+        "format_version": 1,
+        "architecture": {"name": arch, "width": width},
+        "classes": list(classes),
+        "input_shape": [channels, height, width_px],
+        "normalization": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
+        "dataset": dataset_info or {},
+        "training": {**asdict(config), "seconds": result.seconds, "images_per_second": result.images_per_second},
+        "metrics": result.history[-1],
+    }
+    return model, result, card
+
+
+def train_on_controlled(
+    dataset: "ControlledDataset", arch: str, config: TrainConfig, device: torch.device, *,
+    width: int | None = None, progress: ProgressFn | None = None,
+) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
+    """train_classifier on a controlled dataset's train split, validated on its val split."""
+    from .data.controlled import manifest_digest
+
+    info = {"manifest_hash": manifest_digest(dataset.manifest), "base": dataset.manifest["base"],
+            "shortcut": dataset.manifest["shortcut"], "rho": dataset.manifest["rho"]}
+    return train_classifier(
+        dataset.train.images, dataset.train.labels, dataset.classes, arch, config, device, width=width,
+        val=(dataset.val.images, dataset.val.labels), dataset_info=info, progress=progress,
+    )

@@ -11,7 +11,7 @@ from ..data.controlled import load_controlled
 from ..io import output_folder
 from ..models import save_model_dir
 from ..runtime import resolve_device
-from ..shortcut.audit import train_model
+from ..train import train_on_controlled
 from . import options as o
 from .common import Consoles, epoch_progress
 
@@ -34,7 +34,7 @@ def train(
     resolved = resolve_device(device)
     dataset = load_controlled(data)
     with output_folder(out, "model folder"), epoch_progress(consoles, "training") as update:
-        net, result, card = train_model(
+        net, result, card = train_on_controlled(
             dataset, model, config, resolved, width=width, progress=lambda e, n, row: update(model, e, n, row)
         )
         save_model_dir(net, card, out)

@@ -9,14 +9,13 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled, manifest_digest
+from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled
 from ..data.sources import load_source
 from ..errors import AuditError, allowed
-from ..models import MODELS, PixelModel, build_model, load_model_dir, save_model_dir
-from ..models.load import channel_stats
+from ..models import MODELS, load_model_dir, save_model_dir
 from ..report.schema import Report, metric_row
-from ..runtime import resolve_device, seed_everything
-from ..train import ProgressFn, TrainConfig, TrainResult, fit
+from ..runtime import resolve_device
+from ..train import TrainConfig, train_on_controlled
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance
 
 
@@ -72,46 +71,13 @@ def is_trained_model_spec(spec: str) -> bool:
     return spec.startswith("auditnn:")
 
 
-def train_model(
-    dataset: ControlledDataset,
-    arch: str,
-    train: TrainConfig,
-    device: torch.device,
-    *,
-    width: int | None = None,
-    progress: ProgressFn | None = None,
-) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
-    """Train `arch` on the dataset's train split; returns the model, the fit record and its model card."""
-    _, channels, height, _ = dataset.train.images.shape
-    seed_everything(train.seed)  # the weight initialisation draws from the global generator
-    net = build_model(arch, channels, height, dataset.num_classes, width)
-    mean, std = channel_stats(dataset.train.images)
-    model = PixelModel(net, mean, std)
-    result = fit(
-        model, dataset.train.images, dataset.train.labels, train, device=device,
-        val=(dataset.val.images, dataset.val.labels), progress=progress,
-    )
-    card = {
-        "format": "auditnn.model",
-        "format_version": 1,
-        "architecture": {"name": arch, "width": width},
-        "classes": dataset.classes,
-        "input_shape": [channels, height, dataset.train.images.shape[3]],
-        "normalization": {"mean": mean, "std": std},
-        "dataset": {"manifest_hash": manifest_digest(dataset.manifest), "base": dataset.manifest["base"],
-                    "shortcut": dataset.manifest["shortcut"], "rho": dataset.manifest["rho"]},
-        "training": {**asdict(train), "seconds": result.seconds, "images_per_second": result.images_per_second},
-        "metrics": result.history[-1],
-    }
-    return model, result, card
-
-
-def check_model_fits(card: dict[str, Any], dataset: ControlledDataset, where: str) -> None:
-    shape = list(dataset.test.images.shape[1:])
+def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: int, where: str) -> None:
+    """A trained model's card against the data: same input shape (C, H, W), same number of classes."""
+    shape = list(images.shape[1:])
     if list(card["input_shape"]) != shape:
         raise AuditError(f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data")
-    if len(card["classes"]) != dataset.num_classes:
-        raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {dataset.num_classes}")
+    if len(card["classes"]) != num_classes:
+        raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {num_classes}; use matching data")
 
 
 def run_shortcut_audit(
@@ -141,11 +107,11 @@ def run_shortcut_audit(
             dataset = build_controlled(replace(config.build, rho=rho), base)
         training = model_dir = None
         if given_model is not None:
-            check_model_fits(given_card, dataset, f"'{config.model}'")
+            check_model_fits(given_card, dataset.test.images, dataset.num_classes, f"'{config.model}'")
             model = given_model
         else:
             report = None if progress is None else (lambda e, n, r, rho=rho: progress(rho, e, n, r))
-            model, fit_result, card = train_model(
+            model, fit_result, card = train_on_controlled(
                 dataset, config.model, config.train, device, width=config.width, progress=report
             )
             training = asdict(fit_result)

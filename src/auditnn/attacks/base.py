@@ -1,0 +1,220 @@
+"""The shared attack contract: pixel space [0, 1], eval mode, input gradients only, per-sample losses summed,
+batching and device, early exit, and a check on exit that every perturbation is inside its eps-ball and the box."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import AuditError, InvariantError, allowed
+from ..inference import check_logits, eval_mode, frozen_parameters, model_device
+
+NORMS = ("linf", "l2")
+TARGET_MODES = ("random", "least-likely")
+BOUND_SLACK = 1e-6  # float32 rounding allowed beyond eps when checking the ball
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome. adversarial: (N, C, H, W) in [0, 1]; the rest (N,). `robust` means still correct
+    (untargeted) or target not reached (targeted); points wrong before the attack count as not robust."""
+
+    adversarial: torch.Tensor
+    labels: torch.Tensor
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    adversarial_prediction: torch.Tensor
+    perturbation_norm: torch.Tensor  # in the attack's norm, pixel units
+    zero_gradient: torch.Tensor  # bool: the first input gradient was all zero or not finite
+    targets: torch.Tensor | None = None
+    seconds: float = 0.0
+    gradient_evaluations: int = 0  # forward+backward passes over single images, summed
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def success_rate(self) -> float:
+        """Share of the points correct before the attack that the attack broke (reached the target, if targeted)."""
+        attacked = self.clean_correct if self.targets is None else torch.ones_like(self.clean_correct)
+        return float((~self.robust[attacked]).float().mean()) if attacked.any() else 0.0
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """The quantity each attack maximizes, per sample: CE to the label, or minus CE to the target."""
+    if targets is None:
+        return F.cross_entropy(logits, labels, reduction="none")
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    pred = logits.argmax(1)
+    return pred != labels if targets is None else pred == targets
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward with respect to the input. Returns (logits, d loss / d x) where the loss is the
+    per-sample losses summed (not averaged: a sample's gradient does not shrink with the batch size)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = per_sample_loss(logits.float(), labels, targets).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return logits.detach().float(), grad
+
+
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+def choose_targets(mode: str | int, logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A class index, 'random' (uniform over the other classes) or 'least-likely' (lowest clean logit)."""
+    k = logits.shape[1]
+    if isinstance(mode, int):
+        if not 0 <= mode < k:
+            raise AuditError(f"target class {mode} is out of range; allowed: 0 .. {k - 1}, random or least-likely")
+        return torch.full_like(labels, mode)
+    if mode == "random":
+        offset = torch.randint(1, k, labels.shape, generator=generator).to(labels.device)
+        return (labels + offset) % k
+    if mode == "least-likely":
+        return logits.argmin(1)
+    raise AuditError(f"target '{mode}' is unknown; allowed: a class index, random or least-likely")
+
+
+@dataclass
+class Attack:
+    """Base class. `run` is final: it does the shared work and calls `_perturb` on the points worth attacking.
+
+    eps: radius in the attack's norm, pixel units of [0, 1]. targeted: with `target` (class, 'random' or
+    'least-likely') the attack pushes every point to its target instead of away from its label.
+    """
+
+    name: ClassVar[str] = ""
+    eps: float = 8 / 255
+    norm: str = "linf"
+    target: int | str | None = None
+    seed: int = 0
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise AuditError(f"norm '{self.norm}' is unknown; allowed: {allowed(NORMS)}")
+        if not self.eps >= 0 or (self.norm == "linf" and self.eps > 1):
+            top = "1" if self.norm == "linf" else "inf"
+            raise AuditError(f"eps {self.eps:g} is outside [0, {top}] for norm {self.norm}; allowed: 0 <= eps <= {top}")
+        if isinstance(self.target, str) and self.target not in TARGET_MODES:
+            raise AuditError(f"target '{self.target}' is unknown; allowed: a class index, random or least-likely")
+        if self.batch_size < 1:
+            raise AuditError(f"batch size {self.batch_size}; allowed: at least 1")
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
+        """images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64. The model returns (N, K) logits."""
+        if images.dim() != 4 or images.shape[0] != labels.shape[0]:
+            raise AuditError(f"images of shape {tuple(images.shape)} with {labels.shape[0]} labels; allowed: (N, C, H, W) and N labels")
+        device = model_device(model)
+        generator = torch.Generator().manual_seed(self.seed)
+        parts: list[AttackResult] = []
+        start = time.perf_counter()
+        with eval_mode(model), frozen_parameters(model):
+            for begin in range(0, len(labels), self.batch_size):
+                x = images[begin : begin + self.batch_size].to(device)
+                y = labels[begin : begin + self.batch_size].to(device)
+                parts.append(self._run_batch(model, x, y, generator))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result = _concat(parts)
+        result.seconds = time.perf_counter() - start
+        self._check_bounds(images, result)
+        return result
+
+    def _run_batch(self, model, x, y, generator) -> AttackResult:  # noqa: ANN001
+        with torch.no_grad():
+            logits = model(x).float()
+        check_logits(logits, len(x))
+        targets = choose_targets(self.target, logits, y, generator) if self.targeted else None
+        clean_correct = logits.argmax(1) == y
+        # Early exit: a point already wrong (or already at its target) needs no attack.
+        done = ~clean_correct if targets is None else logits.argmax(1) == targets
+        adversarial = x.clone()
+        zero_grad = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        evaluations = len(x)
+        todo = torch.nonzero(~done).view(-1)
+        if len(todo) and self.eps > 0:
+            t = None if targets is None else targets[todo]
+            adv, broken, zg, evals = self._perturb(model, x[todo], y[todo], t, generator)
+            adversarial[todo] = adv
+            done[todo] = broken
+            zero_grad[todo] = zg
+            evaluations += evals
+        with torch.no_grad():
+            final_pred = model(adversarial).float().argmax(1)
+        evaluations += len(x)
+        reached = final_pred != y if targets is None else final_pred == targets
+        # The final forward is authoritative: a point counts as broken only if its kept iterate is adversarial.
+        robust = ~(reached | (~clean_correct if targets is None else torch.zeros_like(reached)))
+        return AttackResult(
+            adversarial=adversarial.cpu(),
+            labels=y.cpu(),
+            clean_correct=clean_correct.cpu(),
+            robust=robust.cpu(),
+            adversarial_prediction=final_pred.cpu(),
+            perturbation_norm=lp_norm(adversarial - x, self.norm).cpu(),
+            zero_gradient=zero_grad.cpu(),
+            targets=None if targets is None else targets.cpu(),
+            gradient_evaluations=evaluations,
+        )
+
+    def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
+        """Return (adversarial x, broken (N,) bool, zero-gradient (N,) bool, forward+backward count)."""
+        raise NotImplementedError
+
+    def _check_bounds(self, images: torch.Tensor, result: AttackResult) -> None:
+        adv = result.adversarial
+        if not torch.isfinite(adv).all():
+            raise InvariantError(f"{self.name} produced NaN or infinite pixels")
+        if adv.min() < 0 or adv.max() > 1:
+            raise InvariantError(f"{self.name} left the [0, 1] box: range [{adv.min():.6f}, {adv.max():.6f}]")
+        worst = float(lp_norm(adv - images, self.norm).max()) if len(adv) else 0.0
+        if worst > self.eps + BOUND_SLACK:
+            raise InvariantError(f"{self.name} left its {self.norm} ball: norm {worst:.8f} > eps {self.eps:.8f}")
+
+
+def _concat(parts: list[AttackResult]) -> AttackResult:
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm", "zero_gradient", "targets")
+    return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts))
+
+
+ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    if cls.name in ATTACKS:
+        raise ValueError(f"attack '{cls.name}' is registered twice")
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def make_attack(method: str, **kwargs: object) -> Attack:
+    if method not in ATTACKS:
+        raise AuditError(f"method '{method}' is unknown; allowed: {allowed([*ATTACKS, 'patch'])}")
+    return ATTACKS[method](**kwargs)  # type: ignore[arg-type]

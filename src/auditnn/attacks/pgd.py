@@ -1,0 +1,112 @@
+"""PGD (Madry et al. 2018) in Linf or L2: random start in the ball, signed or normalized gradient steps, projection,
+per-sample restarts, the most adversarial iterate kept per sample, and early exit for broken points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import AuditError
+from .base import Attack, input_gradient, is_adversarial, per_sample_loss, register_attack
+
+
+def random_in_ball(shape: torch.Size, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Uniform in the Linf box, or uniform in the L2 ball (Gaussian direction, radius eps * U^(1/d))."""
+    if norm == "linf":
+        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    n, d = shape[0], int(torch.tensor(shape[1:]).prod())
+    direction = torch.randn(n, d, generator=generator)
+    direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    radius = eps * torch.rand(n, 1, generator=generator) ** (1.0 / d)
+    return (direction * radius).view(shape)
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
+    return delta * (eps / norms).clamp(max=1.0)
+
+
+@register_attack
+@dataclass
+class PGD(Attack):
+    """steps: gradient steps per restart (>= 1). step_size: pixel units; default 2.5 * eps / steps.
+    restarts: independent random starts; a point is robust only if it survives every one.
+    random_start: start uniformly inside the ball (off: start at the clean image).
+    early_exit: stop updating a point once it is broken (robust accuracy is the same; it only saves work)."""
+
+    name: ClassVar[str] = "pgd"
+    steps: int = 10
+    step_size: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    early_exit: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1:
+            raise AuditError(f"steps {self.steps}; allowed: at least 1")
+        if self.restarts < 1:
+            raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
+        if self.step_size is not None and not self.step_size > 0:
+            raise AuditError(f"step size {self.step_size}; allowed: > 0")
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def _step(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.norm == "linf":
+            return self.alpha * grad.sign()
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        return self.alpha * grad / norms
+
+    def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
+        n = len(x)
+        best = x.clone()
+        best_loss = torch.full((n,), -float("inf"), device=x.device)
+        broken = torch.zeros(n, dtype=torch.bool, device=x.device)
+        zero_grad = torch.zeros(n, dtype=torch.bool, device=x.device)
+        evaluations = 0
+        for restart in range(self.restarts):
+            # Restarts are scored per sample: only points that survived every earlier restart are attacked again.
+            active = torch.nonzero(~broken).view(-1)
+            if not len(active):
+                break
+            delta = torch.zeros_like(x[active])
+            if self.random_start:
+                delta = random_in_ball(delta.shape, self.eps, self.norm, generator).to(x.device)
+            x0, y0 = x[active], y[active]
+            t0 = None if targets is None else targets[active]
+            adv = (x0 + delta).clamp(0.0, 1.0)
+            idx = active  # positions in the batch of the points still being updated
+            for step in range(self.steps + 1):
+                if step < self.steps:
+                    logits, grad = input_gradient(model, adv, y0, t0)
+                else:
+                    with torch.no_grad():
+                        logits = model(adv).float()
+                evaluations += len(idx)
+                loss = per_sample_loss(logits, y0, t0)
+                hit = is_adversarial(logits, y0, t0)
+                # Keep the most adversarial iterate: the first one that breaks the point, else the highest loss.
+                better = (hit & ~broken[idx]) | (~broken[idx] & (loss > best_loss[idx]))
+                best[idx[better]] = adv[better]
+                best_loss[idx[better]] = loss[better]
+                broken[idx[hit]] = True
+                if step == self.steps:
+                    break
+                if restart == 0 and step == 0:
+                    flat = grad.flatten(1)
+                    zero_grad[idx] = (flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)
+                if self.early_exit and hit.any():
+                    keep = ~hit
+                    idx, x0, y0, adv, grad = idx[keep], x0[keep], y0[keep], adv[keep], grad[keep]
+                    t0 = None if t0 is None else t0[keep]
+                    if not len(idx):
+                        break
+                adv = (x0 + project(adv + self._step(grad) - x0, self.eps, self.norm)).clamp(0.0, 1.0)
+        return best, broken, zero_grad, evaluations
