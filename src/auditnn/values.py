@@ -23,3 +23,9 @@ def parse_number_list(text: str, name: str) -> list[float]:
         raise AuditError(f"{name} '{text}' is empty; allowed: one or more comma-separated numbers")
     values = [parse_number(p, name) for p in parts]
     return list(dict.fromkeys(values))
+
+
+def fmt_eps(eps: float) -> str:
+    """Radii that are whole multiples of 1/255 read as k/255, as people write them."""
+    k = eps * 255
+    return f"{round(k)}/255" if 0 < eps < 1 and abs(k - round(k)) < 1e-6 else f"{eps:g}"

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AuditError
+from ..values import fmt_eps
 from .base import Attack, AttackResult, make_attack
 
 HUGE_LINF_EPS = 0.5  # at this Linf radius any image can be turned into mid-gray: robust accuracy must be ~0
@@ -109,7 +110,7 @@ def evaluate_attack(
     for eps in sorted(spec.eps):
         attack = spec.build(eps)
         if progress:
-            progress(f"{attack.name} {attack.norm} eps={eps:.4g}")
+            progress(f"{attack.name} {attack.norm} eps={fmt_eps(eps)}")
         result = attack.run(model, images, labels)
         rows.append(_row(attack, result))
         results[eps] = result
@@ -122,12 +123,12 @@ def evaluate_attack(
     for lower, higher in zip(rows, rows[1:]):
         if higher.robust_accuracy > lower.robust_accuracy + tol:
             warn("robust_accuracy_rises_with_eps",
-                 f"robust accuracy rose from {lower.robust_accuracy:.3f} at eps {lower.eps:.4g} to "
-                 f"{higher.robust_accuracy:.3f} at eps {higher.eps:.4g}: the attack is failing, suspect gradient masking")
+                 f"robust accuracy rose from {lower.robust_accuracy:.3f} at eps {fmt_eps(lower.eps)} to "
+                 f"{higher.robust_accuracy:.3f} at eps {fmt_eps(higher.eps)}: the attack is failing, suspect gradient masking")
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
             warn("zero_or_nan_gradients",
-                 f"{row.zero_gradient_share:.0%} of attacked points had zero or NaN input gradients at eps {row.eps:.4g}: "
+                 f"{row.zero_gradient_share:.0%} of attacked points had zero or NaN input gradients at eps {fmt_eps(row.eps)}: "
                  "gradient-based attacks cannot see them; suspect gradient masking")
             break
     if spec.sanity and spec.method == "pgd":
@@ -141,7 +142,7 @@ def evaluate_attack(
                 if row.robust_accuracy > fgsm.robust_accuracy + tol:
                     warn("pgd_weaker_than_fgsm",
                          f"PGD robust accuracy {row.robust_accuracy:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
-                         f"eps {row.eps:.4g}: PGD is not converging (step size, steps, or gradient masking)")
+                         f"eps {fmt_eps(row.eps)}: PGD is not converging (step size, steps, or gradient masking)")
         if top > 0:
             doubled = spec.build(top, steps=2 * spec.steps).run(model, images, labels)
             base = results[top].robust_accuracy
@@ -149,11 +150,11 @@ def evaluate_attack(
             if doubled.robust_accuracy < base - tol:
                 warn("more_steps_lower_robust_accuracy",
                      f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
-                     f"{doubled.robust_accuracy:.3f} at eps {top:.4g}: the reported figure overstates robustness")
+                     f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the reported figure overstates robustness")
             elif doubled.robust_accuracy > base + tol:
                 warn("more_steps_raise_robust_accuracy",
                      f"doubling the steps raised robust accuracy from {base:.3f} to {doubled.robust_accuracy:.3f} "
-                     f"at eps {top:.4g}: the attack is unstable; suspect randomness or gradient masking")
+                     f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking")
         if spec.target is None:
             huge = spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None).run(model, images, labels)
             checks.append({"check": "huge_eps", "norm": "linf", "eps": HUGE_LINF_EPS, "robust_accuracy": huge.robust_accuracy})

@@ -85,7 +85,8 @@ def apply_patch(
     # The patch sits centred on a canvas of the image's size; an affine map moves, turns and scales it.
     canvas = torch.zeros(1, c + 1, h, w, device=device)
     top, left = (h - side) // 2, (w - side) // 2
-    canvas[0, :c, top : top + side, left : left + side] = patch
+    # Premultiplied: the content channels already carry the mask, so bilinear edges blend once, not twice.
+    canvas[0, :c, top : top + side, left : left + side] = patch * mask
     canvas[0, c:, top : top + side, left : left + side] = mask
     canvas = canvas.expand(n, -1, -1, -1)
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotation)
@@ -101,7 +102,7 @@ def apply_patch(
     grid = F.affine_grid(theta, [n, c + 1, h, w], align_corners=False)
     placed = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     content, coverage = placed[:, :c], placed[:, c:].clamp(0.0, 1.0)
-    return (images * (1 - coverage) + content * coverage).clamp(0.0, 1.0), coverage
+    return (images * (1 - coverage) + content).clamp(0.0, 1.0), coverage
 
 
 def _predict_patched(model, images, patch, mask, generator, batch_size) -> torch.Tensor:  # noqa: ANN001
@@ -152,7 +153,7 @@ def optimize_patch(
             with torch.no_grad():
                 patch.clamp_(0.0, 1.0)
             if (step + 1) % max(1, config.steps // 10) == 0:
-                history.append(float(loss) / len(y))
+                history.append(float(loss.detach()) / len(y))
                 if progress is not None:
                     progress(step + 1, config.steps, history[-1])
         seconds = time.perf_counter() - start

@@ -9,6 +9,7 @@ import traceback
 import typer
 
 from ..errors import AuditError
+from . import attack as attack_cmd
 from . import data as data_cmd
 from . import shortcut as shortcut_cmd
 from . import train as train_cmd
@@ -22,6 +23,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command("shortcut")(shortcut_cmd.shortcut)
+app.command("attack")(attack_cmd.attack)
 app.command("train")(train_cmd.train)
 app.add_typer(data_cmd.app, name="data")
 

@@ -129,6 +129,18 @@ def _stratified_take(labels: torch.Tensor, per_class: int, num_classes: int, gen
     return chosen.sort().values, order[keep[order]]
 
 
+def stratified_split(base: BaseData, test_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(train, test) with exactly test_per_class test images per class: from the source's own test split when it
+    has one, else held out of its training pool."""
+    gen = torch.Generator().manual_seed(seed)
+    k = base.train.num_classes
+    if base.test is not None:
+        test_idx, _ = _stratified_take(base.test.labels, test_per_class, k, gen)
+        return base.train, base.test.subset(test_idx)
+    test_idx, rest = _stratified_take(base.train.labels, test_per_class, k, gen)
+    return base.train.subset(rest.sort().values), base.train.subset(test_idx)
+
+
 def _plant_split(
     shortcut: Shortcut, images: ImageSet, ids: torch.Tensor, target_class: int | None, generator: torch.Generator,
     source_index: torch.Tensor,

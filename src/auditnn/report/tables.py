@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..values import fmt_eps
 from .schema import Report
 
 
@@ -49,7 +50,41 @@ def shortcut_tables(section: dict[str, Any]) -> list[Table]:
     return [Table(title, columns, rows)]
 
 
-SECTION_TABLES: dict[str, Callable[[dict[str, Any]], list[Table]]] = {"shortcut": shortcut_tables}
+def attack_tables(section: dict[str, Any]) -> list[Table]:
+    """One table per (method, norm, steps), one row per eps."""
+    tables = []
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in section["rows"]:
+        runs.setdefault((r["method"], r["norm"], r["steps"]), []).append(r)
+    for (method, norm, steps), rows in runs.items():
+        columns = ["eps", "clean acc", "robust acc", "success", "mean |d|", "max |d|", "time s", "img/s"]
+        body = [
+            [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]), fmt(r["success_rate"]),
+             fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
+             f"{r['images_per_second']:,.0f}"]
+            for r in rows
+        ]
+        title = (f"Robust accuracy: {method.upper()} {norm}, {steps} step{'s' if steps > 1 else ''} "
+                 f"({section['data']['n_test']} test images, model {section['model']})")
+        tables.append(Table(title, columns, body))
+    return tables
+
+
+def patch_tables(section: dict[str, Any]) -> list[Table]:
+    target = "untargeted" if section["target"] is None else f"class {section['target']}"
+    rows = [
+        ["accuracy, clean", fmt(section["accuracy_clean"]), "-"],
+        ["accuracy, with patch", fmt(section["accuracy_with_patch"]), fmt(section["accuracy_with_noise_patch"])],
+        ["classified as target", fmt(section["target_success_rate"]), fmt(section["noise_target_success_rate"])],
+    ]
+    title = (f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
+             f"{section['steps']} steps ({section['optimization_seconds']:.1f} s)")
+    return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
+
+
+SECTION_TABLES: dict[str, Callable[[dict[str, Any]], list[Table]]] = {
+    "shortcut": shortcut_tables, "attack": attack_tables, "patch": patch_tables,
+}
 
 
 def report_tables(report: Report) -> list[Table]:

@@ -11,10 +11,11 @@ import torch
 
 from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled
 from ..data.sources import load_source
-from ..errors import AuditError, allowed
-from ..models import MODELS, load_model_dir, save_model_dir
+from ..errors import AuditError
+from ..models import load_model_dir, save_model_dir
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device
+from ..subject import check_model_fits, check_model_spec
 from ..train import TrainConfig, train_on_controlled
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance
 
@@ -40,8 +41,7 @@ class ShortcutAuditConfig:
             raise AuditError(f"attribution '{self.attribution}' is unknown; allowed: {', '.join(ATTRIBUTIONS)}")
         if self.data_dir is not None and len(self.rhos) > 1:
             raise AuditError("a rho sweep builds its own datasets; drop --data or give a single --rho")
-        if not is_trained_model_spec(self.model) and self.model not in MODELS:
-            raise AuditError(f"model '{self.model}' is unknown; allowed: {allowed(MODELS)} or auditnn:DIR")
+        check_model_spec(self.model)
         self.train.validate()
         if is_trained_model_spec(self.model) and len(self.rhos) > 1:
             raise AuditError("a rho sweep trains one model per rho; drop --model or give a single --rho")
@@ -69,15 +69,6 @@ class ShortcutAuditResult:
 
 def is_trained_model_spec(spec: str) -> bool:
     return spec.startswith("auditnn:")
-
-
-def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: int, where: str) -> None:
-    """A trained model's card against the data: same input shape (C, H, W), same number of classes."""
-    shape = list(images.shape[1:])
-    if list(card["input_shape"]) != shape:
-        raise AuditError(f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data")
-    if len(card["classes"]) != num_classes:
-        raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {num_classes}; use matching data")
 
 
 def run_shortcut_audit(

@@ -1,0 +1,130 @@
+"""The attack audit: resolve data and model, run FGSM/PGD over an eps list (or optimize a patch), build the Report."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import AuditError, allowed
+from ..io import atomic_torch_save, atomic_write_bytes
+from ..report.schema import Report, metric_row
+from ..runtime import resolve_device, seed_everything
+from ..subject import EvalData, check_model_spec, load_eval_data, resolve_model
+from ..train import ProgressFn, TrainConfig
+from .evaluate import AttackEvaluation, AttackSpec, evaluate_attack
+from .patch import PatchConfig, PatchResult, optimize_patch
+
+METHODS = ("fgsm", "pgd", "patch")
+
+
+@dataclass
+class AttackAuditConfig:
+    method: str = "pgd"
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    base: str = "digits"
+    data_dir: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    test_per_class: int = 30
+    model: str = "cnn"
+    width: int | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise AuditError(f"method '{self.method}' is unknown; allowed: {allowed(METHODS)}")
+        if self.method == "patch":
+            self.patch.validate()
+        else:
+            self.attack.method = self.method
+            self.attack.validate()
+        check_model_spec(self.model)
+        self.train.validate()
+        if self.test_per_class < 1:
+            raise AuditError(f"test_per_class {self.test_per_class}; allowed: at least 1")
+
+
+@dataclass
+class AttackAuditResult:
+    evaluation: AttackEvaluation | None
+    patch: PatchResult | None
+    model_source: str
+    data: dict[str, Any]
+    device: str
+    seconds: float
+
+
+def run_attack_audit(
+    config: AttackAuditConfig, *, train_progress: ProgressFn | None = None,
+    attack_progress: Callable[[str], None] | None = None,
+) -> AttackAuditResult:
+    config.validate()
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    data: EvalData = load_eval_data(
+        base=config.base, data_dir=config.data_dir, data_root=config.data_root, download=config.download,
+        test_per_class=config.test_per_class, seed=config.seed,
+    )
+    model, _, source = resolve_model(config.model, data, config.train, device, width=config.width, progress=train_progress)
+    seed_everything(config.seed)
+    evaluation = patch = None
+    if config.method == "patch":
+        config.patch.validate(data.num_classes)
+        patch = optimize_patch(model, data.train_images, data.train_labels, data.test_images, data.test_labels, config.patch)
+    else:
+        evaluation = evaluate_attack(model, data.test_images, data.test_labels, config.attack, progress=attack_progress)
+    return AttackAuditResult(evaluation, patch, source, {**data.description, "classes": data.classes,
+                             "n_test": len(data.test_labels)}, str(device), time.perf_counter() - start)
+
+
+def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_id: str, environment: dict[str, Any]) -> Report:
+    rows: list[dict[str, Any]] = []
+    results: dict[str, Any] = {}
+    warnings: list[dict[str, str]] = []
+    if result.evaluation is not None:
+        for r in result.evaluation.rows:
+            labels = dict(method=r.method, norm=r.norm, eps=r.eps, steps=r.steps)
+            for name in ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation", "max_perturbation",
+                         "seconds", "images_per_second"):
+                rows.append(metric_row("attack", name, getattr(r, name), **labels))
+        results["attack"] = {**result.evaluation.to_dict(), "model": result.model_source, "data": result.data}
+        warnings = result.evaluation.warnings
+    if result.patch is not None:
+        summary = result.patch.summary()
+        for name in ("accuracy_clean", "accuracy_with_patch", "target_success_rate", "accuracy_with_noise_patch",
+                     "noise_target_success_rate", "optimization_seconds"):
+            rows.append(metric_row("patch", name, summary[name], method="patch"))
+        results["patch"] = {**summary, "size": config.patch.size, "shape": config.patch.shape,
+                            "model": result.model_source, "data": result.data}
+    return Report(
+        command="attack", run_id=run_id, config=asdict(config), environment=environment, seed=config.seed,
+        results=results, metrics=rows, timings={"total": result.seconds}, warnings=warnings,
+    )
+
+
+def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG bytes, nearest-neighbour upscaled by `scale`."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_patch(result: PatchResult, out_dir: Path) -> list[Path]:
+    """patch.png (masked outside a circle shows black) and patch.pt (patch and mask tensors)."""
+    png = atomic_write_bytes(out_dir / "patch.png", png_bytes(result.patch * result.mask, scale=8))
+    pt = atomic_torch_save(out_dir / "patch.pt", {"patch": result.patch, "mask": result.mask, "target": result.target})
+    return [png, pt]

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from helpers import assert_usage_error, files_under, run_cli
+
+FAST = ("--epochs", "2", "--test-per-class", "4", "--device", "cpu")
+
+
+@pytest.mark.parametrize("method,norm", [("fgsm", "linf"), ("pgd", "linf"), ("pgd", "l2")])
+def test_attack_prints_the_table_and_writes_the_report(capsys, tmp_path, method, norm):
+    code, out, err = run_cli(capsys, "attack", "--method", method, "--norm", norm, "--steps", "3", *FAST, "--out", tmp_path)
+    assert code == 0, err
+    assert f"Robust accuracy: {method.upper()} {norm}" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = report["results"]["attack"]["rows"]
+    assert [r["eps"] for r in rows] == sorted(r["eps"] for r in rows) and rows[0]["eps"] == 0
+    assert rows[0]["robust_accuracy"] == rows[0]["clean_accuracy"]
+    assert all(r["max_perturbation"] <= r["eps"] + 1e-6 for r in rows)
+    robust = [r["robust_accuracy"] for r in rows]
+    assert robust == sorted(robust, reverse=True)
+    assert report["environment"]["device"] == "cpu" and report["config"]["attack"]["norm"] == norm
+
+
+def test_the_default_model_is_trained_once_then_reused(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "attack", "--method", "fgsm", "--eps", "0,4/255", *FAST, "--out", tmp_path / "a")
+    assert code == 0
+    code, out, _ = run_cli(capsys, "attack", "--method", "fgsm", "--eps", "0,4/255", *FAST, "--out", tmp_path / "b")
+    assert code == 0 and "model cache" in out
+    a, b = (json.loads((tmp_path / d / "report.json").read_text())["results"]["attack"]["rows"] for d in "ab")
+    assert [r["robust_accuracy"] for r in a] == [r["robust_accuracy"] for r in b]
+
+
+def test_patch_writes_the_patch_as_png_and_tensor(capsys, tmp_path):
+    from PIL import Image
+
+    code, out, err = run_cli(capsys, "attack", "--method", "patch", "--steps", "20", "--target", "2", *FAST, "--out", tmp_path)
+    assert code == 0, err
+    assert "Universal patch" in out and "noise patch (control)" in out
+    saved = torch.load(tmp_path / "patch.pt", weights_only=True)
+    side = round(0.3 * 28)
+    assert saved["patch"].shape == (1, side, side) and saved["target"] == 2
+    with Image.open(tmp_path / "patch.png") as picture:
+        assert picture.size == (8 * side, 8 * side)
+    section = json.loads((tmp_path / "report.json").read_text())["results"]["patch"]
+    assert 0 <= section["target_success_rate"] <= 1 and section["target"] == 2
+
+
+BAD = [
+    (["--eps", "-0.1"], ["eps -0.1", "0 <= eps <= 1"]),
+    (["--eps", "0,1.5"], ["eps 1.5", "0 <= eps <= 1"]),
+    (["--method", "cw"], ["method 'cw'", "fgsm, pgd or patch"]),
+    (["--norm", "l1"], ["norm 'l1'", "linf or l2"]),
+    (["--steps", "0"], ["steps 0", "at least 1"]),
+    (["--method", "patch", "--patch-size", "1.5"], ["patch size 1.5", "(0, 1)"]),
+    (["--method", "patch", "--patch-size", "0"], ["patch size 0", "(0, 1)"]),
+    (["--target", "12"], ["target class 12", "0 .. 9"]),
+    (["--method", "patch", "--target", "11"], ["target class 11", "0 .. 9"]),
+    (["--target", "everyone"], ["target 'everyone'", "random, least-likely"]),
+    (["--method", "fgsm", "--norm", "l2"], ["fgsm", "linf"]),
+]
+
+
+@pytest.mark.parametrize("extra,needles", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_attack_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, extra, needles):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "attack", *FAST, *extra, "--out", out)
+    assert_usage_error(code, err, *needles)
+    assert files_under(out) == []
+
+
+def test_a_model_for_other_images_is_refused_with_the_shapes(capsys, tmp_path):
+    data, model = tmp_path / "data", tmp_path / "model"
+    assert run_cli(capsys, "data", "build", "--tag", "background", "--test-per-class", "2", "--out", data)[0] == 0
+    assert run_cli(capsys, "train", "--data", data, "--out", model, "--epochs", "1", "--device", "cpu")[0] == 0
+    code, _, err = run_cli(capsys, "attack", "--model", f"auditnn:{model}", *FAST, "--out", tmp_path / "o")
+    assert_usage_error(code, err, "expects input [3, 28, 28]", "[1, 28, 28]")
