@@ -208,3 +208,21 @@ def test_a_linear_model_raises_no_sanity_flag():
     assert evaluation.warnings == []
     robust = [r.robust_accuracy for r in evaluation.rows]
     assert robust == sorted(robust, reverse=True) and robust[0] == 1.0
+
+
+def test_without_early_exit_a_point_broken_mid_run_counts_as_broken_and_keeps_that_iterate():
+    class Band(nn.Module):
+        """Class 1 wins only for v in (0.56, 0.66): steps of 0.1 from 0.5 go 0.5 -> 0.6 (broken) -> 0.7 (not)."""
+
+        def forward(self, x):
+            v = x.flatten(1)[:, :1]
+            return torch.cat([torch.zeros_like(v), 10 * (1 - (v - 0.61).abs() / 0.05)], dim=1)
+
+    x = torch.full((1, 1, 1, 1), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    for early_exit, forwards in ((True, 1 + 2 + 1), (False, 1 + 3 + 1)):
+        attack = PGD(eps=0.3, steps=2, step_size=0.1, restarts=2, random_start=False, early_exit=early_exit)
+        result = attack.run(Band(), x, y)
+        assert not result.robust.item() and result.adversarial.item() == pytest.approx(0.6)
+        # clean forward + one restart's iterates + the final scoring forward: the second restart never runs
+        assert result.gradient_evaluations == forwards

@@ -62,15 +62,15 @@ def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
     return pred != labels if targets is None else pred == targets
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward+backward with respect to the input. Returns (logits, d loss / d x) where the loss is the
-    per-sample losses summed (not averaged: a sample's gradient does not shrink with the batch size)."""
+def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward+backward with respect to the input. Returns (logits, per-sample loss, d loss / d x) where the
+    loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the batch)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
-        loss = per_sample_loss(logits.float(), labels, targets).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-    return logits.detach().float(), grad
+        logits = model(x).float()
+        losses = per_sample_loss(logits, labels, targets)
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+    return logits.detach(), losses.detach(), grad
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

@@ -73,40 +73,46 @@ class PGD(Attack):
         evaluations = 0
         for restart in range(self.restarts):
             # Restarts are scored per sample: only points that survived every earlier restart are attacked again.
-            active = torch.nonzero(~broken).view(-1)
-            if not len(active):
+            idx = torch.nonzero(~broken).view(-1)  # batch positions of the points still being updated
+            if not len(idx):
                 break
-            delta = torch.zeros_like(x[active])
+            x0, y0 = x[idx], y[idx]
+            t0 = None if targets is None else targets[idx]
+            adv = x0
             if self.random_start:
-                delta = random_in_ball(delta.shape, self.eps, self.norm, generator).to(x.device)
-            x0, y0 = x[active], y[active]
-            t0 = None if targets is None else targets[active]
-            adv = (x0 + delta).clamp(0.0, 1.0)
-            idx = active  # positions in the batch of the points still being updated
+                adv = (x0 + random_in_ball(x0.shape, self.eps, self.norm, generator).to(x.device)).clamp(0.0, 1.0)
+            # This restart's best iterate of each active point, kept on the active subset (no scattered writes).
+            run_best, run_loss = best[idx], best_loss[idx]
+            run_hit = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
             for step in range(self.steps + 1):
-                if step < self.steps:
-                    logits, grad = input_gradient(model, adv, y0, t0)
+                last = step == self.steps
+                if not last:
+                    logits, loss, grad = input_gradient(model, adv, y0, t0)
                 else:
                     with torch.no_grad():
                         logits = model(adv).float()
+                    loss = per_sample_loss(logits, y0, t0)
                 evaluations += len(idx)
-                loss = per_sample_loss(logits, y0, t0)
                 hit = is_adversarial(logits, y0, t0)
-                # Keep the most adversarial iterate: the first one that breaks the point, else the highest loss.
-                better = (hit & ~broken[idx]) | (~broken[idx] & (loss > best_loss[idx]))
-                best[idx[better]] = adv[better]
-                best_loss[idx[better]] = loss[better]
-                broken[idx[hit]] = True
-                if step == self.steps:
-                    break
+                # The most adversarial iterate: the first one that breaks the point, else the highest loss.
+                better = ~run_hit & (hit | (loss > run_loss))
+                run_best = torch.where(better.view(-1, 1, 1, 1), adv, run_best)
+                run_loss = torch.where(better, loss, run_loss)
+                run_hit |= hit
                 if restart == 0 and step == 0:
                     flat = grad.flatten(1)
                     zero_grad[idx] = (flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)
-                if self.early_exit and hit.any():
-                    keep = ~hit
-                    idx, x0, y0, adv, grad = idx[keep], x0[keep], y0[keep], adv[keep], grad[keep]
-                    t0 = None if t0 is None else t0[keep]
-                    if not len(idx):
+                if last or (self.early_exit and bool(hit.any())):
+                    # Points that leave (broken ones under early exit, all at the end) hand back their best iterate.
+                    leaving = torch.ones_like(hit) if last else hit
+                    out = idx[leaving]
+                    best[out], best_loss[out] = run_best[leaving], run_loss[leaving]
+                    broken[out] |= run_hit[leaving]
+                    keep = ~leaving
+                    if last or not keep.any():
                         break
+                    idx, x0, y0, adv, grad = idx[keep], x0[keep], y0[keep], adv[keep], grad[keep]
+                    run_best, run_loss, run_hit = run_best[keep], run_loss[keep], run_hit[keep]
+                    t0 = None if t0 is None else t0[keep]
                 adv = (x0 + project(adv + self._step(grad) - x0, self.eps, self.norm)).clamp(0.0, 1.0)
         return best, broken, zero_grad, evaluations
