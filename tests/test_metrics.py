@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled
+from auditnn.data.controlled import BuildConfig, build_controlled
 from auditnn.data.shortcuts import make_shortcut
 from auditnn.data.sources import BaseData, ImageSet
 from auditnn.shortcut.metrics import attribution_mass, measure_reliance, reliance_from_predictions

@@ -1,9 +1,6 @@
 """The issue's validity checks on real training: fixed seeds, the built-in digits, a few seconds each."""
 
-from dataclasses import replace
 
-import pytest
-import torch
 
 from auditnn.data.controlled import BuildConfig, ShortcutConfig
 from auditnn.shortcut.audit import ShortcutAuditConfig, run_shortcut_audit

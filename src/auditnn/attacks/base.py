@@ -4,8 +4,8 @@ batching and device, early exit, and a check on exit that every perturbation is 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn

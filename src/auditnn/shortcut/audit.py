@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
-from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled
+from ..data.controlled import BuildConfig, build_controlled, load_controlled
 from ..data.sources import load_source
 from ..errors import AuditError
 from ..models import load_model_dir, save_model_dir
