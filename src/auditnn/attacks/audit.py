@@ -13,6 +13,7 @@ import torch
 
 from ..errors import AuditError, allowed
 from ..io import atomic_torch_save, atomic_write_bytes
+from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device, seed_everything
 from ..subject import EvalData, check_model_spec, load_eval_data, resolve_model
@@ -61,6 +62,7 @@ class AttackAuditResult:
     data: dict[str, Any]
     device: str
     seconds: float
+    pictures: dict[str, torch.Tensor] = field(default_factory=dict)  # for the HTML report
 
 
 def run_attack_audit(
@@ -82,8 +84,14 @@ def run_attack_audit(
         patch = optimize_patch(model, data.train_images, data.train_labels, data.test_images, data.test_labels, config.patch)
     else:
         evaluation = evaluate_attack(model, data.test_images, data.test_labels, config.attack, progress=attack_progress)
-    return AttackAuditResult(evaluation, patch, source, {**data.description, "classes": data.classes,
-                             "n_test": len(data.test_labels)}, str(device), time.perf_counter() - start)
+    pictures = {f"model/{k}": v for k, v in first_layer_pictures(model, data.test_images.shape[1:]).items()}
+    if evaluation is not None:
+        pictures.update({f"attack/{config.method}-{config.attack.norm}/{k}": v for k, v in evaluation.examples.items()})
+    if patch is not None:
+        pictures.update({"patch/patch": patch.patch, "patch/mask": patch.mask,
+                         **{f"patch/{k}": v for k, v in patch.examples.items()}})
+    described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
+    return AttackAuditResult(evaluation, patch, source, described, str(device), time.perf_counter() - start, pictures)
 
 
 def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_id: str, environment: dict[str, Any]) -> Report:

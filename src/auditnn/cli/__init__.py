@@ -11,6 +11,7 @@ import typer
 from ..errors import AuditError
 from . import attack as attack_cmd
 from . import data as data_cmd
+from . import gate as gate_cmd
 from . import shortcut as shortcut_cmd
 from . import train as train_cmd
 
@@ -25,6 +26,9 @@ app = typer.Typer(
 app.command("shortcut")(shortcut_cmd.shortcut)
 app.command("attack")(attack_cmd.attack)
 app.command("train")(train_cmd.train)
+app.command("audit")(gate_cmd.audit)
+app.command("gate")(gate_cmd.gate)
+app.add_typer(gate_cmd.report_app, name="report")
 app.add_typer(data_cmd.app, name="data")
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -88,10 +88,11 @@ def attack(
         report = attack_report(result, config, run_id=rid, environment=environment(resolved))
         if result.patch is not None:
             save_patch(result.patch, out_dir)
-        write_report(report, out_dir)
+        write_report(report, out_dir, pictures=result.pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     for warning in report.warnings:
         consoles.err.print(f"[bold yellow]warning[/] {warning['code']}: {warning['message']}")
     extra = ", patch.png, patch.pt" if result.patch is not None else ""
-    consoles.note(f"report written to {out_dir}/ (report.json, metrics.csv, summary.md{extra}) in {result.seconds:.1f} s")
+    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md{extra}) "
+                  f"in {result.seconds:.1f} s")

@@ -66,7 +66,7 @@ def shortcut(
         with epoch_progress(consoles, f"training {model} ({tag}, {resolved})") as update:
             result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
         report = shortcut_report(result, config, run_id=rid, environment=environment(resolved))
-        write_report(report, out_dir)
+        write_report(report, out_dir, pictures=result.pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
-    consoles.note(f"report written to {out_dir}/ (report.json, metrics.csv, summary.md) in {result.seconds:.1f} s")
+    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")

@@ -17,7 +17,7 @@ from ..errors import AuditError
 SCHEMA = "auditnn.report"
 SCHEMA_VERSION = 1
 # Label columns of a tidy metric row, in CSV order; a row leaves out those that do not apply.
-LABELS = ("section", "metric", "group", "rho", "method", "norm", "eps", "steps")
+LABELS = ("section", "metric", "group", "tag", "rho", "method", "norm", "eps", "steps")
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Report:
     metrics: list[dict[str, Any]]  # tidy rows: the LABELS that apply, plus "value"
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"code", "message"}
+    pictures: str | None = None  # a tensor file beside report.json with the images the HTML page draws
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION

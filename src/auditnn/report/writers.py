@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from ..io import atomic_write_text, prepare_output_dir
+from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, safe_torch_load
 from .schema import LABELS, Report
-from .tables import Table, report_tables
+from .tables import Table, fmt, report_tables
+
+PICTURES = "pictures.pt"
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:
@@ -38,6 +42,18 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+def verdict_markdown(verdict: dict) -> str:
+    status = "PASS" if verdict["passed"] else "FAIL"
+    lines = [f"## Verdict: {status}", "", "| check | metric | measured | threshold | result |", "|---|---|---|---|---|"]
+    for r in verdict["rows"]:
+        bound = {"min": ">=", "max": "<="}.get(r["bound"], r["bound"])
+        mark = "pass" if r["passed"] else "**FAIL**"
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {_md_escape(r['check'])} | {r['metric']} | {fmt(r['measured'])} | {bound} {fmt(r['threshold'])} | "
+                     f"{mark}{_md_escape(note)} |")
+    return "\n".join(lines)
+
+
 def to_markdown(report: Report) -> str:
     env = report.environment
     parts = [
@@ -46,6 +62,8 @@ def to_markdown(report: Report) -> str:
         f"seed {report.seed} · device {env.get('device', '?')} ({env.get('device_name', '?')}) · "
         f"torch {env.get('torch', '?')} · auditnn {env.get('auditnn', '?')} · {report.created}",
     ]
+    if "verdict" in report.results:
+        parts += ["", verdict_markdown(report.results["verdict"])]
     for table in report_tables(report):
         parts += ["", f"## {table.title}", "", markdown_table(table)]
     if report.warnings:
@@ -54,10 +72,57 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(report: Report, out_dir: str | Path) -> Path:
-    """Write report.json, metrics.csv and summary.md into out_dir (each atomically; report.json last)."""
+def to_junit(report: Report, verdict: dict) -> str:
+    """JUnit XML: one testcase per check, a <failure> naming each threshold it missed."""
+    checks: dict[str, list[dict]] = {}
+    for row in verdict["rows"]:
+        checks.setdefault(row["check"], []).append(row)
+    failures = sum(any(not r["passed"] for r in rows) for rows in checks.values())
+    suites = ET.Element("testsuites", name="auditnn", tests=str(len(checks)), failures=str(failures), errors="0")
+    suite = ET.SubElement(suites, "testsuite", name=f"auditnn {report.command}", tests=str(len(checks)),
+                          failures=str(failures), errors="0", skipped="0",
+                          time=f"{report.timings.get('total', 0.0):.3f}", timestamp=report.created)
+    for name, rows in checks.items():
+        case = ET.SubElement(suite, "testcase", classname=f"auditnn.{rows[0]['kind']}", name=name,
+                             time=f"{report.timings.get(name, 0.0):.3f}")
+        missed = [r for r in rows if not r["passed"]]
+        lines = [f"{r['metric']}: measured {fmt(r['measured'])}, {r['bound']} {fmt(r['threshold'])}"
+                 + (f" ({r['note']})" if r["note"] else "") for r in rows]
+        if missed:
+            first = missed[0]
+            failure = ET.SubElement(case, "failure", type="threshold",
+                                    message=f"{first['metric']} {fmt(first['measured'])} misses {first['bound']} {fmt(first['threshold'])}")
+            failure.text = "\n".join(lines)
+        else:
+            ET.SubElement(case, "system-out").text = "\n".join(lines)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def load_pictures(report: Report, report_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors the HTML page draws, if the report has them (read with weights_only=True)."""
+    if not report.pictures:
+        return {}
+    path = Path(report_dir) / report.pictures
+    return safe_torch_load(path, "report pictures") if path.is_file() else {}
+
+
+def write_report(
+    report: Report, out_dir: str | Path, *, pictures: dict[str, torch.Tensor] | None = None, html: bool = True
+) -> Path:
+    """Write metrics.csv, summary.md, junit.xml (when judged), pictures.pt, report.html and report.json into
+    out_dir, each atomically; report.json comes last, so a folder without it was never completed."""
+    from .html import to_html
+
     out = prepare_output_dir(out_dir)
+    if pictures:
+        atomic_torch_save(out / PICTURES, {k: v.detach().cpu() for k, v in pictures.items()})
+        report.pictures = PICTURES
     atomic_write_text(out / "metrics.csv", to_csv(report))
     atomic_write_text(out / "summary.md", to_markdown(report))
+    if "verdict" in report.results:
+        atomic_write_text(out / "junit.xml", to_junit(report, report.results["verdict"]))
+    if html:
+        atomic_write_text(out / "report.html", to_html(report, pictures))
     atomic_write_text(out / "report.json", report.to_json())
     return out

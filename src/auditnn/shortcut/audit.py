@@ -7,16 +7,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 
 from ..data.controlled import BuildConfig, build_controlled, load_controlled
 from ..data.sources import load_source
 from ..errors import AuditError
 from ..models import load_model_dir, save_model_dir
+from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device
 from ..subject import check_model_fits, check_model_spec
 from ..train import TrainConfig, train_on_controlled
-from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance
+from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_examples
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ShortcutAuditResult:
     rows: list[RhoResult]
     device: str
     seconds: float
+    pictures: dict[str, torch.Tensor] = field(default_factory=dict)  # examples per rho, for the HTML report
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "seconds": self.seconds, "rows": [asdict(r) for r in self.rows]}
@@ -89,6 +93,7 @@ def run_shortcut_audit(
         b = config.build
         base = load_source(b.base, data_root=b.data_root, download=b.download, seed=b.seed, size=b.size)
     rows = []
+    pictures: dict[str, torch.Tensor] = {}
     for rho in config.rhos:
         row_start = time.perf_counter()
         if config.data_dir is not None:
@@ -108,17 +113,20 @@ def run_shortcut_audit(
             if config.save_models_to is not None:
                 model_dir = str(save_model_dir(model, card, Path(config.save_models_to) / f"rho-{dataset.manifest['rho']:g}"))
         metrics = measure_reliance(model, dataset, attribution=config.attribution)
+        key = f"shortcut/{dataset.tag}/rho={dataset.manifest['rho']:g}"
+        pictures.update({f"{key}/{k}": v for k, v in shortcut_examples(model, dataset).items()})
+        pictures.update({f"{key}/{k}": v for k, v in first_layer_pictures(model, dataset.test.images.shape[1:]).items()})
         rows.append(
             RhoResult(
                 rho=None if given_model is not None and config.data_dir is None else dataset.manifest["rho"],
                 metrics=metrics,
-                dataset={k: dataset.manifest[k] for k in ("base", "shortcut", "rho", "seed", "sizes")},
+                dataset={k: dataset.manifest[k] for k in ("base", "shortcut", "rho", "seed", "sizes", "classes")},
                 training=training,
                 model_dir=model_dir,
                 seconds=time.perf_counter() - row_start,
             )
         )
-    return ShortcutAuditResult(rows, str(device), time.perf_counter() - start)
+    return ShortcutAuditResult(rows, str(device), time.perf_counter() - start, pictures)
 
 
 def shortcut_report(
@@ -131,10 +139,11 @@ def shortcut_report(
         "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share",
     )
     for r in result.rows:
+        tag = r.dataset["shortcut"]["tag"]
         for name in scalar:
-            rows.append(metric_row("shortcut", name, getattr(r.metrics, name), rho=r.rho))
+            rows.append(metric_row("shortcut", name, getattr(r.metrics, name), tag=tag, rho=r.rho))
         for g in r.metrics.groups:
-            rows.append(metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], rho=r.rho))
+            rows.append(metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], tag=tag, rho=r.rho))
     timings = {"total": result.seconds}
     timings.update({f"rho={r.rho:g}" if r.rho is not None else "evaluation": r.seconds for r in result.rows})
     return Report(

@@ -185,3 +185,35 @@ def measure_reliance(
         attr = logit_attribution(model, test.images[pick], test_preds[pick], attribution)
         metrics.attribution_mass, metrics.mask_share = attribution_mass(attr, test.masks[pick])
     return metrics
+
+
+def shortcut_examples(model: nn.Module, dataset: ControlledDataset, per_kind: int = 6) -> dict[str, torch.Tensor]:
+    """A few aligned and conflicting test images (spread over the labels) with predictions, |grad x input|
+    attribution maps and shortcut masks: the pictures of the HTML report."""
+    test = dataset.test
+    target = dataset.target_class
+    if target is None:
+        aligned = test.shortcut_ids == test.labels
+    else:
+        aligned = (test.shortcut_ids == target) == (test.labels == target)
+    pictures: dict[str, torch.Tensor] = {}
+    for name, members in (("aligned", aligned), ("conflicting", ~aligned)):
+        candidates = torch.nonzero(members).view(-1)
+        if not len(candidates):
+            continue
+        # One image per label, spread over the labels; within a label, a varying shortcut (variant-major layout).
+        labels = torch.linspace(0, dataset.num_classes - 1, min(per_kind, dataset.num_classes)).round().long()
+        chosen = []
+        for i, k in enumerate(labels.tolist()):
+            of_label = candidates[test.labels[candidates] == k]
+            if len(of_label):
+                chosen.append(of_label[(7 * i) % len(of_label)])
+        pick = torch.stack(chosen)
+        images = test.images[pick]
+        preds = predict(model, images)
+        pictures.update({
+            f"{name}/images": images, f"{name}/labels": test.labels[pick], f"{name}/predictions": preds.cpu(),
+            f"{name}/shortcut_ids": test.shortcut_ids[pick], f"{name}/masks": test.masks[pick],
+            f"{name}/attribution": logit_attribution(model, images, preds.cpu()),
+        })
+    return pictures

@@ -1,0 +1,150 @@
+"""Run an audit file: measure every check once (shared data and model), then judge the report against the file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from .attacks.audit import AttackAuditConfig, AttackAuditResult, attack_report
+from .attacks.evaluate import AttackSpec, evaluate_attack
+from .attacks.patch import PatchConfig, optimize_patch
+from .data.controlled import BuildConfig, ShortcutConfig
+from .errors import AuditError
+from .gate import Policy, Verdict, judge
+from .inference import predict
+from .models.load import first_layer_pictures
+from .report.schema import Report, metric_row
+from .runtime import resolve_device, seed_everything
+from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
+from .subject import check_model_spec, load_eval_data, resolve_model
+from .train import ProgressFn, TrainConfig
+
+
+def _attack_spec(settings: dict[str, Any], seed: int) -> AttackSpec:
+    target = settings.get("target")
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    return AttackSpec(method=settings["method"], norm=settings["norm"], eps=[settings["eps"]], steps=settings["steps"],
+                      restarts=settings["restarts"], target=target, seed=seed)
+
+
+def validate_policy(policy: Policy) -> None:
+    """Check every setting before anything is trained or attacked."""
+    check_model_spec(policy.model.get("source", "cnn"))
+    resolve_device(policy.run.get("device", "auto"))
+    for check in policy.checks:
+        at = f"{policy.path}: check '{check.name}'"
+        try:
+            if check.kind == "attack":
+                _attack_spec(check.settings, 0).validate()
+            elif check.kind == "patch":
+                s = check.settings
+                PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"]).validate()
+            elif check.kind == "shortcut":
+                _shortcut_config(policy, check.settings).validate()
+        except AuditError as exc:
+            raise AuditError(f"{at}: {exc}") from None
+
+
+def _shortcut_config(policy: Policy, s: dict[str, Any]) -> ShortcutAuditConfig:
+    seed = policy.run.get("seed", 0)
+    data = policy.data
+    build = BuildConfig(
+        base=data.get("source", "digits"),
+        shortcut=ShortcutConfig(tag=s["tag"], size=s.get("size"), opacity=s.get("opacity"), position=s.get("position"),
+                                target_class=s.get("target_class")),
+        rho=s["rho"], seed=seed, test_per_class=data.get("test_per_class", 30), data_root=data.get("data_root"),
+        download=data.get("download", False),
+    )
+    return ShortcutAuditConfig(
+        build=build, rhos=[s["rho"]], model=policy.model.get("source", "cnn"), width=policy.model.get("width"),
+        train=TrainConfig(epochs=s.get("epochs", policy.model.get("epochs", 10)), seed=seed),
+        device=policy.run.get("device", "auto"),
+    )
+
+
+def run_audit(
+    policy: Policy, *, run_id: str, environment: dict[str, Any], progress: ProgressFn | None = None,
+) -> tuple[Report, Verdict, dict[str, torch.Tensor]]:
+    """Measure every check of the policy. Returns (report, verdict, pictures for the HTML page)."""
+    validate_policy(policy)
+    start = time.perf_counter()
+    seed = policy.run.get("seed", 0)
+    device = resolve_device(policy.run.get("device", "auto"))
+    data_cfg, model_cfg = policy.data, policy.model
+    needs_subject = any(c.kind in ("clean", "attack", "patch") for c in policy.checks)
+    results: dict[str, Any] = {}
+    metrics: list[dict[str, Any]] = []
+    warnings: list[dict[str, str]] = []
+    pictures: dict[str, torch.Tensor] = {}
+    timings: dict[str, float] = {}
+    if needs_subject:
+        data = load_eval_data(
+            base=data_cfg.get("source", "digits"), data_dir=data_cfg.get("dataset"), data_root=data_cfg.get("data_root"),
+            download=data_cfg.get("download", False), test_per_class=data_cfg.get("test_per_class", 30), seed=seed,
+        )
+        model, _, source = resolve_model(
+            model_cfg.get("source", "cnn"), data, TrainConfig(epochs=model_cfg.get("epochs", 10), seed=seed), device,
+            width=model_cfg.get("width"), progress=progress,
+        )
+        described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
+        seed_everything(seed)
+        attack_rows: list[dict[str, Any]] = []
+        for check in policy.checks:
+            t0 = time.perf_counter()
+            if check.kind == "clean":
+                accuracy = float((predict(model, data.test_images) == data.test_labels).float().mean())
+                results["clean"] = {"accuracy": accuracy, "n": len(data.test_labels), "model": source, "data": described}
+                metrics.append(metric_row("clean", "accuracy", accuracy))
+            elif check.kind == "attack":
+                spec = _attack_spec(check.settings, seed)
+                evaluation = evaluate_attack(model, data.test_images, data.test_labels, spec)
+                partial = attack_report(AttackAuditResult(evaluation, None, source, described, str(device), 0.0),
+                                        AttackAuditConfig(method=spec.method, attack=spec), run_id=run_id, environment={})
+                metrics += partial.metrics
+                attack_rows += partial.results["attack"]["rows"]
+                warnings += [{**w, "check": check.name} for w in evaluation.warnings]
+                pictures.update({f"attack/{check.name}/{k}": v for k, v in evaluation.examples.items()})
+            elif check.kind == "patch":
+                s = check.settings
+                config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
+                config.validate(data.num_classes)
+                patch = optimize_patch(model, data.train_images, data.train_labels, data.test_images, data.test_labels, config)
+                partial = attack_report(AttackAuditResult(None, patch, source, described, str(device), 0.0),
+                                        AttackAuditConfig(method="patch", patch=config), run_id=run_id, environment={})
+                metrics += partial.metrics
+                results["patch"] = partial.results["patch"]
+                pictures.update({"patch/patch": patch.patch, "patch/mask": patch.mask,
+                                 **{f"patch/{k}": v for k, v in patch.examples.items()}})
+            timings[check.name] = time.perf_counter() - t0
+        if attack_rows:
+            results["attack"] = {"rows": attack_rows, "model": source, "data": described}
+        pictures.update({f"model/{k}": v for k, v in first_layer_pictures(model, data.test_images.shape[1:]).items()})
+    shortcut_rows: list[dict[str, Any]] = []
+    for check in policy.checks:
+        if check.kind != "shortcut":
+            continue
+        t0 = time.perf_counter()
+        config = _shortcut_config(policy, check.settings)
+        result = run_shortcut_audit(config)
+        partial = shortcut_report(result, config, run_id=run_id, environment={})
+        metrics += partial.metrics
+        shortcut_rows += partial.results["shortcut"]["rows"]
+        pictures.update(result.pictures)
+        timings[check.name] = time.perf_counter() - t0
+    if shortcut_rows:
+        results["shortcut"] = {"rows": shortcut_rows}
+    timings["total"] = time.perf_counter() - start
+    report = Report(
+        command="audit", run_id=run_id, environment=environment, seed=seed, results=results, metrics=metrics,
+        timings=timings, warnings=warnings,
+        config={"audit_file": policy.path, "model": policy.model, "data": policy.data, "run": policy.run,
+                "checks": [asdict(c) for c in policy.checks]},
+    )
+    verdict = judge(report, policy)
+    report.results["verdict"] = verdict.to_dict()
+    return report, verdict, pictures
+

@@ -1,0 +1,280 @@
+"""The audit file (TOML) and the gate: policy + report -> verdict (pass/fail per check and threshold).
+
+A check names the metric rows of a report it judges (section, metric and labels such as eps or rho), so a policy
+can re-judge any report auditnn wrote, and compare it with a baseline report, without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AuditError, allowed
+from .report.schema import Report
+from .values import fmt_eps, parse_number
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+# Per kind: settings (key -> type), and thresholds (key -> (metric, 'min' or 'max')).
+NUMBER, INTEGER, STRING, BOOLEAN = "a number", "an integer", "a string", "true or false"
+KIND_SETTINGS: dict[str, dict[str, str]] = {
+    "clean": {},
+    "attack": {"method": STRING, "norm": STRING, "eps": NUMBER, "steps": INTEGER, "restarts": INTEGER, "target": STRING},
+    "shortcut": {"tag": STRING, "rho": NUMBER, "size": INTEGER, "opacity": NUMBER, "position": STRING,
+                 "target_class": INTEGER, "epochs": INTEGER},
+    "patch": {"size": NUMBER, "shape": STRING, "target": INTEGER, "steps": INTEGER},
+}
+KIND_THRESHOLDS: dict[str, dict[str, tuple[str, str]]] = {
+    "clean": {"min_accuracy": ("accuracy", "min")},
+    "attack": {"min_robust_accuracy": ("robust_accuracy", "min")},
+    "shortcut": {"max_reliance": ("reliance", "max"), "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
+                 "max_gap": ("gap", "max")},
+    "patch": {"max_target_success_rate": ("target_success_rate", "max"),
+              "min_accuracy_with_patch": ("accuracy_with_patch", "min")},
+}
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "attack": {"method": "pgd", "norm": "linf", "steps": 10, "restarts": 1},
+    "shortcut": {"rho": 0.95},
+    "patch": {"size": 0.3, "shape": "square", "target": 0, "steps": 300},
+}
+REQUIRED = {"attack": ("eps",), "shortcut": ("tag",)}
+TABLES: dict[str, dict[str, str]] = {
+    "model": {"source": STRING, "width": INTEGER, "epochs": INTEGER},
+    "data": {"source": STRING, "dataset": STRING, "data_root": STRING, "download": BOOLEAN, "test_per_class": INTEGER},
+    "run": {"seed": INTEGER, "device": STRING},
+}
+
+
+@dataclass
+class Threshold:
+    key: str  # as written in the file, e.g. min_robust_accuracy
+    metric: str  # the report's metric name
+    bound: str  # 'min' (measured >= value passes) or 'max' (measured <= value passes)
+    value: float
+
+
+@dataclass
+class Check:
+    kind: str
+    name: str
+    settings: dict[str, Any]
+    thresholds: list[Threshold]
+
+    def labels(self) -> dict[str, Any]:
+        """The labels of the report rows this check judges."""
+        s = self.settings
+        if self.kind == "attack":
+            steps = 1 if s["method"] == "fgsm" else s["steps"]
+            return {"method": s["method"], "norm": s["norm"], "eps": s["eps"], "steps": steps}
+        if self.kind == "shortcut":
+            return {"tag": s["tag"], "rho": s["rho"]}
+        if self.kind == "patch":
+            return {"method": "patch"}
+        return {}
+
+
+@dataclass
+class Policy:
+    path: str
+    checks: list[Check]
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == BOOLEAN:
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def default_check_name(kind: str, s: dict[str, Any]) -> str:
+    if kind == "attack":
+        steps = "" if s["method"] == "fgsm" else f" {s['steps']} steps"
+        return f"{s['method']} {s['norm']} eps={fmt_eps(s['eps'])}{steps}"
+    if kind == "shortcut":
+        return f"shortcut {s['tag']} rho={s['rho']:g}"
+    if kind == "patch":
+        return f"patch {s['size']:g} target={s['target']}"
+    return "clean accuracy"
+
+
+def _resolve_path(text: str, base: Path) -> str:
+    """Relative paths in an audit file are relative to the file's own folder."""
+    path = Path(text)
+    return str(path if path.is_absolute() else base / path)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate an audit file; every error names the file, the key and what is allowed."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise AuditError(f"audit file '{where}' does not exist; give a TOML file (see examples/audit.toml)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"audit file '{where}' is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(TABLES) - {"check"})
+    if unknown:
+        raise AuditError(f"{where}: unknown key '{unknown[0]}'; allowed: {allowed([*TABLES, 'check'])}")
+    tables: dict[str, dict[str, Any]] = {}
+    for table, schema in TABLES.items():
+        section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise AuditError(f"{where}: '{table}' must be a table ([{table}])")
+        for key, value in section.items():
+            if key not in schema:
+                raise AuditError(f"{where}: unknown key '{table}.{key}'; allowed: {allowed(schema)}")
+            if not _type_ok(value, schema[key]):
+                raise AuditError(f"{where}: key '{table}.{key}' is {value!r}; allowed: {schema[key]}")
+        tables[table] = dict(section)
+    base = path.parent
+    if "dataset" in tables["data"]:
+        tables["data"]["dataset"] = _resolve_path(tables["data"]["dataset"], base)
+    if "data_root" in tables["data"]:
+        tables["data"]["data_root"] = _resolve_path(tables["data"]["data_root"], base)
+    for key, table in (("source", "model"), ("source", "data")):
+        value = tables[table].get(key, "")
+        for prefix in ("auditnn:", "imagefolder:"):
+            if value.startswith(prefix):
+                tables[table][key] = prefix + _resolve_path(value.removeprefix(prefix), base)
+    raw_checks = data.get("check", [])
+    if not isinstance(raw_checks, list) or not raw_checks:
+        raise AuditError(f"{where}: no [[check]] entries; allowed: one or more of kind {allowed(KIND_SETTINGS)}")
+    checks = [_parse_check(raw, i + 1, where) for i, raw in enumerate(raw_checks)]
+    names = [c.name for c in checks]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise AuditError(f"{where}: two checks are named '{duplicate}'; give each a distinct 'name'")
+    if sum(c.kind == "patch" for c in checks) > 1:
+        raise AuditError(f"{where}: more than one check of kind 'patch'; allowed: at most one")
+    return Policy(where, checks, tables["model"], tables["data"], tables["run"])
+
+
+def _parse_check(raw: Any, number: int, where: str) -> Check:
+    at = f"{where}: check #{number}"
+    if not isinstance(raw, dict):
+        raise AuditError(f"{at} must be a table ([[check]])")
+    kind = raw.get("kind")
+    if kind not in KIND_SETTINGS:
+        raise AuditError(f"{at} key 'kind' is {kind!r}; allowed: {allowed(KIND_SETTINGS)}")
+    settings, thresholds = dict(KIND_DEFAULTS[kind]), []
+    for key, value in raw.items():
+        if key in ("kind", "name"):
+            if key == "name" and not isinstance(value, str):
+                raise AuditError(f"{at} ({kind}) key 'name' is {value!r}; allowed: a string")
+            continue
+        if key in KIND_THRESHOLDS[kind]:
+            if not _type_ok(value, NUMBER) or not 0.0 <= value <= 1.0:
+                raise AuditError(f"{at} ({kind}) key '{key}' is {value!r}; allowed: a number in [0, 1]")
+            metric, bound = KIND_THRESHOLDS[kind][key]
+            thresholds.append(Threshold(key, metric, bound, float(value)))
+            continue
+        if key not in KIND_SETTINGS[kind]:
+            keys = [*KIND_SETTINGS[kind], *KIND_THRESHOLDS[kind], "name"]
+            raise AuditError(f"{at} ({kind}) has unknown key '{key}'; allowed: {allowed(keys)}")
+        expected = KIND_SETTINGS[kind][key]
+        if key == "eps" and isinstance(value, str):
+            value = parse_number(value, f"{at} ({kind}) key 'eps'")
+        if key == "target" and kind == "attack" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not _type_ok(value, expected):
+            raise AuditError(f"{at} ({kind}) key '{key}' is {value!r}; allowed: {expected}")
+        settings[key] = float(value) if expected == NUMBER else value
+    missing = [k for k in REQUIRED.get(kind, ()) if k not in settings]
+    if missing:
+        raise AuditError(f"{at} ({kind}) is missing key '{missing[0]}'")
+    if not thresholds:
+        raise AuditError(f"{at} ({kind}) has no threshold; allowed: {allowed(KIND_THRESHOLDS[kind])}")
+    return Check(kind, raw.get("name") or default_check_name(kind, settings), settings, thresholds)
+
+
+# ---------------------------------------------------------------- judging
+
+
+@dataclass
+class VerdictRow:
+    check: str
+    kind: str
+    metric: str
+    measured: float | None
+    bound: str  # min, max, or 'max drop' for baseline rows
+    threshold: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class Verdict:
+    rows: list[VerdictRow]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    def failed_checks(self) -> list[str]:
+        return list(dict.fromkeys(r.check for r in self.rows if not r.passed))
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"passed": self.passed, "failed_checks": self.failed_checks(), "rows": [asdict(r) for r in self.rows]}
+
+
+def _matches(row: dict[str, Any], section: str, metric: str, labels: dict[str, Any]) -> bool:
+    if row.get("section") != section or row.get("metric") != metric or "group" in row:
+        return False
+    for key, want in labels.items():
+        have = row.get(key)
+        if isinstance(want, float) or isinstance(have, float):
+            if have is None or want is None or not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def find_metric(report: Report, check: Check, metric: str) -> float | None:
+    """The value the report measured for this check's metric, or None when it did not measure it."""
+    section = "clean" if check.kind == "clean" else check.kind
+    hits = [r for r in report.metrics if _matches(r, section, metric, check.labels())]
+    return None if not hits or hits[0]["value"] is None else float(hits[0]["value"])
+
+
+def judge(report: Report, policy: Policy, *, baseline: Report | None = None, max_drop: float | None = None) -> Verdict:
+    """Each threshold of each check against the report; with a baseline, each gated metric must not worsen by
+    more than max_drop (down for 'min' metrics, up for 'max' metrics). Equality passes."""
+    if max_drop is not None and not 0.0 <= max_drop <= 1.0:
+        raise AuditError(f"max drop {max_drop:g} is outside [0, 1]; allowed: 0 <= max drop <= 1")
+    rows = []
+    for check in policy.checks:
+        for t in check.thresholds:
+            measured = find_metric(report, check, t.metric)
+            if measured is None:
+                rows.append(VerdictRow(check.name, check.kind, t.metric, None, t.bound, t.value, False,
+                                       "not measured in this report"))
+                continue
+            ok = measured >= t.value if t.bound == "min" else measured <= t.value
+            rows.append(VerdictRow(check.name, check.kind, t.metric, measured, t.bound, t.value, ok))
+            if baseline is not None and max_drop is not None:
+                old = find_metric(baseline, check, t.metric)
+                if old is None:
+                    rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop, True,
+                                           "not in the baseline"))
+                    continue
+                worse = (old - measured) if t.bound == "min" else (measured - old)
+                rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop,
+                                       worse <= max_drop + 1e-12, f"baseline {old:.4f}, change {-worse:+.4f}"))
+    return Verdict(rows)
