@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from auditnn.errors import AuditError
+from auditnn.gate import judge, load_policy
+from auditnn.report.schema import Report, load_report, metric_row
+
+GOOD = """
+[model]
+source = "cnn"
+[[check]]
+kind = "clean"
+min_accuracy = 0.9
+[[check]]
+kind = "attack"
+eps = "8/255"
+min_robust_accuracy = 0.5
+[[check]]
+kind = "shortcut"
+tag = "boat"
+rho = 0.9
+max_reliance = 0.2
+"""
+
+
+def _write(tmp_path, text, name="audit.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _report(accuracy=0.9, robust=0.5, reliance=0.2):
+    rows = [
+        metric_row("clean", "accuracy", accuracy),
+        metric_row("attack", "robust_accuracy", robust, method="pgd", norm="linf", eps=8 / 255, steps=10),
+        metric_row("shortcut", "reliance", reliance, tag="boat", rho=0.9),
+        metric_row("shortcut", "group_accuracy", 0.0, group="1 x 2", tag="boat", rho=0.9),
+    ]
+    return Report("audit", "r", {}, {}, 0, {}, rows)
+
+
+def test_the_shipped_example_audit_file_is_valid():
+    policy = load_policy("examples/audit.toml")
+    assert [c.kind for c in policy.checks] == ["clean", "attack", "attack", "shortcut"]
+    assert policy.checks[1].settings["eps"] == pytest.approx(2 / 255)
+
+
+BAD = [
+    ("[model\nsource=1", "is not valid TOML"),
+    ("[modle]\nsource='cnn'", "unknown key 'modle'"),
+    ("[model]\nsource = 3\n" + GOOD.split("[model]\nsource = \"cnn\"")[1], "key 'model.source' is 3; allowed: a string"),
+    ("[[check]]\nkind='clean'\nmin_accuracy=1.5", "check #1 (clean) key 'min_accuracy' is 1.5; allowed: a number in [0, 1]"),
+    ("[[check]]\nkind='clean'\nmin_accuracy='high'", "key 'min_accuracy' is 'high'"),
+    ("[[check]]\nkind='fairness'\nmin_accuracy=0.5", "key 'kind' is 'fairness'; allowed: clean, attack, shortcut or patch"),
+    ("[[check]]\nkind='attack'\nmin_robust_accuracy=0.5", "check #1 (attack) is missing key 'eps'"),
+    ("[[check]]\nkind='attack'\neps=0.1\nepsilon=0.2\nmin_robust_accuracy=0.5", "unknown key 'epsilon'"),
+    ("[[check]]\nkind='clean'", "has no threshold; allowed: min_accuracy"),
+    ("[[check]]\nkind='attack'\neps='lots'\nmin_robust_accuracy=0.5", "'lots' is not a number"),
+    ("[model]\nsource='cnn'", "no [[check]] entries"),
+    ("[[check]]\nkind='clean'\nmin_accuracy=0.5\n[[check]]\nkind='clean'\nmin_accuracy=0.6", "two checks are named 'clean accuracy'"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_audit_files_name_the_file_and_the_key(tmp_path, text, needle):
+    path = _write(tmp_path, text)
+    with pytest.raises(AuditError) as info:
+        load_policy(path)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_a_missing_audit_file_is_named(tmp_path):
+    with pytest.raises(AuditError, match="audit file '.*nope.toml' does not exist"):
+        load_policy(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("delta,passes", [(0.0, True), (1e-9, True), (-1e-3, False)])
+def test_thresholds_at_their_boundaries(tmp_path, delta, passes):
+    policy = load_policy(_write(tmp_path, GOOD))
+    # min thresholds pass at equality; max thresholds (reliance) pass at equality too.
+    verdict = judge(_report(accuracy=0.9 + delta, robust=0.5 + delta, reliance=0.2 - delta), policy)
+    assert verdict.passed is passes
+    assert len(verdict.rows) == 3
+
+
+def test_a_check_the_report_did_not_measure_fails_and_says_so(tmp_path):
+    policy = load_policy(_write(tmp_path, GOOD.replace('eps = "8/255"', 'eps = "4/255"')))
+    verdict = judge(_report(), policy)
+    assert not verdict.passed and verdict.failed_checks() == ["pgd linf eps=4/255 10 steps"]
+    assert verdict.rows[1].note == "not measured in this report"
+
+
+def test_baseline_regression_beyond_the_allowed_drop_fails(tmp_path):
+    policy = load_policy(_write(tmp_path, GOOD))
+    old = _report(accuracy=0.95, robust=0.60, reliance=0.10)
+    within = judge(_report(accuracy=0.94, robust=0.59, reliance=0.11), policy, baseline=old, max_drop=0.02)
+    assert within.passed
+    worse = judge(_report(accuracy=0.94, robust=0.55, reliance=0.15), policy, baseline=old, max_drop=0.02)
+    failed = [(r.metric, r.bound) for r in worse.rows if not r.passed]
+    assert failed == [("robust_accuracy", "max drop"), ("reliance", "max drop")]
+
+
+def test_reports_of_another_schema_or_version_are_refused(tmp_path):
+    data = json.loads(_report().to_json())
+    data["schema_version"] = 99
+    path = _write(tmp_path, json.dumps(data), "report.json")
+    with pytest.raises(AuditError, match="schema_version 99; allowed: 1 .. 1"):
+        load_report(path)
+    path.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(AuditError, match="not an auditnn report"):
+        load_report(path)
