@@ -70,9 +70,11 @@ def test_bad_attack_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_p
     assert files_under(out) == []
 
 
-def test_a_model_for_other_images_is_refused_with_the_shapes(capsys, tmp_path):
+def test_data_is_converted_to_the_input_a_model_declares(capsys, tmp_path):
     data, model = tmp_path / "data", tmp_path / "model"
     assert run_cli(capsys, "data", "build", "--tag", "background", "--test-per-class", "2", "--out", data)[0] == 0
     assert run_cli(capsys, "train", "--data", data, "--out", model, "--epochs", "1", "--device", "cpu")[0] == 0
-    code, _, err = run_cli(capsys, "attack", "--model", f"auditnn:{model}", *FAST, "--out", tmp_path / "o")
-    assert_usage_error(code, err, "expects input [3, 28, 28]", "[1, 28, 28]")
+    code, _, err = run_cli(capsys, "attack", "--model", f"auditnn:{model}", "--method", "fgsm", *FAST, "--out", tmp_path / "o")
+    assert code == 0, err
+    described = json.loads((tmp_path / "o" / "report.json").read_text())["results"]["attack"]["data"]
+    assert described["converted_from"] == [1, 28, 28] and described["converted_to"] == [3, 28, 28]

@@ -57,7 +57,7 @@ def test_built_data_and_trained_model_are_reused(capsys, tmp_path):
 BAD_INPUTS = [
     (["--tag", "logo"], ["'logo'", "watermark, boat or background"]),
     (["--base", "pictures"], ["'pictures'", "digits, shapes"]),
-    (["--model", "vgg"], ["'vgg'", "mlp, cnn or resnet18"]),
+    (["--model", "vgg"], ["'vgg'", "mlp, cnn, resnet18, factory:pkg.module:function"]),
     (["--device", "tpu"], ["'tpu'", "auto, cpu, cuda or cuda:N"]),
     (["--rho", "1.5"], ["rho 1.5", "0 <= rho <= 1"]),
     (["--rho", "0.9,high"], ["'high'", "fractions"]),

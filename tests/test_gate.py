@@ -52,7 +52,7 @@ BAD = [
     ("[model]\nsource = 3\n" + GOOD.split("[model]\nsource = \"cnn\"")[1], "key 'model.source' is 3; allowed: a string"),
     ("[[check]]\nkind='clean'\nmin_accuracy=1.5", "check #1 (clean) key 'min_accuracy' is 1.5; allowed: a number in [0, 1]"),
     ("[[check]]\nkind='clean'\nmin_accuracy='high'", "key 'min_accuracy' is 'high'"),
-    ("[[check]]\nkind='fairness'\nmin_accuracy=0.5", "key 'kind' is 'fairness'; allowed: clean, attack, shortcut or patch"),
+    ("[[check]]\nkind='fairness'\nmin_accuracy=0.5", "key 'kind' is 'fairness'; allowed: clean, attack, shortcut, patch, sensitivity or groups"),
     ("[[check]]\nkind='attack'\nmin_robust_accuracy=0.5", "check #1 (attack) is missing key 'eps'"),
     ("[[check]]\nkind='attack'\neps=0.1\nepsilon=0.2\nmin_robust_accuracy=0.5", "unknown key 'epsilon'"),
     ("[[check]]\nkind='clean'", "has no threshold; allowed: min_accuracy"),

@@ -8,17 +8,21 @@ from typing import Any
 
 import torch
 
-from .attacks.audit import AttackAuditConfig, AttackAuditResult, attack_report
+from .attacks.audit import AttackAuditConfig, AttackAuditResult, attack_report, patch_split
 from .attacks.evaluate import AttackSpec, evaluate_attack
 from .attacks.patch import PatchConfig, optimize_patch
 from .data.controlled import BuildConfig, ShortcutConfig
+from .data.sources import ImageSet
 from .errors import AuditError
 from .gate import Policy, Verdict, judge
 from .inference import predict
 from .models.load import first_layer_pictures
 from .report.schema import Report, metric_row
 from .runtime import resolve_device, seed_everything
+from .models.user import UserModelSpec, split_model_spec
+from .shortcut.annotated import annotated_metrics, read_groups, tag_sensitivity
 from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
+from .shortcut.user import groups_rows, sensitivity_rows
 from .subject import check_model_spec, load_eval_data, resolve_model
 from .train import ProgressFn, TrainConfig
 
@@ -45,8 +49,20 @@ def validate_policy(policy: Policy) -> None:
                 PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"]).validate()
             elif check.kind == "shortcut":
                 _shortcut_config(policy, check.settings).validate()
+            elif check.kind == "sensitivity":
+                _planted(check.settings).validate()
         except AuditError as exc:
             raise AuditError(f"{at}: {exc}") from None
+
+
+def _planted(s: dict[str, Any]) -> ShortcutConfig:
+    return ShortcutConfig(tag=s["tag"], size=s.get("size"), opacity=s.get("opacity"), position=s.get("position"),
+                          target_class=s.get("target_class"))
+
+
+def _model_spec(policy: Policy) -> UserModelSpec:
+    m = policy.model
+    return UserModelSpec(m.get("source", "cnn"), m.get("weights"), m.get("mean"), m.get("std"))
 
 
 def _shortcut_config(policy: Policy, s: dict[str, Any]) -> ShortcutAuditConfig:
@@ -75,19 +91,24 @@ def run_audit(
     seed = policy.run.get("seed", 0)
     device = resolve_device(policy.run.get("device", "auto"))
     data_cfg, model_cfg = policy.data, policy.model
-    needs_subject = any(c.kind in ("clean", "attack", "patch") for c in policy.checks)
+    needs_subject = any(c.kind in ("clean", "attack", "patch", "sensitivity", "groups") for c in policy.checks)
+    spec = _model_spec(policy)
+    trained_model = split_model_spec(spec.spec)[0] != "arch"
     results: dict[str, Any] = {}
     metrics: list[dict[str, Any]] = []
     warnings: list[dict[str, str]] = []
     pictures: dict[str, torch.Tensor] = {}
     timings: dict[str, float] = {}
     if needs_subject:
+        # An architecture trains on a split of the source; a trained model is measured on all of the user's images.
+        source_spec = data_cfg.get("source", "digits")
         data = load_eval_data(
-            base=data_cfg.get("source", "digits"), data_dir=data_cfg.get("dataset"), data_root=data_cfg.get("data_root"),
-            download=data_cfg.get("download", False), test_per_class=data_cfg.get("test_per_class", 30), seed=seed,
+            base=source_spec, data=data_cfg.get("dataset") or (source_spec if trained_model else None),
+            data_root=data_cfg.get("data_root"), download=data_cfg.get("download", False),
+            test_per_class=data_cfg.get("test_per_class", 30), seed=seed, strict=data_cfg.get("strict", False),
         )
-        model, _, source = resolve_model(
-            model_cfg.get("source", "cnn"), data, TrainConfig(epochs=model_cfg.get("epochs", 10), seed=seed), device,
+        model, _, source, data = resolve_model(
+            spec, data, TrainConfig(epochs=model_cfg.get("epochs", 10), seed=seed), device,
             width=model_cfg.get("width"), progress=progress,
         )
         described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
@@ -108,11 +129,35 @@ def run_audit(
                 attack_rows += partial.results["attack"]["rows"]
                 warnings += [{**w, "check": check.name} for w in evaluation.warnings]
                 pictures.update({f"attack/{check.name}/{k}": v for k, v in evaluation.examples.items()})
+            elif check.kind == "sensitivity":
+                shortcut = _planted(check.settings).build(data.num_classes)
+                measured = tag_sensitivity(model, data.test_images, data.test_labels, shortcut, data.classes,
+                                           target_class=check.settings.get("target_class"), seed=seed)
+                metrics += sensitivity_rows(measured)
+                results["sensitivity"] = {**measured.to_dict(), "model": source, "data": described}
+            elif check.kind == "groups":
+                images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
+                notes = read_groups(check.settings["groups"], check.settings["attribute"], images)
+                measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
+                metrics += groups_rows(measured)
+                results["groups"] = {**measured.to_dict(), "model": source, "data": described}
+            elif check.kind == "sensitivity":
+                shortcut = _planted(check.settings).build(data.num_classes)
+                measured = tag_sensitivity(model, data.test_images, data.test_labels, shortcut, data.classes,
+                                           target_class=check.settings.get("target_class"), seed=seed)
+                metrics += sensitivity_rows(measured)
+                results["sensitivity"] = {**measured.to_dict(), "model": source, "data": described}
+            elif check.kind == "groups":
+                images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
+                notes = read_groups(check.settings["groups"], check.settings["attribute"], images)
+                measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
+                metrics += groups_rows(measured)
+                results["groups"] = {**measured.to_dict(), "model": source, "data": described}
             elif check.kind == "patch":
                 s = check.settings
                 config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
                 config.validate(data.num_classes)
-                patch = optimize_patch(model, data.train_images, data.train_labels, data.test_images, data.test_labels, config)
+                patch = optimize_patch(model, *patch_split(data, seed), config)
                 partial = attack_report(AttackAuditResult(None, patch, source, described, str(device), 0.0),
                                         AttackAuditConfig(method="patch", patch=config), run_id=run_id, environment={})
                 metrics += partial.metrics

@@ -23,12 +23,15 @@ else:  # pragma: no cover - Python 3.10
 
 # Per kind: settings (key -> type), and thresholds (key -> (metric, 'min' or 'max')).
 NUMBER, INTEGER, STRING, BOOLEAN = "a number", "an integer", "a string", "true or false"
+NUMBERS = "a list of numbers"
 KIND_SETTINGS: dict[str, dict[str, str]] = {
     "clean": {},
     "attack": {"method": STRING, "norm": STRING, "eps": NUMBER, "steps": INTEGER, "restarts": INTEGER, "target": STRING},
     "shortcut": {"tag": STRING, "rho": NUMBER, "size": INTEGER, "opacity": NUMBER, "position": STRING,
                  "target_class": INTEGER, "epochs": INTEGER},
     "patch": {"size": NUMBER, "shape": STRING, "target": INTEGER, "steps": INTEGER},
+    "sensitivity": {"tag": STRING, "size": INTEGER, "opacity": NUMBER, "position": STRING, "target_class": INTEGER},
+    "groups": {"groups": STRING, "attribute": STRING},
 }
 KIND_THRESHOLDS: dict[str, dict[str, tuple[str, str]]] = {
     "clean": {"min_accuracy": ("accuracy", "min")},
@@ -37,17 +40,23 @@ KIND_THRESHOLDS: dict[str, dict[str, tuple[str, str]]] = {
                  "max_gap": ("gap", "max")},
     "patch": {"max_target_success_rate": ("target_success_rate", "max"),
               "min_accuracy_with_patch": ("accuracy_with_patch", "min")},
+    "sensitivity": {"max_flip_rate": ("flip_rate", "max"), "max_toward_rate": ("toward_rate", "max")},
+    "groups": {"min_worst_group_accuracy": ("worst_group_accuracy", "min"), "max_gap": ("gap", "max"),
+               "max_agreement_rate": ("agreement_rate", "max")},
 }
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "clean": {},
     "attack": {"method": "pgd", "norm": "linf", "steps": 10, "restarts": 1},
     "shortcut": {"rho": 0.95},
     "patch": {"size": 0.3, "shape": "square", "target": 0, "steps": 300},
+    "sensitivity": {"tag": "watermark"},
+    "groups": {},
 }
-REQUIRED = {"attack": ("eps",), "shortcut": ("tag",)}
+REQUIRED = {"attack": ("eps",), "shortcut": ("tag",), "groups": ("groups", "attribute")}
 TABLES: dict[str, dict[str, str]] = {
-    "model": {"source": STRING, "width": INTEGER, "epochs": INTEGER},
-    "data": {"source": STRING, "dataset": STRING, "data_root": STRING, "download": BOOLEAN, "test_per_class": INTEGER},
+    "model": {"source": STRING, "weights": STRING, "mean": NUMBERS, "std": NUMBERS, "width": INTEGER, "epochs": INTEGER},
+    "data": {"source": STRING, "dataset": STRING, "data_root": STRING, "download": BOOLEAN, "test_per_class": INTEGER,
+             "strict": BOOLEAN},
     "run": {"seed": INTEGER, "device": STRING},
 }
 
@@ -77,6 +86,10 @@ class Check:
             return {"tag": s["tag"], "rho": s["rho"]}
         if self.kind == "patch":
             return {"method": "patch"}
+        if self.kind == "sensitivity":
+            return {"tag": s["tag"]}
+        if self.kind == "groups":
+            return {"attribute": s["attribute"]}
         return {}
 
 
@@ -96,6 +109,8 @@ def _type_ok(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == BOOLEAN:
         return isinstance(value, bool)
+    if kind == NUMBERS:
+        return isinstance(value, list) and bool(value) and all(_type_ok(v, NUMBER) for v in value)
     return isinstance(value, str)
 
 
@@ -107,6 +122,10 @@ def default_check_name(kind: str, s: dict[str, Any]) -> str:
         return f"shortcut {s['tag']} rho={s['rho']:g}"
     if kind == "patch":
         return f"patch {s['size']:g} target={s['target']}"
+    if kind == "sensitivity":
+        return f"planted {s['tag']} sensitivity"
+    if kind == "groups":
+        return f"groups by {s['attribute']}"
     return "clean accuracy"
 
 
@@ -143,23 +162,28 @@ def load_policy(path: str | Path) -> Policy:
     base = path.parent
     if "dataset" in tables["data"]:
         tables["data"]["dataset"] = _resolve_path(tables["data"]["dataset"], base)
-    if "data_root" in tables["data"]:
-        tables["data"]["data_root"] = _resolve_path(tables["data"]["data_root"], base)
+    for table, key in (("data", "data_root"), ("model", "weights")):
+        if key in tables[table]:
+            tables[table][key] = _resolve_path(tables[table][key], base)
     for key, table in (("source", "model"), ("source", "data")):
         value = tables[table].get(key, "")
-        for prefix in ("auditnn:", "imagefolder:"):
+        for prefix in ("auditnn:", "imagefolder:", "tensors:", "export:", "torchscript:"):
             if value.startswith(prefix):
                 tables[table][key] = prefix + _resolve_path(value.removeprefix(prefix), base)
     raw_checks = data.get("check", [])
     if not isinstance(raw_checks, list) or not raw_checks:
         raise AuditError(f"{where}: no [[check]] entries; allowed: one or more of kind {allowed(KIND_SETTINGS)}")
     checks = [_parse_check(raw, i + 1, where) for i, raw in enumerate(raw_checks)]
+    for check in checks:
+        if "groups" in check.settings:
+            check.settings["groups"] = _resolve_path(check.settings["groups"], base)
     names = [c.name for c in checks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise AuditError(f"{where}: two checks are named '{duplicate}'; give each a distinct 'name'")
-    if sum(c.kind == "patch" for c in checks) > 1:
-        raise AuditError(f"{where}: more than one check of kind 'patch'; allowed: at most one")
+    for single in ("patch", "sensitivity", "groups"):
+        if sum(c.kind == single for c in checks) > 1:
+            raise AuditError(f"{where}: more than one check of kind '{single}'; allowed: at most one")
     return Policy(where, checks, tables["model"], tables["data"], tables["run"])
 
 

@@ -20,7 +20,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         for module, training in modes.items():
-            module.train(training)
+            module.training = training  # the flag itself: some modules (exported programs) refuse train()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from ..io import atomic_torch_save, atomic_write_bytes
 from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device, seed_everything
+from ..models.user import UserModelSpec
 from ..subject import EvalData, check_model_spec, load_eval_data, resolve_model
 from ..train import ProgressFn, TrainConfig
 from .evaluate import AttackEvaluation, AttackSpec, evaluate_attack
@@ -34,7 +35,11 @@ class AttackAuditConfig:
     data_root: str | None = None
     download: bool = False
     test_per_class: int = 30
-    model: str = "cnn"
+    model: str = "cnn"  # an architecture to train, or a model spec (factory:, torchvision:, export:, torchscript:, auditnn:)
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    strict: bool = False
     width: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
@@ -73,15 +78,17 @@ def run_attack_audit(
     device = resolve_device(config.device)
     start = time.perf_counter()
     data: EvalData = load_eval_data(
-        base=config.base, data_dir=config.data_dir, data_root=config.data_root, download=config.download,
-        test_per_class=config.test_per_class, seed=config.seed,
+        base=config.base, data=config.data_dir, data_root=config.data_root, download=config.download,
+        test_per_class=config.test_per_class, seed=config.seed, strict=config.strict,
     )
-    model, _, source = resolve_model(config.model, data, config.train, device, width=config.width, progress=train_progress)
+    spec = UserModelSpec(config.model, config.weights, config.mean, config.std)
+    model, _, source, data = resolve_model(spec, data, config.train, device, width=config.width, progress=train_progress)
     seed_everything(config.seed)
     evaluation = patch = None
     if config.method == "patch":
         config.patch.validate(data.num_classes)
-        patch = optimize_patch(model, data.train_images, data.train_labels, data.test_images, data.test_labels, config.patch)
+        fit_x, fit_y, test_x, test_y = patch_split(data, config.seed)
+        patch = optimize_patch(model, fit_x, fit_y, test_x, test_y, config.patch)
     else:
         evaluation = evaluate_attack(model, data.test_images, data.test_labels, config.attack, progress=attack_progress)
     pictures = {f"model/{k}": v for k, v in first_layer_pictures(model, data.test_images.shape[1:]).items()}
@@ -92,6 +99,17 @@ def run_attack_audit(
                          **{f"patch/{k}": v for k, v in patch.examples.items()}})
     described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
     return AttackAuditResult(evaluation, patch, source, described, str(device), time.perf_counter() - start, pictures)
+
+
+def patch_split(data: EvalData, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fit images, labels, held-out images, labels) for the patch: the training images when the data has them,
+    else the evaluation images halved (seeded), so the patch is never judged on the images it was fitted on."""
+    if not data.fitted_on_test:
+        return data.train_images, data.train_labels, data.test_images, data.test_labels
+    order = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))
+    half = len(order) // 2
+    fit, held = order[:half], order[half:]
+    return data.test_images[fit], data.test_labels[fit], data.test_images[held], data.test_labels[held]
 
 
 def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_id: str, environment: dict[str, Any]) -> Report:

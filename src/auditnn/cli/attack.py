@@ -46,8 +46,12 @@ def attack(
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
     patch_shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
     sanity: Annotated[bool, typer.Option(help="Run the gradient-masking checks (FGSM at each eps, 2x steps, huge eps).")] = True,
-    model: Annotated[str, typer.Option(help="Architecture to train (cached) or a trained model auditnn:DIR.")] = "cnn",
-    data: Annotated[Optional[str], typer.Option(help="A dataset folder from 'auditnn data build' (its shortcut-free test split).")] = None,
+    model: Annotated[str, typer.Option(help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR.")] = "cnn",
+    weights: o.Weights = None,
+    mean: o.Mean = None,
+    std: o.Std = None,
+    data: Annotated[Optional[str], typer.Option(help="Images to attack: imagefolder:DIR, tensors:FILE, torchvision:NAME, or a folder from 'auditnn data build'.")] = None,
+    strict: o.Strict = False,
     base: o.Base = "digits",
     width: o.Width = None,
     epochs: o.Epochs = 10,
@@ -63,6 +67,7 @@ def attack(
     """Robust accuracy under FGSM or PGD at each eps (with gradient-masking flags), or a universal patch's success."""
     consoles = Consoles(quiet)
     is_patch = method == "patch"
+    user = o.user_model(model, weights, mean, std)
     config = AttackAuditConfig(
         method=method,
         attack=AttackSpec(
@@ -74,7 +79,8 @@ def attack(
         patch=PatchConfig(size=patch_size, shape=patch_shape, target=parse_target(target, 0) if is_patch else 0,
                           steps=300 if steps is None else steps, seed=seed),
         base=base, data_dir=data, data_root=None if data_root is None else str(data_root), download=download,
-        test_per_class=test_per_class, model=model, width=width,
+        test_per_class=test_per_class, model=model, width=width, strict=strict,
+        weights=user.weights, mean=user.mean, std=user.std,
         train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed), device=device, seed=seed,
     )
     if is_patch and isinstance(config.patch.target, str):

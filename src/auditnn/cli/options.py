@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.controlled import BuildConfig, ShortcutConfig
+from ..models.user import UserModelSpec
 from ..train import TrainConfig
+from ..values import parse_number_list
 
 Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
 Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
@@ -27,6 +29,18 @@ BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 Width = Annotated[Optional[int], typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes; tables only.")]
+Weights = Annotated[Optional[Path], typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")]
+Mean = Annotated[Optional[str], typer.Option(help="Per-channel mean the model expects, in pixel units: 0.485,0.456,0.406.")]
+Std = Annotated[Optional[str], typer.Option(help="Per-channel std the model expects, in pixel units.")]
+Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder are an error, not skipped.")]
+
+
+def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> UserModelSpec:
+    return UserModelSpec(
+        model, None if weights is None else str(weights),
+        None if mean is None else parse_number_list(mean, "--mean"),
+        None if std is None else parse_number_list(std, "--std"),
+    )
 
 
 def build_config(

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..data.controlled import ShortcutConfig
+from ..errors import AuditError
 from ..report.tables import report_tables
 from ..report.writers import write_report
 from ..runtime import environment, resolve_device
 from ..shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
+from ..shortcut.user import UserShortcutConfig, run_user_shortcut_audit, user_shortcut_report
+from ..subject import is_source_spec
 from ..io import output_folder
 from ..values import parse_number_list
 from . import options as o
@@ -17,11 +22,17 @@ from .common import Consoles, epoch_progress, output_dir, render_table, run_id
 
 
 def shortcut(
-    tag: o.Tag = "watermark",
+    tag: Annotated[Optional[str], typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
     rho: Annotated[str, typer.Option(help="P(shortcut agrees with label) in training; a list sweeps: 0.5,0.9,0.99.")] = "0.95",
     base: o.Base = "digits",
-    model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18) or a trained model auditnn:DIR.")] = "cnn",
-    data: Annotated[Optional[str], typer.Option(help="A dataset folder from 'auditnn data build' instead of building one.")] = None,
+    model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE.")] = "cnn",
+    weights: o.Weights = None,
+    mean: o.Mean = None,
+    std: o.Std = None,
+    data: Annotated[Optional[str], typer.Option(help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model.")] = None,
+    groups: Annotated[Optional[Path], typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")] = None,
+    attribute: Annotated[Optional[str], typer.Option(help="The CSV column that defines the groups (with --groups).")] = None,
+    strict: o.Strict = False,
     target_class: o.TargetClass = None,
     size: o.Size = None,
     opacity: o.Opacity = None,
@@ -43,6 +54,12 @@ def shortcut(
     """Measure how much a model relies on a planted shortcut: group and worst-group accuracy, counterfactual flips,
     reliance and attribution inside the shortcut's pixels."""
     consoles = Consoles(quiet)
+    user = o.user_model(model, weights, mean, std)
+    if groups is not None or attribute is not None or (data is not None and is_source_spec(data)):
+        _user_audit(consoles, user, data, tag, size, opacity, position, target_class, groups, attribute, strict,
+                    device, seed, data_root, download, out)
+        return
+    tag = tag or "watermark"
     rhos = parse_number_list(rho, "--rho")
     config = ShortcutAuditConfig(
         build=o.build_config(
@@ -51,6 +68,9 @@ def shortcut(
         ),
         rhos=rhos,
         model=model,
+        weights=user.weights,
+        mean=user.mean,
+        std=user.std,
         width=width,
         train=o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
         device=device,
@@ -69,4 +89,33 @@ def shortcut(
         write_report(report, out_dir, pictures=result.pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
+    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")
+
+
+def _user_audit(consoles, user, data, tag, size, opacity, position, target_class, groups, attribute, strict,  # noqa: ANN001
+                device, seed, data_root, download, out) -> None:  # noqa: ANN001
+    """A trained model on the user's images: planted-tag sensitivity and/or per-group accuracy."""
+    if data is None or not is_source_spec(data):
+        raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
+    planted = None
+    if tag is not None or groups is None:
+        planted = ShortcutConfig(tag=tag or "watermark", size=size, opacity=opacity, position=position,
+                                 target_class=target_class)
+    config = UserShortcutConfig(
+        model=user, data=data, shortcut=planted, groups=None if groups is None else str(groups), attribute=attribute,
+        data_root=None if data_root is None else str(data_root), download=download, strict=strict, device=device,
+        seed=seed,
+    )
+    config.validate()
+    resolved = resolve_device(device)
+    rid = run_id("shortcut", planted.tag if planted else f"groups-{attribute}")
+    with output_folder(output_dir(out, rid)) as out_dir:
+        result = run_user_shortcut_audit(config)
+        report = user_shortcut_report(result, config, run_id=rid, environment=environment(resolved))
+        write_report(report, out_dir)
+    for table in report_tables(report):
+        consoles.out.print(render_table(table))
+    skipped = result.data.get("skipped_files")
+    if skipped:
+        consoles.note(f"{skipped} non-image file(s) in the folder were skipped (--strict makes them an error)")
     consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")

@@ -21,7 +21,7 @@ from ..errors import AuditError, allowed
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 TORCHVISION_SOURCES = ("mnist", "fashionmnist", "cifar10", "svhn")
-SOURCE_FORMS = ("digits", "shapes", *(f"torchvision:{n}" for n in TORCHVISION_SOURCES), "imagefolder:DIR")
+SOURCE_FORMS = ("digits", "shapes", *(f"torchvision:{n}" for n in TORCHVISION_SOURCES), "imagefolder:DIR", "tensors:FILE")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -37,6 +37,7 @@ class ImageSet:
     labels: torch.Tensor
     classes: list[str]
     foreground: torch.Tensor | None = None
+    names: list[str] | None = None  # per image: its file (relative to the folder) or its index, for --groups
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -47,7 +48,8 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         fg = None if self.foreground is None else self.foreground[index]
-        return ImageSet(self.images[index], self.labels[index], self.classes, fg)
+        names = None if self.names is None else [self.names[i] for i in index.tolist()]
+        return ImageSet(self.images[index], self.labels[index], self.classes, fg, names)
 
 
 @dataclass
@@ -84,7 +86,7 @@ def check_source_spec(spec: str) -> tuple[str, str]:
     """Split a source spec into (kind, argument), or say which forms exist. Loading is separate (it is slow)."""
     kind, _, arg = spec.partition(":")
     kind, arg = kind.strip().lower(), arg.strip()
-    if (kind in ("digits", "shapes") and not arg) or (kind in ("torchvision", "imagefolder") and arg):
+    if (kind in ("digits", "shapes") and not arg) or (kind in ("torchvision", "imagefolder", "tensors") and arg):
         if kind == "torchvision" and arg.lower() not in TORCHVISION_SOURCES:
             raise AuditError(
                 f"data source '{spec}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}"
@@ -100,8 +102,10 @@ def load_source(
     download: bool = False,
     seed: int = 0,
     size: int | None = None,
+    strict: bool = False,
 ) -> BaseData:
-    """Parse a source spec and load it. `size` is the number of images for generated sources."""
+    """Parse a source spec and load it. `size` is the number of images for generated sources; `strict` makes
+    non-image files in an image folder an error instead of skipped and counted."""
     kind, arg = check_source_spec(spec)
     if kind == "digits":
         return BaseData(spec, load_digits(seed=seed))
@@ -109,7 +113,10 @@ def load_source(
         return BaseData(spec, make_shapes(size or 3000, seed=seed))
     if kind == "torchvision":
         return load_torchvision(arg.lower(), data_root=data_root, download=download)
-    return BaseData(spec, load_imagefolder(arg))
+    if kind == "tensors":
+        return BaseData(spec, load_tensors(arg))
+    images, skipped = load_imagefolder(arg, strict=strict)
+    return BaseData(spec, images, notes={"skipped_files": skipped})
 
 
 # ---------------------------------------------------------------- digits
@@ -348,21 +355,24 @@ def load_torchvision(name: str, *, data_root: str | Path | None, download: bool)
 # ---------------------------------------------------------------- imagefolder
 
 
-def load_imagefolder(directory: str | Path) -> ImageSet:
-    """One sub-folder per class (sorted names are the classes). Images of other sizes are resized to the first
-    image's size; non-image files are skipped. Grayscale when every image is single-channel, else RGB."""
+def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[ImageSet, int]:
+    """One sub-folder per class (sorted names are the classes). Returns (images, number of non-image files
+    skipped); with strict, a non-image file is an error. Images of other sizes are resized to the first image's
+    size. Grayscale when every image is single-channel, else RGB."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(directory)
     if not root.is_dir():
         raise AuditError(f"imagefolder '{root}' is not a folder; give a folder with one sub-folder per class")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [
-        (label, f)
-        for label, d in enumerate(class_dirs)
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    everything = [(label, f) for label, d in enumerate(class_dirs) for f in sorted(d.rglob("*")) if f.is_file()]
+    files = [(label, f) for label, f in everything if f.suffix.lower() in IMAGE_SUFFIXES]
+    others = [f for _, f in everything if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if strict and others:
+        raise AuditError(
+            f"imagefolder '{root}' holds {len(others)} non-image file(s), e.g. '{others[0].relative_to(root)}'; "
+            f"allowed under --strict: only {', '.join(IMAGE_SUFFIXES)}"
+        )
     if len(class_dirs) < 2 or not files:
         raise AuditError(
             f"imagefolder '{root}' has {len(class_dirs)} class folder(s) and {len(files)} image(s); "
@@ -378,8 +388,82 @@ def load_imagefolder(directory: str | Path) -> ImageSet:
             raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
     gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
     size = pictures[0].size
-    arrays = [np.asarray(p.convert("L" if gray else "RGB").resize(size) if p.size != size else p.convert("L" if gray else "RGB")) for p in pictures]
+    mode = "L" if gray else "RGB"
+    arrays = [np.asarray(p.convert(mode) if p.size == size else p.convert(mode).resize(size)) for p in pictures]
     stack = torch.from_numpy(np.stack(arrays)).float().div_(255)
     images = stack.unsqueeze(1) if gray else stack.permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for label, _ in files], dtype=torch.int64)
-    return ImageSet(images, labels, [d.name for d in class_dirs])
+    names = [f.relative_to(root).as_posix() for _, f in files]
+    return ImageSet(images, labels, [d.name for d in class_dirs], names=names), len(others)
+
+
+# ---------------------------------------------------------------- tensors files
+
+
+def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
+    """uint8 (0..255) or float ([0, 1]) images in (N, H, W), (N, C, H, W) or (N, H, W, C) -> float32 NCHW in [0, 1]."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif images.dim() == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.permute(0, 3, 1, 2)
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise AuditError(f"images in {where} have shape {tuple(images.shape)}; allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255).contiguous()
+    if not images.is_floating_point():
+        raise AuditError(f"images in {where} have dtype {images.dtype}; allowed: uint8 (0..255) or float (0..1)")
+    images = images.float().contiguous()
+    if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+        raise AuditError(f"float images in {where} fall outside [0, 1]; allowed: uint8 0..255 or float 0..1")
+    return images
+
+
+def load_tensors(path: str | Path) -> ImageSet:
+    """A file with 'images' and 'labels' (and optionally 'classes'): .pt/.pth read with torch.load(weights_only=True),
+    .npz read without pickles, or .safetensors."""
+    from ..formats import read_npz, read_safetensors
+    from ..io import safe_torch_load
+
+    path = Path(path)
+    where = f"tensors file '{path}'"
+    if not path.is_file():
+        raise AuditError(f"{where} does not exist; give a .pt, .npz or .safetensors file with images and labels")
+    classes = None
+    if path.suffix == ".npz":
+        arrays = read_npz(path, "tensors file")
+        data = {k: torch.from_numpy(v) for k, v in arrays.items() if v.dtype.kind != "U"}
+        classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    elif path.suffix == ".safetensors":
+        data = read_safetensors(path, "tensors file")
+    else:
+        data = safe_torch_load(path, "tensors file")
+        if not isinstance(data, dict):
+            raise AuditError(f"{where} holds a {type(data).__name__}; allowed: a dict with 'images' and 'labels'")
+        classes = data.get("classes")
+    missing = [k for k in ("images", "labels") if k not in data]
+    if missing:
+        raise AuditError(f"{where} has no '{missing[0]}'; allowed: a mapping with 'images' and 'labels' (and 'classes')")
+    images = _as_pixels(torch.as_tensor(data["images"]), where)
+    labels = torch.as_tensor(data["labels"]).long().view(-1)
+    num_classes = len(classes) if classes else int(labels.max()) + 1 if labels.numel() else 0
+    names_of_classes = [str(c) for c in classes] if classes else [str(k) for k in range(num_classes)]
+    validate_images(images, labels, num_classes, where)
+    return ImageSet(images, labels, names_of_classes, names=[str(i) for i in range(len(labels))])
+
+
+def conform_images(images: torch.Tensor, shape: list[int | None]) -> torch.Tensor:
+    """Convert (N, C, H, W) images in [0, 1] to a model's input (C', H', W'): gray <-> RGB, bilinear resize.
+    A None in `shape` keeps that size."""
+    channels, height, width = shape
+    if channels is not None and channels != images.shape[1]:
+        if channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        elif channels == 1 and images.shape[1] == 3:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images * weights).sum(1, keepdim=True)
+        else:
+            raise AuditError(f"images with {images.shape[1]} channels cannot become {channels}; allowed: 1 <-> 3")
+    size = (height or images.shape[2], width or images.shape[3])
+    if size != tuple(images.shape[2:]):
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return images.clamp(0, 1).contiguous()

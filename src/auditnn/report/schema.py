@@ -17,7 +17,7 @@ from ..errors import AuditError
 SCHEMA = "auditnn.report"
 SCHEMA_VERSION = 1
 # Label columns of a tidy metric row, in CSV order; a row leaves out those that do not apply.
-LABELS = ("section", "metric", "group", "tag", "rho", "method", "norm", "eps", "steps")
+LABELS = ("section", "metric", "group", "attribute", "tag", "rho", "method", "norm", "eps", "steps")
 
 
 @dataclass

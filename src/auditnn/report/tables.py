@@ -82,8 +82,34 @@ def patch_tables(section: dict[str, Any]) -> list[Table]:
     return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
 
 
+def sensitivity_tables(section: dict[str, Any]) -> list[Table]:
+    rows = [[v["tag_class"], fmt(v["flip_rate"]), fmt(v["toward_rate"]), fmt(v["accuracy_with_tag"]), v["top_destination"]]
+            for v in section["variants"]]
+    rows.append(["mean", fmt(section["flip_rate"]), fmt(section["toward_rate"]), "-", "-"])
+    title = (f"Planted-tag sensitivity: {section['tag']} on {section['n']} images, model {section['model']} "
+             f"(accuracy without the tag {fmt(section['accuracy_without_tag'])})")
+    return [Table(title, ["tag of class", "answers changed", "moved to the tag's class", "accuracy with tag",
+                          "most changed to"], rows)]
+
+
+def groups_tables(section: dict[str, Any]) -> list[Table]:
+    summary = [
+        ["accuracy", fmt(section["accuracy"])],
+        ["worst-group accuracy", f"{fmt(section['worst_group_accuracy'])} ({section['worst_group']})"],
+        ["accuracy, label = attribute's class", fmt(section["aligned_accuracy"])],
+        ["accuracy, label != attribute's class", fmt(section["conflicting_accuracy"])],
+        ["gap", fmt(section["gap"])],
+        ["answers agreeing with the attribute's class", fmt(section["agreement_rate"])],
+        ["attribute's class", ", ".join(f"{k}: {v}" for k, v in section["associated_class"].items())],
+    ]
+    groups = [[g["group"], str(g["n"]), fmt(g["accuracy"])] for g in sorted(section["groups"], key=lambda g: g["accuracy"])]
+    title = f"Groups by '{section['attribute']}' ({section['n']} annotated images, model {section['model']})"
+    return [Table(title, ["metric", "value"], summary), Table("Accuracy per group (label x attribute)", ["group", "n", "accuracy"], groups)]
+
+
 SECTION_TABLES: dict[str, Callable[[dict[str, Any]], list[Table]]] = {
     "shortcut": shortcut_tables, "attack": attack_tables, "patch": patch_tables,
+    "sensitivity": sensitivity_tables, "groups": groups_tables,
 }
 
 

@@ -13,11 +13,12 @@ import torch
 from ..data.controlled import BuildConfig, build_controlled, load_controlled
 from ..data.sources import load_source
 from ..errors import AuditError
-from ..models import load_model_dir, save_model_dir
+from ..models import save_model_dir
+from ..models.user import UserModelSpec, load_user_model, split_model_spec
 from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
 from ..runtime import resolve_device
-from ..subject import check_model_fits, check_model_spec
+from ..subject import EvalData, check_model_fits, check_model_spec, probe_model
 from ..train import TrainConfig, train_on_controlled
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_examples
 
@@ -26,7 +27,10 @@ from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_e
 class ShortcutAuditConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     rhos: list[float] = field(default_factory=lambda: [0.95])
-    model: str = "cnn"  # an architecture to train (mlp, cnn, resnet18) or a trained model folder (auditnn:DIR)
+    model: str = "cnn"  # an architecture to train (mlp, cnn, resnet18) or a trained model's spec (auditnn:DIR, ...)
+    weights: str | None = None  # with a factory: or torchvision: model
+    mean: list[float] | None = None
+    std: list[float] | None = None
     width: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
@@ -71,7 +75,22 @@ class ShortcutAuditResult:
 
 
 def is_trained_model_spec(spec: str) -> bool:
-    return spec.startswith("auditnn:")
+    return split_model_spec(spec)[0] != "arch"
+
+
+def load_given_model(config: ShortcutAuditConfig, dataset: Any, device: torch.device) -> torch.nn.Module:
+    """A trained model to measure on the controlled dataset; it must take the dataset's images as they are."""
+    spec = UserModelSpec(config.model, config.weights, config.mean, config.std)
+    channels = dataset.test.images.shape[1]
+    model, card = load_user_model(spec, num_classes=dataset.num_classes, channels=channels)
+    if card.get("input_shape"):
+        check_model_fits({**card, "classes": card["classes"] or dataset.classes}, dataset.test.images,
+                         dataset.num_classes, f"'{config.model}'")
+    model = model.to(device).eval()
+    data = EvalData(dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels,
+                    dataset.classes, {})
+    probe_model(model, data, f"'{config.model}'")
+    return model
 
 
 def run_shortcut_audit(
@@ -85,9 +104,6 @@ def run_shortcut_audit(
     device = resolve_device(config.device)
     start = time.perf_counter()
     given_model = None
-    if is_trained_model_spec(config.model):
-        given_model, given_card = load_model_dir(config.model.removeprefix("auditnn:"))
-        given_model.to(device)
     base = None
     if config.data_dir is None:
         b = config.build
@@ -101,8 +117,9 @@ def run_shortcut_audit(
         else:
             dataset = build_controlled(replace(config.build, rho=rho), base)
         training = model_dir = None
-        if given_model is not None:
-            check_model_fits(given_card, dataset.test.images, dataset.num_classes, f"'{config.model}'")
+        if is_trained_model_spec(config.model):
+            if given_model is None:
+                given_model = load_given_model(config, dataset, device)
             model = given_model
         else:
             report = None if progress is None else (lambda e, n, r, rho=rho: progress(rho, e, n, r))

@@ -1,0 +1,199 @@
+"""The user's own models, named by a spec parsed here only:
+
+  factory:pkg.module:function   a function returning an nn.Module (weights from --weights, or its own)
+  torchvision:NAME              a torchvision architecture with the user's weights (--weights)
+  export:FILE.pt2               a torch.export program
+  torchscript:FILE              a TorchScript module
+  auditnn:DIR                   a model trained by auditnn (model.pt + model.json card)
+
+Weights are read with torch.load(weights_only=True) or as safetensors: loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import AuditError, allowed
+from ..formats import read_safetensors
+from ..io import safe_torch_load
+from .load import PixelModel, load_model_dir
+from .zoo import MODELS
+
+USER_FORMS = ("factory:pkg.module:function", "torchvision:NAME", "export:FILE.pt2", "torchscript:FILE", "auditnn:DIR")
+MODEL_FORMS = (*MODELS, *USER_FORMS)
+
+
+@dataclass
+class UserModelSpec:
+    spec: str
+    weights: str | None = None
+    mean: list[float] | None = None  # per channel, pixel units; default: the model card's, else none (0 and 1)
+    std: list[float] | None = None
+
+
+def split_model_spec(spec: str) -> tuple[str, str]:
+    """(kind, argument); an architecture name is ('arch', name). Anything else names the forms that exist."""
+    if spec in MODELS:
+        return "arch", spec
+    kind, _, arg = spec.partition(":")
+    if kind in ("factory", "torchvision", "export", "torchscript", "auditnn") and arg.strip():
+        if kind == "factory" and arg.count(":") != 1:
+            raise AuditError(f"model '{spec}' is not factory:pkg.module:function (module and function separated by ':')")
+        return kind, arg.strip()
+    raise AuditError(f"model '{spec}' is unknown; allowed: {allowed(MODEL_FORMS)}")
+
+
+class ExportedModel(nn.Module):
+    """A torch.export program as a module: its mode was fixed at export (train() is not supported on it), and a
+    program exported with a fixed batch size runs in chunks of that size, the last one padded."""
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.program = program.module()
+        self.input_shape: list[int] | None = None
+        self.batch: int | None = None
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+                shape = node.meta["val"].shape
+                self.input_shape = [int(d) if isinstance(d, int) else None for d in shape[1:]]
+                self.batch = int(shape[0]) if isinstance(shape[0], int) else None
+                break
+
+    def train(self, mode: bool = True) -> "ExportedModel":
+        self.training = mode  # recorded only: the program's own behaviour was fixed when it was exported
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.batch is None or len(images) == self.batch:
+            return self.program(images)
+        outputs = []
+        for begin in range(0, len(images), self.batch):
+            chunk = images[begin : begin + self.batch]
+            short = self.batch - len(chunk)
+            if short:
+                chunk = torch.cat([chunk, chunk[-1:].expand(short, *chunk.shape[1:])])
+            outputs.append(self.program(chunk)[: self.batch - short])
+        return torch.cat(outputs)
+
+
+def _import_factory(arg: str, spec: str) -> nn.Module:
+    module_name, function_name = arg.split(":")
+    added = str(Path.cwd()) not in sys.path
+    if added:  # a factory in the user's project folder imports as it would from `python -c` there
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AuditError(f"model '{spec}': module '{module_name}' cannot be imported ({exc}); check the name and PYTHONPATH") from None
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise AuditError(f"model '{spec}': '{module_name}' has no function '{function_name}'")
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise AuditError(f"model '{spec}': {function_name}() returned {type(net).__name__}; allowed: a torch.nn.Module")
+    return net
+
+
+def _torchvision(name: str, spec: str, num_classes: int) -> nn.Module:
+    import torchvision.models as tvm
+
+    if name not in tvm.list_models(module=tvm):
+        raise AuditError(f"model '{spec}': torchvision has no classification model '{name}'; e.g. resnet18, mobilenet_v3_small")
+    return tvm.get_model(name, weights=None, num_classes=num_classes)
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from .safetensors, or from a torch.save file read with weights_only=True."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, "weights")
+    state = safe_torch_load(path, "weights")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # checkpoints that wrap the state_dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AuditError(f"weights '{path}' hold no state_dict (a dict of tensors); save model.state_dict()")
+    return state
+
+
+def load_weights(net: nn.Module, path: str | Path, spec: str) -> None:
+    state = read_weights(path)
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise AuditError(
+            f"weights '{path}' do not fit model '{spec}': missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected keys {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        raise AuditError(f"weights '{path}' do not fit model '{spec}': shape of {wrong[0]} in the model")
+    net.load_state_dict(state)
+
+
+def _normalization(values: Sequence[float] | None, channels: int, name: str, default: float) -> list[float]:
+    if values is None:
+        return [default] * channels
+    values = list(values)
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise AuditError(f"--{name} has {len(values)} values but the data has {channels} channel(s); give 1 or {channels}")
+    return values
+
+
+def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> tuple[PixelModel, dict[str, Any]]:
+    """Build or load the model a spec names, wrapped so that it takes [0, 1] pixels. Returns (model, card); the
+    card's input_shape is the model's declared input (C, H, W) when it has one, else None."""
+    kind, arg = split_model_spec(spec.spec)
+    if kind == "arch":
+        raise AuditError(f"model '{spec.spec}' is an architecture to train, not a model to load")
+    if kind == "auditnn":
+        model, card = load_model_dir(arg)
+        if spec.mean is not None or spec.std is not None:
+            raise AuditError("an auditnn model carries its normalization in model.json; drop --mean/--std")
+        return model, card
+    input_shape = None
+    if kind == "factory":
+        net = _import_factory(arg, spec.spec)
+    elif kind == "torchvision":
+        if spec.weights is None:
+            raise AuditError(f"model '{spec.spec}' needs --weights FILE (a state_dict for that architecture)")
+        net = _torchvision(arg, spec.spec, num_classes)
+    elif kind == "export":
+        if not Path(arg).is_file():
+            raise AuditError(f"model '{spec.spec}': file '{arg}' does not exist")
+        try:
+            net = ExportedModel(torch.export.load(arg))
+        except Exception as exc:  # the loader raises many types for a file that is not a program
+            raise AuditError(f"model '{spec.spec}': '{arg}' is not a torch.export program ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        input_shape = net.input_shape
+    else:
+        if not Path(arg).is_file():
+            raise AuditError(f"model '{spec.spec}': file '{arg}' does not exist")
+        try:
+            net = torch.jit.load(arg, map_location="cpu")
+        except Exception as exc:  # RuntimeError for a file that is not TorchScript
+            raise AuditError(f"model '{spec.spec}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
+    if spec.weights is not None:
+        if kind in ("export", "torchscript"):
+            raise AuditError(f"model '{spec.spec}' carries its own weights; drop --weights")
+        load_weights(net, spec.weights, spec.spec)
+    mean = _normalization(spec.mean, channels, "mean", 0.0)
+    std = _normalization(spec.std, channels, "std", 1.0)
+    card = {
+        "format": "auditnn.model", "format_version": 1,
+        "architecture": {"name": spec.spec, "weights": spec.weights},
+        "classes": None, "input_shape": input_shape, "normalization": {"mean": mean, "std": std},
+    }
+    return PixelModel(net, mean, std).eval(), card
