@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -182,7 +183,9 @@ def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> 
         if not Path(arg).is_file():
             raise AuditError(f"model '{spec.spec}': file '{arg}' does not exist")
         try:
-            net = torch.jit.load(arg, map_location="cpu")
+            with warnings.catch_warnings():  # torch deprecates TorchScript; a user who names it has older models
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(arg, map_location="cpu")
         except Exception as exc:  # RuntimeError for a file that is not TorchScript
             raise AuditError(f"model '{spec.spec}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
     if spec.weights is not None:
