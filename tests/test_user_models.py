@@ -129,13 +129,14 @@ def test_per_group_accuracy_from_a_metadata_csv_matches_a_hand_count(capsys, pro
     assert section["associated_class"] == {"land": "digit1", "water": "digit0"}
 
 
-def test_the_audit_file_audits_a_user_model_on_an_imagefolder(capsys, project, monkeypatch):
+@pytest.mark.parametrize("model", ['source = "factory:user_factory:make"\nweights = "weights.safetensors"',
+                                   'source = "export:model.pt2"'], ids=["factory", "export"])
+def test_the_audit_file_audits_a_user_model_on_an_imagefolder(capsys, project, monkeypatch, model):
     root, *_ = project
     _in(root, monkeypatch)
     (root / "audit.toml").write_text(textwrap.dedent("""
         [model]
-        source = "factory:user_factory:make"
-        weights = "weights.safetensors"
+        MODEL
         [data]
         source = "imagefolder:images"
         [run]
@@ -157,7 +158,7 @@ def test_the_audit_file_audits_a_user_model_on_an_imagefolder(capsys, project, m
         groups = "meta.csv"
         attribute = "place"
         min_worst_group_accuracy = 0.0
-    """))
+    """).replace("MODEL", model))
     code, out, err = run_cli(capsys, "audit", "audit.toml", "--out", root / "audit")
     assert code == 0, err
     verdict = json.loads((root / "audit" / "report.json").read_text())["results"]["verdict"]
