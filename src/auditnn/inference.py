@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .errors import AuditError
+from .runtime import gather_parts, my_batches
 
 
 @contextmanager
@@ -60,12 +61,25 @@ def predict_logits(
     device = device or model_device(model)
     outputs = []
     with eval_mode(model):
-        for begin in range(0, len(images), batch_size):
-            batch = images[begin : begin + batch_size].to(device, non_blocking=True)
-            logits = model(batch).float()
-            check_logits(logits, len(batch))
-            outputs.append(logits.cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+        for _, begin, end in my_batches(len(images), batch_size):  # this process's share under torchrun
+            outputs += _logits_with_retry(model, images[begin:end], device)
+    gathered = gather_parts([torch.cat(outputs)] if outputs else [])
+    return torch.cat(gathered) if gathered else torch.empty(0, 0)
+
+
+def _logits_with_retry(model: nn.Module, images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Logits of one batch; on CUDA out-of-memory, of its two halves instead."""
+    try:
+        logits = model(images.to(device, non_blocking=True)).float()
+    except torch.cuda.OutOfMemoryError:
+        if len(images) == 1:
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = (len(images) + 1) // 2
+        return _logits_with_retry(model, images[:half], device) + _logits_with_retry(model, images[half:], device)
+    check_logits(logits, len(images))
+    return [logits.cpu()]
 
 
 def predict(model: nn.Module, images: torch.Tensor, **kwargs: object) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import AuditError
+from .runtime import is_main_process
 
 
 def _umask() -> int:
@@ -22,8 +23,11 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file in the same folder, then rename it over `path`."""
+    """Write `data` to a temporary file in the same folder, then rename it over `path`. Under torchrun only the
+    first process writes: the others computed the same gathered numbers."""
     path = Path(path)
+    if not is_main_process():
+        return path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -85,6 +89,8 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AuditError(f"{what} '{path}' is a file; give a folder that can be created or written")
+    if not is_main_process():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import re
@@ -94,3 +95,77 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         else:
             info["device_name"] = _cpu_name()
     return info
+
+
+# ---------------------------------------------------------------- many processes (torchrun)
+
+
+def init_distributed(device_name: str = "auto") -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl for CUDA devices, gloo otherwise."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def my_batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """This process's share of the batches of n items, as (global batch index, start, end): every process takes a
+    contiguous run of whole batches (no padding, no duplicates), so batch boundaries, and the random draws seeded
+    by batch index, are the same whatever the number of processes."""
+    rank, world = rank_and_world()
+    batches = [(b, s, min(n, s + batch_size)) for b, s in enumerate(range(0, n, batch_size))]
+    per, extra = divmod(len(batches), world)
+    first = rank * per + min(rank, extra)
+    return batches[first : first + per + (1 if rank < extra else 0)]
+
+
+def gather_parts(parts: list[Any]) -> list[Any]:
+    """Every process's parts, in rank order (so in global batch order). One process: the parts themselves."""
+    import torch.distributed as dist
+
+    _, world = rank_and_world()
+    if world == 1:
+        return parts
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, parts)
+    return [part for rank_parts in everyone for part in rank_parts]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The random stream of one global batch: independent of which process runs it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
+
+
+def share_weights_from_first(model: torch.nn.Module) -> None:
+    """Make every process hold the first process's weights (training on GPUs is not bit-identical across ranks,
+    and sharded predictions must all come from one model)."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] == 1:
+        return
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)

@@ -21,6 +21,7 @@ from .inference import check_logits, eval_mode, model_device
 from .models import PixelModel, load_model_dir, save_model_dir
 from .models.load import CARD
 from .models.user import UserModelSpec, load_user_model, split_model_spec
+from .runtime import barrier, is_main_process
 from .train import ProgressFn, TrainConfig, train_classifier
 
 
@@ -146,9 +147,13 @@ def resolve_model(
         {"arch": user.spec, "width": width, "train": asdict(train), "data": data.description, "auditnn": __version__,
          "torch": torch.__version__, "device": device.type}, sort_keys=True)
     folder = cache_dir() / "models" / hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    if not is_main_process():
+        barrier()  # the first process trains and caches the model; the others then load it
     if (folder / CARD).is_file():
         try:
             model, card = load_model_dir(folder)
+            if is_main_process():
+                barrier()
             return model.to(device).eval(), card, "cache", data
         except AuditError:
             pass  # a damaged cache entry is retrained and overwritten
@@ -160,4 +165,6 @@ def resolve_model(
         save_model_dir(model, card, folder)
     except OSError:
         pass  # an unwritable cache costs a retrain next time, never the run
+    if is_main_process():
+        barrier()
     return model.eval(), card, "trained", data

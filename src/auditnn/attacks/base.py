@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import check_logits, eval_mode, frozen_parameters, model_device
+from ..runtime import batch_generator, gather_parts, my_batches
 
 NORMS = ("linf", "l2")
 TARGET_MODES = ("random", "least-likely")
@@ -34,6 +35,7 @@ class AttackResult:
     targets: torch.Tensor | None = None
     seconds: float = 0.0
     gradient_evaluations: int = 0  # forward+backward passes over single images, summed
+    oom_retries: int = 0  # batches split in half after running out of GPU memory
 
     @property
     def clean_accuracy(self) -> float:
@@ -124,24 +126,44 @@ class Attack:
         return self.target is not None
 
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
-        """images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64. The model returns (N, K) logits."""
+        """images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64. The model returns (N, K) logits.
+
+        Under torchrun each process attacks a contiguous run of whole batches and the per-sample results are
+        gathered in order; random draws are seeded per global batch, so any number of processes gives the same
+        numbers. On CUDA, a batch that runs out of memory is retried in halves (recorded in the result)."""
         if images.dim() != 4 or images.shape[0] != labels.shape[0]:
             raise AuditError(f"images of shape {tuple(images.shape)} with {labels.shape[0]} labels; allowed: (N, C, H, W) and N labels")
         device = model_device(model)
-        generator = torch.Generator().manual_seed(self.seed)
+        mine = my_batches(len(labels), self.batch_size)
         parts: list[AttackResult] = []
         start = time.perf_counter()
         with eval_mode(model), frozen_parameters(model):
-            for begin in range(0, len(labels), self.batch_size):
-                x = images[begin : begin + self.batch_size].to(device)
-                y = labels[begin : begin + self.batch_size].to(device)
-                parts.append(self._run_batch(model, x, y, generator))
+            for index, begin, end in mine:
+                parts += self._run_with_retry(model, images[begin:end], labels[begin:end], device,
+                                              batch_generator(self.seed, index))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        result = _concat(parts)
+        local = [_concat(parts, like=images)] if parts else []
+        if local:  # each process checks the perturbations it made, against its own slice of the images
+            self._check_bounds(images[mine[0][1] : mine[-1][2]], local[0])
+        result = _concat(gather_parts(local), like=images)
         result.seconds = time.perf_counter() - start
-        self._check_bounds(images, result)
         return result
+
+    def _run_with_retry(self, model, x, y, device, generator) -> list[AttackResult]:  # noqa: ANN001
+        try:
+            return [self._run_batch(model, x.to(device), y.to(device), generator)]
+        except torch.cuda.OutOfMemoryError:
+            if len(x) == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = (len(x) + 1) // 2
+            parts = self._run_with_retry(model, x[:half], y[:half], device, generator)
+            parts += self._run_with_retry(model, x[half:], y[half:], device, generator)
+            for part in parts:
+                part.oom_retries += 1
+            return parts
 
     def _run_batch(self, model, x, y, generator) -> AttackResult:  # noqa: ANN001
         with torch.no_grad():
@@ -195,13 +217,20 @@ class Attack:
             raise InvariantError(f"{self.name} left its {self.norm} ball: norm {worst:.8f} > eps {self.eps:.8f}")
 
 
-def _concat(parts: list[AttackResult]) -> AttackResult:
+def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
+    """One result from batch results, in order; an empty result (shaped like `like`) when there are none."""
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.bool)
+        return AttackResult(like[:0], torch.zeros(0, dtype=torch.long), empty, empty, torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0), empty)
+
     def cat(name: str) -> torch.Tensor | None:
         values = [getattr(p, name) for p in parts]
         return None if values[0] is None else torch.cat(values)
 
     fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm", "zero_gradient", "targets")
-    return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts))
+    return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts),
+                        oom_retries=max(p.oom_retries for p in parts))
 
 
 ATTACKS: dict[str, type[Attack]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -54,6 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 pass, 1 a gate check failed, 2 usage/config/input error (one line,
     no traceback), 3 internal error, 130 interrupted (nothing half-written: every file is written atomically)."""
     args = sys.argv[1:] if argv is None else argv
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _main_distributed(args)
+    return _run(args)
+
+
+def _main_distributed(args: list[str]) -> int:
+    """Under torchrun: join the process group; only the first process prints (every file write is its alone)."""
+    from ..runtime import init_distributed, is_main_process
+
+    device = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--device"), "auto")
+    init_distributed(device)
+    if is_main_process():
+        return _run(args)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return _run(args)
+
+
+def _run(args: list[str]) -> int:
     try:
         result = app(args=args, prog_name="auditnn", standalone_mode=False)
     except typer.Exit as exc:

@@ -17,7 +17,7 @@ from ..models import save_model_dir
 from ..models.user import UserModelSpec, load_user_model, split_model_spec
 from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
-from ..runtime import resolve_device
+from ..runtime import resolve_device, share_weights_from_first
 from ..subject import EvalData, check_model_fits, check_model_spec, probe_model
 from ..train import TrainConfig, train_on_controlled
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_examples
@@ -126,6 +126,7 @@ def run_shortcut_audit(
             model, fit_result, card = train_on_controlled(
                 dataset, config.model, config.train, device, width=config.width, progress=report
             )
+            share_weights_from_first(model)
             training = asdict(fit_result)
             if config.save_models_to is not None:
                 model_dir = str(save_model_dir(model, card, Path(config.save_models_to) / f"rho-{dataset.manifest['rho']:g}"))
