@@ -1,5 +1,5 @@
-"""PGD/FGSM strength and speed against the physical limit and against torchattacks, on the same model, images,
-eps, steps, step size and batch.
+"""PGD/FGSM strength and speed against the physical limit and against torchattacks and Foolbox, on the same model,
+images, eps, steps, step size and batch.
 
 Physical limit: a k-step PGD needs k input-gradient forward+backward passes. Two ratios are printed:
   limit ratio  = time(PGD-k) / (k x time(one input-gradient forward+backward over the same images))   [issue 3]
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    import foolbox
     import torchattacks
 
     base = load_source("digits")
@@ -62,7 +63,7 @@ def main() -> None:
     x, y = test.images[: args.images].to(device), test.labels[: args.images].to(device)
     env = environment(device)
     print(f"device: {env['device']} ({env['device_name']}), {env['cpu_threads']} CPU threads; torch {env['torch']}, "
-          f"torchattacks {torchattacks.__version__}, auditnn {env['auditnn']}")
+          f"torchattacks {torchattacks.__version__}, foolbox {foolbox.__version__}, auditnn {env['auditnn']}")
     print(f"images {len(y)} (one batch), eps {args.eps:.5f} Linf, steps {args.steps}, step size 2.5*eps/steps, "
           f"time: median of {args.repeats} interleaved rounds; robust acc: mean of {args.draws} random starts")
     header = (f"{'model':<9}{'attack':<22}{'robust acc':>11}{'time s':>9}{'limit ratio':>13}{'exact ratio':>13}"
@@ -94,8 +95,13 @@ def main() -> None:
             with torch.no_grad():
                 return model(x)
 
+        def foolbox_pgd():
+            attack = foolbox.attacks.LinfPGD(steps=args.steps, abs_stepsize=alpha, random_start=True)
+            _, _, success = attack(foolbox.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=[args.eps])
+            return 1.0 - success.float().mean().item()
+
         t = timed_rounds({"grad": one_gradient, "fwd": one_forward, "fast": lambda: ours(True),
-                          "full": lambda: ours(False), "theirs": theirs_pgd}, device, args.repeats)
+                          "full": lambda: ours(False), "theirs": theirs_pgd, "foolbox": foolbox_pgd}, device, args.repeats)
         t_grad, t_fwd, t_fast, t_full, t_theirs = t["grad"], t["fwd"], t["fast"], t["full"], t["theirs"]
         limit = args.steps * t_grad
         exact = args.steps * t_grad + 2 * t_fwd
@@ -107,9 +113,10 @@ def main() -> None:
             ("auditnn PGD, early exit", statistics.mean(ours(True, s).robust_accuracy for s in range(args.draws)), t_fast),
             ("auditnn PGD, all steps", statistics.mean(ours(False, s).robust_accuracy for s in range(args.draws)), t_full),
             ("torchattacks PGD", robust_theirs, t_theirs),
+            ("Foolbox LinfPGD", statistics.mean(foolbox_pgd() for _ in range(args.draws)), t["foolbox"]),
         ]
         for name, robust, seconds in rows:
-            versus = f"{seconds / t_theirs:.2f}x time" if not name.startswith("torchattacks") else "-"
+            versus = f"{seconds / t_theirs:.2f}x time" if name.startswith("auditnn") else "-"
             print(f"{arch:<9}{name:<22}{robust:>11.3f}{seconds:>9.3f}{seconds / limit:>13.3f}{seconds / exact:>13.3f}{versus:>17}")
         # Without a random start both attacks are deterministic: the exact strength comparison, point for point.
         plain_ours = PGD(eps=args.eps, steps=args.steps, step_size=alpha, random_start=False, batch_size=len(y)).run(model, x, y)

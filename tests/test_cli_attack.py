@@ -78,3 +78,16 @@ def test_data_is_converted_to_the_input_a_model_declares(capsys, tmp_path):
     assert code == 0, err
     described = json.loads((tmp_path / "o" / "report.json").read_text())["results"]["attack"]["data"]
     assert described["converted_from"] == [1, 28, 28] and described["converted_to"] == [3, 28, 28]
+
+
+def test_compile_falls_back_with_one_warning_when_the_compiler_is_unavailable(capsys, tmp_path, monkeypatch):
+    def unavailable(model, *args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this platform")
+
+    monkeypatch.setattr("torch.compile", unavailable)
+    code, _, err = run_cli(capsys, "attack", "--method", "fgsm", "--compile", *FAST, "--out", tmp_path)
+    assert code == 0
+    warning = [line for line in err.splitlines() if "compile_unavailable" in line]
+    assert len(warning) == 1 and "Dynamo is not supported" in warning[0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["warnings"][0]["code"] == "compile_unavailable"

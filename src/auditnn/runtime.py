@@ -169,3 +169,16 @@ def share_weights_from_first(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def compile_or_eager(model: torch.nn.Module, sample: torch.Tensor) -> tuple[torch.nn.Module, str | None]:
+    """torch.compile the model and run it once on `sample` (compilation happens at the first call); when the
+    compiler is unavailable or fails, return the model unchanged and a one-line reason."""
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(sample)
+        return compiled, None
+    except Exception as exc:  # no C++ compiler, unsupported platform, or an op dynamo cannot trace
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return model, f"torch.compile is unavailable here ({reason[:160]}); running without it"

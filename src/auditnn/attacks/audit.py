@@ -15,7 +15,7 @@ from ..errors import AuditError, allowed
 from ..io import atomic_torch_save, atomic_write_bytes
 from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
-from ..runtime import resolve_device, seed_everything
+from ..runtime import compile_or_eager, resolve_device, seed_everything
 from ..models.user import UserModelSpec
 from ..subject import EvalData, check_model_spec, load_eval_data, resolve_model
 from ..train import ProgressFn, TrainConfig
@@ -44,6 +44,7 @@ class AttackAuditConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
     seed: int = 0
+    compile: bool = False  # torch.compile the model for the attack (falls back with a warning)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +69,7 @@ class AttackAuditResult:
     device: str
     seconds: float
     pictures: dict[str, torch.Tensor] = field(default_factory=dict)  # for the HTML report
+    warnings: list[dict[str, str]] = field(default_factory=list)  # about the run itself (e.g. --compile fell back)
 
 
 def run_attack_audit(
@@ -83,6 +85,11 @@ def run_attack_audit(
     )
     spec = UserModelSpec(config.model, config.weights, config.mean, config.std)
     model, _, source, data = resolve_model(spec, data, config.train, device, width=config.width, progress=train_progress)
+    warnings: list[dict[str, str]] = []
+    if config.compile:
+        model, reason = compile_or_eager(model, data.test_images[:2].to(device))
+        if reason:
+            warnings.append({"code": "compile_unavailable", "message": reason})
     seed_everything(config.seed)
     evaluation = patch = None
     if config.method == "patch":
@@ -98,7 +105,8 @@ def run_attack_audit(
         pictures.update({"patch/patch": patch.patch, "patch/mask": patch.mask,
                          **{f"patch/{k}": v for k, v in patch.examples.items()}})
     described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
-    return AttackAuditResult(evaluation, patch, source, described, str(device), time.perf_counter() - start, pictures)
+    return AttackAuditResult(evaluation, patch, source, described, str(device), time.perf_counter() - start, pictures,
+                             warnings)
 
 
 def patch_split(data: EvalData, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +123,7 @@ def patch_split(data: EvalData, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
 def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_id: str, environment: dict[str, Any]) -> Report:
     rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
-    warnings: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = list(result.warnings)
     if result.evaluation is not None:
         for r in result.evaluation.rows:
             labels = dict(method=r.method, norm=r.norm, eps=r.eps, steps=r.steps)
@@ -123,7 +131,7 @@ def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_i
                          "seconds", "images_per_second"):
                 rows.append(metric_row("attack", name, getattr(r, name), **labels))
         results["attack"] = {**result.evaluation.to_dict(), "model": result.model_source, "data": result.data}
-        warnings = result.evaluation.warnings
+        warnings = warnings + result.evaluation.warnings
     if result.patch is not None:
         summary = result.patch.summary()
         for name in ("accuracy_clean", "accuracy_with_patch", "target_success_rate", "accuracy_with_noise_patch",

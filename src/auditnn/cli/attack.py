@@ -46,6 +46,7 @@ def attack(
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
     patch_shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
     sanity: Annotated[bool, typer.Option(help="Run the gradient-masking checks (FGSM at each eps, 2x steps, huge eps).")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (falls back with a warning).")] = False,
     model: Annotated[str, typer.Option(help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR.")] = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
@@ -82,6 +83,7 @@ def attack(
         test_per_class=test_per_class, model=model, width=width, strict=strict,
         weights=user.weights, mean=user.mean, std=user.std,
         train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed), device=device, seed=seed,
+        compile=compile,
     )
     if is_patch and isinstance(config.patch.target, str):
         raise AuditError(f"patch target '{config.patch.target}' is not allowed; allowed: a class index or none")
