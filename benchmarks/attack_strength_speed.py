@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=500, help="test images attacked (one batch)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--train-epochs", type=int, default=10, help="epochs for each model (1 keeps resnet18 quick on a CPU)")
     parser.add_argument("--draws", type=int, default=10, help="random starts averaged for robust accuracy")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     print(header)
     alpha = 2.5 * args.eps / args.steps
     for arch in args.models:
-        model, _, _ = train_classifier(train.images, train.labels, train.classes, arch, TrainConfig(epochs=10), device)
+        model, _, _ = train_classifier(train.images, train.labels, train.classes, arch, TrainConfig(epochs=args.train_epochs), device)
         model.eval()
         def ours(early_exit: bool, seed: int = 0):
             return PGD(eps=args.eps, steps=args.steps, step_size=alpha, early_exit=early_exit, batch_size=len(y),

@@ -58,5 +58,5 @@ def test_a_batch_that_runs_out_of_gpu_memory_is_retried_in_halves():
     y = model.linear(x.flatten(1)).argmax(1)
     retried = PGD(eps=0.1, steps=3, batch_size=32).run(model, x, y)
     direct = PGD(eps=0.1, steps=3, batch_size=8).run(model, x, y)
-    assert retried.oom_retries == 2  # 32 -> 16 -> 8
+    assert retried.oom_retries == 3  # 32 -> 16 + 16 -> four batches of 8: three halvings
     assert len(retried.robust) == 40 and retried.robust_accuracy == pytest.approx(direct.robust_accuracy, abs=0.1)

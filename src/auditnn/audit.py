@@ -141,18 +141,6 @@ def run_audit(
                 measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
                 metrics += groups_rows(measured)
                 results["groups"] = {**measured.to_dict(), "model": source, "data": described}
-            elif check.kind == "sensitivity":
-                shortcut = _planted(check.settings).build(data.num_classes)
-                measured = tag_sensitivity(model, data.test_images, data.test_labels, shortcut, data.classes,
-                                           target_class=check.settings.get("target_class"), seed=seed)
-                metrics += sensitivity_rows(measured)
-                results["sensitivity"] = {**measured.to_dict(), "model": source, "data": described}
-            elif check.kind == "groups":
-                images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
-                notes = read_groups(check.settings["groups"], check.settings["attribute"], images)
-                measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
-                metrics += groups_rows(measured)
-                results["groups"] = {**measured.to_dict(), "model": source, "data": described}
             elif check.kind == "patch":
                 s = check.settings
                 config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)

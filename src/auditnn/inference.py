@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .errors import AuditError
-from .runtime import gather_parts, my_batches
+from .runtime import gather_parts, my_batches, split_on_oom
 
 
 @contextmanager
@@ -62,24 +62,15 @@ def predict_logits(
     outputs = []
     with eval_mode(model):
         for _, begin, end in my_batches(len(images), batch_size):  # this process's share under torchrun
-            outputs += _logits_with_retry(model, images[begin:end], device)
+            outputs += split_on_oom(lambda batch: [_logits(model, batch, device)], images[begin:end])
     gathered = gather_parts([torch.cat(outputs)] if outputs else [])
     return torch.cat(gathered) if gathered else torch.empty(0, 0)
 
 
-def _logits_with_retry(model: nn.Module, images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    """Logits of one batch; on CUDA out-of-memory, of its two halves instead."""
-    try:
-        logits = model(images.to(device, non_blocking=True)).float()
-    except torch.cuda.OutOfMemoryError:
-        if len(images) == 1:
-            raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = (len(images) + 1) // 2
-        return _logits_with_retry(model, images[:half], device) + _logits_with_retry(model, images[half:], device)
+def _logits(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    logits = model(images.to(device, non_blocking=True)).float()
     check_logits(logits, len(images))
-    return [logits.cpu()]
+    return logits.cpu()
 
 
 def predict(model: nn.Module, images: torch.Tensor, **kwargs: object) -> torch.Tensor:

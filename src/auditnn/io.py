@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -118,3 +119,14 @@ def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
             except OSError:
                 break
         raise
+
+
+def read_json(path: str | Path, what: str, hint: str) -> Any:
+    """A JSON file, or an AuditError naming it: missing (with `hint`, what to give instead) or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"{what} '{path}' does not exist; {hint}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"{what} '{path}' is not valid JSON ({exc})") from None

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -182,3 +182,17 @@ def compile_or_eager(model: torch.nn.Module, sample: torch.Tensor) -> tuple[torc
     except Exception as exc:  # no C++ compiler, unsupported platform, or an op dynamo cannot trace
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return model, f"torch.compile is unavailable here ({reason[:160]}); running without it"
+
+
+def split_on_oom(run: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Any]:
+    """run(*tensors) -> list of results; on CUDA out-of-memory, run each half of the batch instead (recursively,
+    down to one item). The results stay in order."""
+    try:
+        return run(*tensors)
+    except torch.cuda.OutOfMemoryError:
+        if len(tensors[0]) <= 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (len(tensors[0]) + 1) // 2
+        return split_on_oom(run, *(t[:half] for t in tensors)) + split_on_oom(run, *(t[half:] for t in tensors))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import check_logits, eval_mode, frozen_parameters, model_device
-from ..runtime import batch_generator, gather_parts, my_batches
+from ..runtime import batch_generator, gather_parts, my_batches, split_on_oom
 
 NORMS = ("linf", "l2")
 TARGET_MODES = ("random", "least-likely")
@@ -35,7 +35,7 @@ class AttackResult:
     targets: torch.Tensor | None = None
     seconds: float = 0.0
     gradient_evaluations: int = 0  # forward+backward passes over single images, summed
-    oom_retries: int = 0  # batches split in half after running out of GPU memory
+    oom_retries: int = 0  # halvings of batches that ran out of GPU memory (0: none)
 
     @property
     def clean_accuracy(self) -> float:
@@ -151,19 +151,9 @@ class Attack:
         return result
 
     def _run_with_retry(self, model, x, y, device, generator) -> list[AttackResult]:  # noqa: ANN001
-        try:
-            return [self._run_batch(model, x.to(device), y.to(device), generator)]
-        except torch.cuda.OutOfMemoryError:
-            if len(x) == 1:
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = (len(x) + 1) // 2
-            parts = self._run_with_retry(model, x[:half], y[:half], device, generator)
-            parts += self._run_with_retry(model, x[half:], y[half:], device, generator)
-            for part in parts:
-                part.oom_retries += 1
-            return parts
+        parts = split_on_oom(lambda xs, ys: [self._run_batch(model, xs.to(device), ys.to(device), generator)], x, y)
+        parts[0].oom_retries = len(parts) - 1  # halvings this batch needed: one batch became len(parts)
+        return parts
 
     def _run_batch(self, model, x, y, generator) -> AttackResult:  # noqa: ANN001
         with torch.no_grad():
@@ -230,7 +220,7 @@ def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
 
     fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm", "zero_gradient", "targets")
     return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts),
-                        oom_retries=max(p.oom_retries for p in parts))
+                        oom_retries=sum(p.oom_retries for p in parts))
 
 
 ATTACKS: dict[str, type[Attack]] = {}

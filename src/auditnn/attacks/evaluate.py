@@ -61,6 +61,7 @@ class AttackRow:
     images_per_second: float
     zero_gradient_share: float
     n: int
+    oom_retries: int = 0  # batches halved after running out of GPU memory
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _row(attack: Attack, result: AttackResult) -> AttackRow:
         max_perturbation=float(norms.max()) if len(norms) else 0.0,
         seconds=result.seconds, images_per_second=len(result.labels) / max(result.seconds, 1e-9),
         zero_gradient_share=float(result.zero_gradient[attacked].float().mean()) if attacked.any() else 0.0,
-        n=len(result.labels),
+        n=len(result.labels), oom_retries=result.oom_retries,
     )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .. import __version__
 from ..errors import AuditError
-from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, safe_torch_load, sha256_file
+from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, read_json, safe_torch_load, sha256_file
 from .shortcuts import Shortcut, make_shortcut
 from .sources import BaseData, ImageSet, check_source_spec, load_source, validate_images
 
@@ -246,12 +246,7 @@ def load_controlled(directory: str | Path) -> ControlledDataset:
     """Read a folder written by save_controlled, verifying every checksum."""
     root = Path(directory)
     manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise AuditError(f"dataset folder '{root}' has no manifest.json; give a folder written by 'auditnn data build'")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AuditError(f"dataset manifest '{manifest_path}' is not valid JSON ({exc})") from None
+    manifest = read_json(manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'")
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
     splits = {}

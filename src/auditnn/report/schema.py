@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditError
+from ..io import read_json
 
 SCHEMA = "auditnn.report"
 SCHEMA_VERSION = 1
@@ -64,12 +65,7 @@ def metric_row(section: str, metric: str, value: float | None, **labels: Any) ->
 def load_report(path: str | Path) -> Report:
     """Read report.json, refusing other schemas and unknown versions with the file named."""
     path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"report '{path}' does not exist; give a report.json written by auditnn")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AuditError(f"report '{path}' is not valid JSON ({exc})") from None
+    data = read_json(path, "report", "give a report.json written by auditnn")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise AuditError(f"report '{path}' is not an auditnn report (key 'schema' must be '{SCHEMA}')")
     version = data.get("schema_version")
