@@ -160,23 +160,23 @@ class Attack:
             logits = model(x).float()
         check_logits(logits, len(x))
         targets = choose_targets(self.target, logits, y, generator) if self.targeted else None
-        clean_correct = logits.argmax(1) == y
+        clean_pred = logits.argmax(1)
+        clean_correct = clean_pred == y
         # Early exit: a point already wrong (or already at its target) needs no attack.
-        done = ~clean_correct if targets is None else logits.argmax(1) == targets
+        done = ~clean_correct if targets is None else clean_pred == targets
         adversarial = x.clone()
+        final_pred = clean_pred.clone()
         zero_grad = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         evaluations = len(x)
         todo = torch.nonzero(~done).view(-1)
         if len(todo) and self.eps > 0:
             t = None if targets is None else targets[todo]
-            adv, broken, zg, evals = self._perturb(model, x[todo], y[todo], t, generator)
+            adv, _, zg, evals = self._perturb(model, x[todo], y[todo], t, generator)
             adversarial[todo] = adv
-            done[todo] = broken
             zero_grad[todo] = zg
-            evaluations += evals
-        with torch.no_grad():
-            final_pred = model(adversarial).float().argmax(1)
-        evaluations += len(x)
+            with torch.no_grad():  # score the kept iterates; untouched points keep their clean prediction
+                final_pred[todo] = model(adv).float().argmax(1)
+            evaluations += evals + len(todo)
         reached = final_pred != y if targets is None else final_pred == targets
         # The final forward is authoritative: a point counts as broken only if its kept iterate is adversarial.
         robust = ~(reached | (~clean_correct if targets is None else torch.zeros_like(reached)))
