@@ -14,6 +14,7 @@ from ..report.writers import write_report
 from ..runtime import environment, resolve_device
 from ..shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
 from ..shortcut.user import UserShortcutConfig, run_user_shortcut_audit, user_shortcut_report
+from ..models.user import split_model_spec
 from ..subject import is_source_spec
 from ..io import output_folder
 from ..values import parse_number_list
@@ -56,8 +57,17 @@ def shortcut(
     consoles = Consoles(quiet)
     user = o.user_model(model, weights, mean, std)
     if groups is not None or attribute is not None or (data is not None and is_source_spec(data)):
-        _user_audit(consoles, user, data, tag, size, opacity, position, target_class, groups, attribute, strict,
-                    device, seed, data_root, download, out)
+        if data is None or not is_source_spec(data):
+            raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
+        planted = None
+        if tag is not None or groups is None:  # with --groups alone, no tag is planted
+            planted = ShortcutConfig(tag=tag or "watermark", size=size, opacity=opacity, position=position,
+                                     target_class=target_class)
+        _user_audit(consoles, UserShortcutConfig(
+            model=user, data=data, shortcut=planted, groups=None if groups is None else str(groups),
+            attribute=attribute, data_root=None if data_root is None else str(data_root), download=download,
+            strict=strict, device=device, seed=seed,
+        ), out)
         return
     tag = tag or "watermark"
     rhos = parse_number_list(rho, "--rho")
@@ -81,7 +91,7 @@ def shortcut(
     resolved = resolve_device(device)
     rid = run_id("shortcut", tag)
     with output_folder(output_dir(out, rid)) as out_dir:
-        if save_models and not model.startswith("auditnn:"):
+        if save_models and split_model_spec(model)[0] == "arch":
             config.save_models_to = str(out_dir / "models")
         with epoch_progress(consoles, f"training {model} ({tag}, {resolved})") as update:
             result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
@@ -92,23 +102,11 @@ def shortcut(
     consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")
 
 
-def _user_audit(consoles, user, data, tag, size, opacity, position, target_class, groups, attribute, strict,  # noqa: ANN001
-                device, seed, data_root, download, out) -> None:  # noqa: ANN001
+def _user_audit(consoles: Consoles, config: UserShortcutConfig, out: Path | None) -> None:
     """A trained model on the user's images: planted-tag sensitivity and/or per-group accuracy."""
-    if data is None or not is_source_spec(data):
-        raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
-    planted = None
-    if tag is not None or groups is None:
-        planted = ShortcutConfig(tag=tag or "watermark", size=size, opacity=opacity, position=position,
-                                 target_class=target_class)
-    config = UserShortcutConfig(
-        model=user, data=data, shortcut=planted, groups=None if groups is None else str(groups), attribute=attribute,
-        data_root=None if data_root is None else str(data_root), download=download, strict=strict, device=device,
-        seed=seed,
-    )
     config.validate()
-    resolved = resolve_device(device)
-    rid = run_id("shortcut", planted.tag if planted else f"groups-{attribute}")
+    resolved = resolve_device(config.device)
+    rid = run_id("shortcut", config.shortcut.tag if config.shortcut else f"groups-{config.attribute}")
     with output_folder(output_dir(out, rid)) as out_dir:
         result = run_user_shortcut_audit(config)
         report = user_shortcut_report(result, config, run_id=rid, environment=environment(resolved))
