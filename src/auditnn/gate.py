@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +252,6 @@ class Verdict:
         return list(dict.fromkeys(r.check for r in self.rows if not r.passed))
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {"passed": self.passed, "failed_checks": self.failed_checks(), "rows": [asdict(r) for r in self.rows]}
 
 

@@ -95,7 +95,7 @@ def check_model_spec(spec: str) -> None:
 
 def conform_data(data: EvalData, shape: list[int | None]) -> EvalData:
     """The data converted to a model's declared input (C, H, W): gray <-> RGB, resized."""
-    if [d for d in shape] == list(data.test_images.shape[1:]):
+    if list(shape) == list(data.test_images.shape[1:]):
         return data
     converted = replace(data, train_images=conform_images(data.train_images, shape),
                         test_images=conform_images(data.test_images, shape))
