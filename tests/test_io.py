@@ -23,3 +23,10 @@ def test_a_failed_run_removes_the_folders_it_created_but_nothing_else(tmp_path):
         with output_folder(tmp_path / "kept"):
             raise RuntimeError("failed")
     assert (tmp_path / "kept").is_dir()
+
+
+def test_a_file_that_cannot_be_written_is_a_usage_error_naming_it(tmp_path):
+    from auditnn.errors import AuditError
+
+    with pytest.raises(AuditError, match="nowhere/x.txt' cannot be written"):
+        atomic_write_text(tmp_path / "nowhere" / "x.txt", "x")

@@ -275,3 +275,27 @@ def test_bad_metadata_csvs_are_named_with_the_fix(capsys, project, monkeypatch, 
                            "--groups", "bad.csv", "--attribute", "place", "--device", "cpu", "--out", root / "bad-groups")
     assert_usage_error(code, err, "bad.csv", *needles)
     assert files_under(root / "bad-groups") == []
+
+
+def test_a_shortcut_check_in_an_audit_file_uses_the_models_weights(capsys, project, monkeypatch):
+    root, *_, expected = project
+    _in(root, monkeypatch)
+    (root / "shortcut.toml").write_text(textwrap.dedent("""
+        [model]
+        source = "factory:user_factory:make"
+        weights = "weights.pt"
+        [data]
+        source = "imagefolder:images"
+        test_per_class = 5
+        [run]
+        device = "cpu"
+        [[check]]
+        kind = "shortcut"
+        tag = "watermark"
+        max_reliance = 1.0
+    """))
+    code, _, err = run_cli(capsys, "audit", "shortcut.toml", "--out", root / "shortcut-audit")
+    assert code == 0, err
+    metrics = json.loads((root / "shortcut-audit" / "report.json").read_text())["results"]["shortcut"]["rows"][0]["metrics"]
+    # The trained weights were loaded: a freshly initialised 3-class model would be near 1/3.
+    assert expected > 0.9 and metrics["clean_accuracy"] > 0.9

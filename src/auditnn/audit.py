@@ -18,8 +18,8 @@ from .gate import Policy, Verdict, judge
 from .inference import predict
 from .models.load import first_layer_pictures
 from .report.schema import Report, metric_row
-from .runtime import resolve_device, seed_everything
 from .models.user import UserModelSpec, split_model_spec
+from .runtime import resolve_device, seed_everything
 from .shortcut.annotated import annotated_metrics, read_groups, tag_sensitivity
 from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
 from .shortcut.user import groups_rows, sensitivity_rows
@@ -69,14 +69,14 @@ def _shortcut_config(policy: Policy, s: dict[str, Any]) -> ShortcutAuditConfig:
     seed = policy.run.get("seed", 0)
     data = policy.data
     build = BuildConfig(
-        base=data.get("source", "digits"),
-        shortcut=ShortcutConfig(tag=s["tag"], size=s.get("size"), opacity=s.get("opacity"), position=s.get("position"),
-                                target_class=s.get("target_class")),
+        base=data.get("source", "digits"), shortcut=_planted(s),
         rho=s["rho"], seed=seed, test_per_class=data.get("test_per_class", 30), data_root=data.get("data_root"),
         download=data.get("download", False),
     )
+    model = _model_spec(policy)
     return ShortcutAuditConfig(
-        build=build, rhos=[s["rho"]], model=policy.model.get("source", "cnn"), width=policy.model.get("width"),
+        build=build, rhos=[s["rho"]], model=model.spec, weights=model.weights, mean=model.mean, std=model.std,
+        width=policy.model.get("width"),
         train=TrainConfig(epochs=s.get("epochs", policy.model.get("epochs", 10)), seed=seed),
         device=policy.run.get("device", "auto"),
     )
@@ -121,10 +121,11 @@ def run_audit(
                 results["clean"] = {"accuracy": accuracy, "n": len(data.test_labels), "model": source, "data": described}
                 metrics.append(metric_row("clean", "accuracy", accuracy))
             elif check.kind == "attack":
-                spec = _attack_spec(check.settings, seed)
-                evaluation = evaluate_attack(model, data.test_images, data.test_labels, spec)
+                attack_spec = _attack_spec(check.settings, seed)
+                evaluation = evaluate_attack(model, data.test_images, data.test_labels, attack_spec)
                 partial = attack_report(AttackAuditResult(evaluation, None, source, described, str(device), 0.0),
-                                        AttackAuditConfig(method=spec.method, attack=spec), run_id=run_id, environment={})
+                                        AttackAuditConfig(method=attack_spec.method, attack=attack_spec),
+                                        run_id=run_id, environment={})
                 metrics += partial.metrics
                 attack_rows += partial.results["attack"]["rows"]
                 warnings += [{**w, "check": check.name} for w in evaluation.warnings]

@@ -62,7 +62,7 @@ def load_eval_data(
                         {"data": data, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"})
     if data is not None:
         source = load_source(data, data_root=data_root, download=download, seed=seed, strict=strict)
-        test = source.test or source.train
+        test = source.train if source.test is None else source.test
         validate_images(test.images, test.labels, test.num_classes, f"data '{data}'")
         return EvalData(source.train.images, source.train.labels, test.images, test.labels, test.classes,
                         {"data": data, **source.notes, "n_images": len(test)}, test.names, source.test is None)

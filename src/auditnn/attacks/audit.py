@@ -52,7 +52,8 @@ class AttackAuditConfig:
         if self.method == "patch":
             self.patch.validate()
         else:
-            self.attack.method = self.method
+            if self.attack.method != self.method:
+                raise AuditError(f"method '{self.method}' differs from attack.method '{self.attack.method}'; give the same")
             self.attack.validate()
         check_model_spec(self.model)
         self.train.validate()

@@ -58,10 +58,9 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
     rows = section.get("rows", [])
     by_tag: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
-        if row["rho"] is not None:
-            xs, ys = by_tag.setdefault(row["dataset"]["shortcut"]["tag"], ([], []))
-            xs.append(row["rho"])
-            ys.append(row["metrics"]["reliance"])
+        xs, ys = by_tag.setdefault(row["dataset"]["shortcut"]["tag"], ([], []))
+        xs.append(row["rho"])
+        ys.append(row["metrics"]["reliance"])
     if any(len(xs) > 1 for xs, _ in by_tag.values()):
         out.append(_img(plots.line_plot(by_tag, "rho (training correlation)", "reliance", "Reliance against rho"),
                         "reliance against rho", "Reliance: the share of accuracy lost when the shortcut points elsewhere."))

@@ -42,7 +42,7 @@ SHORTCUT_ROWS = (  # (metric key, label shown)
 def shortcut_tables(section: dict[str, Any]) -> list[Table]:
     """One column per rho, one row per metric: narrow enough for a terminal whatever the sweep."""
     runs = section["rows"]
-    columns = ["metric"] + [("rho " + fmt(r["rho"], 2)) if r["rho"] is not None else "given model" for r in runs]
+    columns = ["metric"] + [f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r["training"] is None else "") for r in runs]
     rows = [[label] + [fmt(r["metrics"][key]) for r in runs] for key, label in SHORTCUT_ROWS]
     rows.insert(5, ["worst group (label x shortcut)"] + [r["metrics"]["worst_group"] for r in runs])
     first = runs[0]["dataset"]
