@@ -5,7 +5,9 @@ Every source returns images as float32 (N, C, H, W) in [0, 1] and labels as int6
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import io
 import math
 import pickle
@@ -122,8 +124,16 @@ def load_source(
 # ---------------------------------------------------------------- digits
 
 
+@functools.cache
 def _digits_bytes() -> bytes:
-    return resources.files("auditnn.data").joinpath("assets/digits.csv.gz").read_bytes()
+    """The packaged digits asset, checked against DIGITS_SHA256 (57 KB: read and hashed once per process)."""
+    asset = resources.files("auditnn.data").joinpath("assets/digits.csv.gz")
+    data = asset.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != DIGITS_SHA256:
+        raise AuditError(f"digits asset '{asset}' has sha256 {digest}, expected {DIGITS_SHA256}; "
+                         "the installed file is damaged or replaced: reinstall auditnn")
+    return data
 
 
 def load_digits(*, seed: int = 0, frame: int = 28, digit_size: int = 20) -> ImageSet:
