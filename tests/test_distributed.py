@@ -39,6 +39,44 @@ def test_torchrun_gives_exactly_the_numbers_of_one_process(tmp_path, processes, 
     assert done.stdout.count("Robust accuracy") == 1  # only the first process prints
 
 
+WORKER = """
+import json, sys
+import torch
+from auditnn.runtime import gather_parts, init_distributed, rank_and_world
+from auditnn.subject import EvalData, resolve_model
+from auditnn.train import TrainConfig
+
+init_distributed("cpu")
+rank, _ = rank_and_world()
+images = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+labels = (torch.arange(40) + rank) % 2  # every process holds other labels: a process that trains gets other weights
+epochs = []
+data = EvalData(images[:32], labels[:32], images[32:], labels[32:], ["a", "b"], {})
+model, card, source, _ = resolve_model("mlp", data, TrainConfig(epochs=2), torch.device("cpu"),
+                                       progress=lambda epoch, total, row: epochs.append(epoch))
+weights = torch.cat([t.flatten() for t in model.state_dict().values()]).tolist()
+everyone = gather_parts([{"epochs": epochs, "source": source, "weights": weights, "dataset": card["dataset"]}])
+if rank == 0:
+    open(sys.argv[1], "w").write(json.dumps(everyone))
+"""
+
+
+def test_under_torchrun_only_the_first_process_trains_and_the_others_receive_its_weights(tmp_path):
+    """The cache cannot be written (its folder would sit under a file), so nothing can be shared through it."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AUDITNN_CACHE_DIR": str(tmp_path / "blocker" / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(tmp_path / "worker.py"), str(tmp_path / "out.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = json.loads((tmp_path / "out.json").read_text())
+    assert first["epochs"] == [1, 2] and second["epochs"] == []
+    assert second["weights"] == first["weights"]
+    assert first["source"] == second["source"] == "trained"
+    assert second["dataset"] == first["dataset"] and "train_sha256" in first["dataset"]
+
+
 def test_a_batch_that_runs_out_of_gpu_memory_is_retried_in_halves():
     class Small(nn.Module):
         """Raises CUDA's out-of-memory error for batches larger than 8, like a big model on a small card."""

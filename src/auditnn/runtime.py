@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from .errors import AuditError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,13 +148,6 @@ def gather_parts(parts: list[Any]) -> list[Any]:
     return [part for rank_parts in everyone for part in rank_parts]
 
 
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if rank_and_world()[1] > 1:
-        dist.barrier()
-
-
 def batch_generator(seed: int, batch_index: int) -> torch.Generator:
     """The random stream of one global batch: independent of which process runs it."""
     return torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
@@ -169,6 +163,17 @@ def share_weights_from_first(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def object_from_first(value: T) -> T:
+    """The first process's `value` (anything picklable) in every process. One process: `value` itself."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def compile_or_eager(model: torch.nn.Module, sample: torch.Tensor) -> tuple[torch.nn.Module, str | None]:

@@ -16,13 +16,13 @@ import torch.nn as nn
 from . import __version__
 from .data.controlled import load_controlled, manifest_digest, stratified_split
 from .data.sources import conform_images, load_source, validate_images
-from .errors import AuditError
+from .errors import AuditError, InvariantError
 from .inference import check_logits, eval_mode, model_device
 from .models import PixelModel, load_model_dir, save_model_dir
 from .models.load import CARD
 from .models.user import UserModelSpec, load_user_model, split_model_spec
-from .runtime import barrier, is_main_process
-from .train import ProgressFn, TrainConfig, train_classifier
+from .runtime import is_main_process, object_from_first, share_weights_from_first
+from .train import ProgressFn, TrainConfig, new_classifier, train_classifier
 
 
 @dataclass
@@ -48,29 +48,54 @@ def is_source_spec(text: str) -> bool:
     return text.split(":", 1)[0] in ("digits", "shapes", "torchvision", "imagefolder", "tensors")
 
 
+def is_architecture(spec: str) -> bool:
+    """True for a model spec that names an architecture auditnn trains (mlp, cnn, resnet18)."""
+    return split_model_spec(spec)[0] == "arch"
+
+
 def load_eval_data(
     *, base: str = "digits", data: str | None = None, data_root: str | None = None, download: bool = False,
-    test_per_class: int = 30, seed: int = 0, strict: bool = False,
+    test_per_class: int = 30, seed: int = 0, strict: bool = False, trains_model: bool = False,
 ) -> EvalData:
     """What an audit measures:
     - data = a controlled dataset folder: its train split, and its test images without any shortcut;
-    - data = a source spec (the user's images): every image, or the source's official test split when it has one;
-    - otherwise the base source, split into train and a class-stratified test set."""
+    - data = a source spec (the user's images) and a trained model: every image, or the source's official test
+      split when it has one;
+    - otherwise (the base source, or the user's images when `trains_model`: an architecture will be fitted on
+      train_*): test_per_class images of every class held out (from the official test split when there is one),
+      the rest to train on, so a model is never scored on the images it was fitted on."""
     if data is not None and not is_source_spec(data):
         ds = load_controlled(data)
         return EvalData(ds.train.images, ds.train.labels, ds.test_clean.images, ds.test_clean.labels, ds.classes,
                         {"data": data, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"})
-    if data is not None:
+    if data is not None and not trains_model:
         source = load_source(data, data_root=data_root, download=download, seed=seed, strict=strict)
         test = source.train if source.test is None else source.test
         validate_images(test.images, test.labels, test.num_classes, f"data '{data}'")
         return EvalData(source.train.images, source.train.labels, test.images, test.labels, test.classes,
                         {"data": data, **source.notes, "n_images": len(test)}, test.names, source.test is None)
-    source = load_source(base, data_root=data_root, download=download, seed=seed, strict=strict)
-    validate_images(source.train.images, source.train.labels, source.train.num_classes, f"data source '{base}'")
+    spec = base if data is None else data
+    source = load_source(spec, data_root=data_root, download=download, seed=seed, strict=strict)
+    validate_images(source.train.images, source.train.labels, source.train.num_classes, f"data source '{spec}'")
+    counts = torch.bincount(source.train.labels, minlength=source.train.num_classes)
+    if source.test is None and int(counts.min()) <= test_per_class:
+        k = int(counts.argmin())
+        raise AuditError(f"data source '{spec}': class {k} has {int(counts[k])} image(s), so holding out "
+                         f"test_per_class = {test_per_class} leaves none to train on; allowed: test_per_class < "
+                         f"{int(counts[k])}")
     train, test = stratified_split(source, test_per_class, seed)
     return EvalData(train.images, train.labels, test.images, test.labels, train.classes,
-                    {"base": base, "seed": seed, "test_per_class": test_per_class}, test.names)
+                    {"base": spec, "seed": seed, "test_per_class": test_per_class, **source.notes,
+                     "n_train": len(train), "n_test": len(test)}, test.names)
+
+
+def training_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the training data as fitted: the shape, then the float32 pixel bytes and the int64 label bytes
+    (images (N, C, H, W) in [0, 1], labels (N,)). About 1 s per GB, far below the cost of training."""
+    digest = hashlib.sha256(str(list(images.shape)).encode())
+    digest.update(images.detach().cpu().float().contiguous().numpy())
+    digest.update(labels.detach().cpu().long().contiguous().numpy())
+    return digest.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -130,8 +155,11 @@ def resolve_model(
     """Returns (model on device in eval mode, model card, where it came from: 'trained', 'cache' or the spec, and
     the data, converted to the model's declared input shape when it has one).
 
-    An architecture name trains on data.train_*; the result is cached under cache_dir(), keyed by everything that
-    determines it, so a second run with the same settings reuses it."""
+    An architecture name trains on data.train_* (never on data that holds no images apart from the test images);
+    the result is cached under cache_dir(), keyed by everything that determines it (the training images and labels
+    by their sha256, which the returned data's description records as train_sha256), so a second run with the same
+    settings and data reuses it. Under torchrun only the first process trains or reads the cache; every other
+    process receives its weights, so all of them hold the same model whether or not the cache can be written."""
     user = spec if isinstance(spec, UserModelSpec) else UserModelSpec(spec)
     kind, _ = split_model_spec(user.spec)
     if kind != "arch":
@@ -143,28 +171,42 @@ def resolve_model(
         model = model.to(device).eval()
         probe_model(model, data, f"'{user.spec}'")
         return model, card, user.spec, data
+    if data.fitted_on_test:
+        raise InvariantError(f"architecture '{user.spec}' would be scored on the images it is trained on; "
+                             "load the data with trains_model=True")
+    data = replace(data, description={**data.description,
+                                      "train_sha256": training_digest(data.train_images, data.train_labels)})
     key_source = json.dumps(
-        {"arch": user.spec, "width": width, "train": asdict(train), "data": data.description, "auditnn": __version__,
-         "torch": torch.__version__, "device": device.type}, sort_keys=True)
+        {"arch": user.spec, "width": width, "train": asdict(train), "data": data.description, "classes": data.classes,
+         "auditnn": __version__, "torch": torch.__version__, "device": device.type}, sort_keys=True)
     folder = cache_dir() / "models" / hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    if not is_main_process():
-        barrier()  # the first process trains and caches the model; the others then load it
+    if is_main_process():
+        model, card, source = _cached_or_trained(folder, user.spec, data, train, device, width, progress)
+    else:  # the first process trains (or reads the cache); this one only needs the shape to receive its weights
+        model, card, source = new_classifier(data.train_images, data.classes, user.spec, width), None, None
+    model = model.to(device)
+    share_weights_from_first(model)
+    card, source = object_from_first((card, source))
+    return model.eval(), card, source, data
+
+
+def _cached_or_trained(
+    folder: Path, arch: str, data: EvalData, train: TrainConfig, device: torch.device, width: int | None,
+    progress: ProgressFn | None,
+) -> tuple[PixelModel, dict[str, Any], str]:
+    """(model, card, 'cache' or 'trained'): the model cached in `folder`, else trained on data.train_* and cached."""
     if (folder / CARD).is_file():
         try:
             model, card = load_model_dir(folder)
-            if is_main_process():
-                barrier()
-            return model.to(device).eval(), card, "cache", data
+            return model, card, "cache"
         except AuditError:
             pass  # a damaged cache entry is retrained and overwritten
     model, _, card = train_classifier(
-        data.train_images, data.train_labels, data.classes, user.spec, train, device, width=width,
+        data.train_images, data.train_labels, data.classes, arch, train, device, width=width,
         dataset_info=data.description, progress=progress,
     )
     try:
         save_model_dir(model, card, folder)
-    except OSError:
+    except (OSError, AuditError):
         pass  # an unwritable cache costs a retrain next time, never the run
-    if is_main_process():
-        barrier()
-    return model.eval(), card, "trained", data
+    return model, card, "trained"

@@ -102,6 +102,12 @@ def fit(
     return TrainResult(config.epochs, seconds, n * config.epochs / max(seconds, 1e-9), history)
 
 
+def new_classifier(images: torch.Tensor, classes: list[str], arch: str, width: int | None = None) -> PixelModel:
+    """An untrained `arch` for images (N, C, H, W) in [0, 1], normalized with their per-channel mean and std."""
+    _, channels, height, _ = images.shape
+    return PixelModel(build_model(arch, channels, height, len(classes), width), *channel_stats(images))
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -118,7 +124,7 @@ def train_classifier(
     """Build `arch` for these images, normalize with their channel statistics, fit, and write the model card."""
     _, channels, height, width_px = images.shape
     seed_everything(config.seed)  # the weight initialisation draws from the global generator
-    model = PixelModel(build_model(arch, channels, height, len(classes), width), *channel_stats(images))
+    model = new_classifier(images, classes, arch, width)
     result = fit(model, images, labels, config, device=device, val=val, progress=progress)
     card = {
         "format": "auditnn.model",

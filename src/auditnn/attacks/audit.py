@@ -17,7 +17,7 @@ from ..models.load import first_layer_pictures
 from ..report.schema import Report, metric_row
 from ..runtime import compile_or_eager, resolve_device, seed_everything
 from ..models.user import UserModelSpec
-from ..subject import EvalData, check_model_spec, load_eval_data, resolve_model
+from ..subject import EvalData, check_model_spec, is_architecture, load_eval_data, resolve_model
 from ..train import ProgressFn, TrainConfig
 from .evaluate import AttackEvaluation, AttackSpec, evaluate_attack
 from .patch import PatchConfig, PatchResult, optimize_patch
@@ -83,6 +83,7 @@ def run_attack_audit(
     data: EvalData = load_eval_data(
         base=config.base, data=config.data_dir, data_root=config.data_root, download=config.download,
         test_per_class=config.test_per_class, seed=config.seed, strict=config.strict,
+        trains_model=is_architecture(config.model),
     )
     spec = UserModelSpec(config.model, config.weights, config.mean, config.std)
     model, _, source, data = resolve_model(spec, data, config.train, device, width=config.width, progress=train_progress)
