@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from auditnn.io import atomic_write_text, output_folder
+from auditnn.io import atomic_write_bytes, atomic_write_text, output_folder
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
@@ -30,3 +30,32 @@ def test_a_file_that_cannot_be_written_is_a_usage_error_naming_it(tmp_path):
 
     with pytest.raises(AuditError, match="nowhere/x.txt' cannot be written"):
         atomic_write_text(tmp_path / "nowhere" / "x.txt", "x")
+
+
+def _disk_full(*args):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"], ids=["write fails midway", "rename fails"])
+def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, monkeypatch, failing):
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old contents")
+    monkeypatch.setattr(os, failing, _disk_full)  # fsync: after the bytes are written; replace: after closing
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(target, b"new contents, longer than the old")
+    assert target.read_bytes() == b"old contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_failed_first_write_leaves_no_file_at_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", _disk_full)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "new.txt", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_successful_write_replaces_the_contents_and_leaves_only_the_target(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"a much longer old content")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
