@@ -191,6 +191,18 @@ def test_user_code_that_exits_or_raises_is_exit_2_naming_the_module(capsys, tmp_
                 needles=(f"factory:{module}:make", *needles))
 
 
+@pytest.mark.parametrize("case", ["exit-0-at-import", "exit-0-in-factory"])
+def test_a_factory_that_exits_0_cannot_make_an_audit_pass(capsys, tmp_path, monkeypatch, good_data, case):
+    module = "hostile_audit_" + case.replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(FACTORY_BODIES[case][0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "audit.toml").write_text(f'[model]\nsource = "factory:{module}:make"\n[data]\nsource = "tensors:{good_data}"\n'
+                                         '[run]\ndevice = "cpu"\n[[check]]\nkind = "clean"\nmin_accuracy = 0.5\n')
+    code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert_usage_error(code, err, f"factory:{module}:make", "SystemExit(0)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_argparse_usage_printed_by_user_code_is_kept_out_of_the_terminal_but_quoted(capsys, tmp_path, monkeypatch, good_data):
     (tmp_path / "hostile_usage.py").write_text(FACTORY_BODIES["argparse-at-import"][0])
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -224,7 +236,9 @@ SAFETENSORS_CASES = {
     "header-length-past-end": (_safetensors({}, length=10_000), "header length 10000"),
     "shorter-than-8-bytes": (b"\x01\x02", "8-byte header length"),
     "header-not-utf8": (struct.pack("<Q", 2) + b"\xff\xfe", "header"),
-    "offsets-past-end": (_safetensors({"images": _entry("F32", [1, 1, 1, 2], 0, 4096)}, SIX_FLOATS[:8]), "byte range 0..4096"),
+    "offsets-past-end": (_safetensors({"images": _entry("F32", [1, 1, 1, 1024], 0, 4096)}, SIX_FLOATS[:8]),
+                         "byte range 0..4096"),
+    "trailing-bytes": (_safetensors({"images": _entry("F32", [1, 1, 1, 2], 0, 8)}, SIX_FLOATS), "end at byte 8"),
     "negative-offset": (_safetensors({"images": _entry("F32", [1, 1, 1, 2], -8, 0)}, SIX_FLOATS[:8]), "byte range -8..0"),
     "offsets-overlap": (_safetensors({"images": _entry("F32", [1, 1, 2, 2], 0, 16), "labels": _entry("I64", [1], 8, 16)},
                                      SIX_FLOATS[:16]), "overlap"),
@@ -234,6 +248,7 @@ SAFETENSORS_CASES = {
                                  "does not fit its shape"),
     "negative-dimension": (_safetensors({"images": _entry("F32", [-1, 1, 1, 2], 0, 8)}, SIX_FLOATS[:8]), "shape [-1, 1, 1, 2]"),
     "overflowing-dimensions": (_safetensors({"images": _entry("F32", [2**40, 2**40, 2**40, 0], 0, 0)}), "shape"),
+    "dimension-2-to-the-63": (_safetensors({"images": _entry("F32", [2**63, 0], 0, 0)}), "too large"),
     "overflow-to-zero": (_safetensors({"images": _entry("F32", [2**32, 2**32], 0, 0)}), "shape [4294967296, 4294967296]"),
     "unknown-dtype": (_safetensors({"images": _entry("F8_E4M3", [1], 0, 1)}, b"\x00"), "dtype 'F8_E4M3'"),
     "offsets-not-a-pair": (_safetensors({"images": {"dtype": "F32", "shape": [1], "data_offsets": 4}}, SIX_FLOATS[:4]),
