@@ -11,6 +11,7 @@ import stat
 import struct
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -165,7 +166,7 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         names = archive.namelist()
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise AuditError(f"export file '{path}' is not a torch.export archive ({exc or 'not a zip file'}); "
+        raise AuditError(f"export file '{path}' is not a torch.export archive ({str(exc) or type(exc).__name__}); "
                          "give a file written by torch.export.save") from None
     roots = {name.split("/", 1)[0] for name in names}
     if len(roots) != 1 or any("/" not in name for name in names):
@@ -174,9 +175,10 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
     members = {name.split("/", 1)[1]: name for name in names}
     try:
         for member, full in members.items():
-            if not (member in _EXPORT_FIXED or member.endswith(".json") or member.startswith(_EXPORT_PREFIXES)):
+            is_config = any(member.startswith(folder) and member.endswith(suffix) for folder, suffix in _EXPORT_CONFIGS)
+            if not (is_config or member in _EXPORT_FIXED or member.startswith(_EXPORT_PREFIXES)):
                 raise refuse(f"holds member '{member}', which torch.export.save does not write for plain tensors")
-            if any(member.startswith(folder) and member.endswith(suffix) for folder, suffix in _EXPORT_CONFIGS):
+            if is_config:
                 _check_payload_config(member, json.loads(archive.read(full)), refuse)
             if member.startswith("data/sample_inputs/"):
                 torch.load(io.BytesIO(archive.read(full)), map_location="cpu", weights_only=True)
@@ -186,7 +188,7 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
         raise refuse(f"cannot be checked ({load_failure(exc)})") from None
 
 
-def _check_payload_config(member: str, config: object, refuse) -> None:  # noqa: ANN001 - refuse builds the error
+def _check_payload_config(member: str, config: object, refuse: Callable[[str], AuditError]) -> None:
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise refuse(f"has a malformed '{member}'")

@@ -414,8 +414,8 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
             f"imagefolder '{root}' has {len(class_dirs)} class folder(s) and {len(files)} image(s); "
             "allowed: at least 2 class sub-folders holding images"
         )
-    counts = torch.bincount(torch.tensor([label for label, _ in files]), minlength=len(class_dirs))
-    empty = [class_dirs[k] for k in range(len(class_dirs)) if counts[k] == 0]
+    present = {label for label, _ in files}
+    empty = [folder for label, folder in enumerate(class_dirs) if label not in present]
     if empty:
         raise AuditError(f"class folder '{empty[0]}' holds no images; allowed: every class folder holds at least one "
                          f"image ({', '.join(IMAGE_SUFFIXES)}); remove the folder or add its images")
