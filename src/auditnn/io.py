@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import AuditError
+from .formats import load_failure, regular_file
 from .runtime import is_main_process
 
 
@@ -63,15 +64,12 @@ def atomic_torch_save(path: str | Path, tensors: dict[str, Any]) -> Path:
 
 def safe_torch_load(path: str | Path, what: str) -> Any:
     """torch.load restricted to tensors and plain containers; a pickle that would run code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"{what} '{path}' does not exist; give an existing file")
+    path = regular_file(path, what, "give an existing file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or zip errors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AuditError(
-            f"{what} '{path}' cannot be read safely ({reason}); "
+            f"{what} '{path}' cannot be read safely ({load_failure(exc)}); "
             "allowed: files of tensors written by torch.save (loaded with weights_only=True)"
         ) from None
 

@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import io
 import math
+import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -365,17 +367,51 @@ def load_torchvision(name: str, *, data_root: str | Path | None, download: bool)
 # ---------------------------------------------------------------- imagefolder
 
 
-def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[ImageSet, int]:
-    """One sub-folder per class (sorted names are the classes). Returns (images, number of non-image files
-    skipped); with strict, a non-image file is an error. Images of other sizes are resized to the first image's
-    size. Grayscale when every image is single-channel, else RGB."""
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image: classifier inputs are far smaller, and this already takes 200 MB as
+# float32 RGB; a header claiming more is refused before any pixel is decoded (a decompression bomb costs nothing to send)
+
+
+def _files_in(folder: Path) -> list[Path]:
+    """Every file under a class folder, sorted; a sub-folder that cannot be listed is an error, not an empty class."""
+    def refuse(exc: OSError) -> None:
+        raise AuditError(f"class folder '{exc.filename or folder}' cannot be read ({exc.strerror or exc}); "
+                         "allowed: folders you can list and read")
+
+    found = []
+    for top, _, names in os.walk(folder, onerror=refuse):
+        found += [Path(top) / name for name in names if (Path(top) / name).is_file()]
+    return sorted(found)
+
+
+def _open_image(path: Path):  # noqa: ANN202 - a PIL image; PIL is imported lazily
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with warnings.catch_warnings():  # PIL warns on large headers; the cap below refuses them in one line instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise AuditError(f"image '{path}' claims {width}x{height} pixels; allowed: at most {MAX_IMAGE_PIXELS} "
+                                     "pixels per image (4096x4096); resize it")
+                img.load()
+                return img.copy()
+    except Image.DecompressionBombError as exc:
+        raise AuditError(f"image '{path}' is refused as a decompression bomb ({exc}); allowed: at most "
+                         f"{MAX_IMAGE_PIXELS} pixels per image") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
+
+
+def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[ImageSet, int]:
+    """One sub-folder per class (sorted names are the classes), each holding at least one image. Returns (images,
+    number of non-image files skipped); with strict, a non-image file is an error. Images of other sizes are
+    resized to the first image's size. Grayscale when every image is single-channel, else RGB."""
     root = Path(directory)
     if not root.is_dir():
         raise AuditError(f"imagefolder '{root}' is not a folder; give a folder with one sub-folder per class")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    everything = [(label, f) for label, d in enumerate(class_dirs) for f in sorted(d.rglob("*")) if f.is_file()]
+    everything = [(label, f) for label, d in enumerate(class_dirs) for f in _files_in(d)]
     files = [(label, f) for label, f in everything if f.suffix.lower() in IMAGE_SUFFIXES]
     others = [f for _, f in everything if f.suffix.lower() not in IMAGE_SUFFIXES]
     if strict and others:
@@ -388,14 +424,12 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
             f"imagefolder '{root}' has {len(class_dirs)} class folder(s) and {len(files)} image(s); "
             "allowed: at least 2 class sub-folders holding images"
         )
-    pictures = []
-    for _, path in files:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                pictures.append(img.copy())
-        except (UnidentifiedImageError, OSError) as exc:
-            raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
+    present = {label for label, _ in files}
+    empty = [folder for label, folder in enumerate(class_dirs) if label not in present]
+    if empty:
+        raise AuditError(f"class folder '{empty[0]}' holds no images; allowed: every class folder holds at least one "
+                         f"image ({', '.join(IMAGE_SUFFIXES)}); remove the folder or add its images")
+    pictures = [_open_image(path) for _, path in files]
     gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
     size = pictures[0].size
     mode = "L" if gray else "RGB"
@@ -428,37 +462,75 @@ def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
     return images
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"a {type(value).__name__} of {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def _numbers(value: object, key: str, where: str) -> torch.Tensor:
+    """A tensor, a numeric array or a (nested) list of numbers as a tensor; anything else names what it is."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(value)
+    if isinstance(value, torch.Tensor) and not value.is_complex():
+        return value
+    if isinstance(value, (list, tuple)):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass  # strings or ragged lists: refused below
+    raise AuditError(f"'{key}' in {where} is {_kind(value)}; allowed: a tensor or array of numbers"
+                     + (" (class names go in 'classes')" if key == "labels" else ""))
+
+
+def _labels(value: object, where: str) -> torch.Tensor:
+    labels = _numbers(value, "labels", where).reshape(-1)
+    if labels.is_floating_point():
+        bad = ~torch.isfinite(labels) | (labels != labels.round())
+        if bad.any():
+            raise AuditError(f"labels in {where} include {labels[bad][0].item():g}; allowed: whole class indices 0..K-1 "
+                             "(a fraction would be truncated to another class)")
+    return labels.long()
+
+
+def _class_names(value: object, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) for c in value):
+        raise AuditError(f"'classes' in {where} is {_kind(value)}; allowed: a list of class names (strings), "
+                         "one per label value")
+    return list(value)
+
+
 def load_tensors(path: str | Path) -> ImageSet:
-    """A file with 'images' and 'labels' (and optionally 'classes'): .pt/.pth read with torch.load(weights_only=True),
-    .npz read without pickles, or .safetensors."""
-    from ..formats import read_npz, read_safetensors
+    """A file with 'images' and 'labels' (and optionally 'classes', a list of names): .pt/.pth read with
+    torch.load(weights_only=True), .npz read without pickles, or .safetensors."""
+    from ..formats import read_npz, read_safetensors, regular_file
     from ..io import safe_torch_load
 
-    path = Path(path)
     where = f"tensors file '{path}'"
-    if not path.is_file():
-        raise AuditError(f"{where} does not exist; give a .pt, .npz or .safetensors file with images and labels")
-    classes = None
+    path = regular_file(path, "tensors file", "give a .pt, .npz or .safetensors file with images and labels")
     if path.suffix == ".npz":
-        arrays = read_npz(path, "tensors file")
-        data = {k: torch.from_numpy(v) for k, v in arrays.items() if v.dtype.kind != "U"}
-        classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+        data: object = read_npz(path, "tensors file")
     elif path.suffix == ".safetensors":
         data = read_safetensors(path, "tensors file")
     else:
         data = safe_torch_load(path, "tensors file")
-        if not isinstance(data, dict):
-            raise AuditError(f"{where} holds a {type(data).__name__}; allowed: a dict with 'images' and 'labels'")
-        classes = data.get("classes")
+    if not isinstance(data, dict):
+        raise AuditError(f"{where} holds a {type(data).__name__}; allowed: a dict with 'images' and 'labels'")
     missing = [k for k in ("images", "labels") if k not in data]
     if missing:
         raise AuditError(f"{where} has no '{missing[0]}'; allowed: a mapping with 'images' and 'labels' (and 'classes')")
-    images = _as_pixels(torch.as_tensor(data["images"]), where)
-    labels = torch.as_tensor(data["labels"]).long().view(-1)
-    num_classes = len(classes) if classes else int(labels.max()) + 1 if labels.numel() else 0
-    names_of_classes = [str(c) for c in classes] if classes else [str(k) for k in range(num_classes)]
+    images = _as_pixels(_numbers(data["images"], "images", where), where)
+    labels = _labels(data["labels"], where)
+    classes = _class_names(data.get("classes"), where)
+    if len(labels) == 0:
+        raise AuditError(f"{where} holds no images; allowed: at least one image per class")
+    num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     validate_images(images, labels, num_classes, where)
-    return ImageSet(images, labels, names_of_classes, names=[str(i) for i in range(len(labels))])
+    return ImageSet(images, labels, classes or [str(k) for k in range(num_classes)], names=[str(i) for i in range(len(labels))])
 
 
 def conform_images(images: torch.Tensor, shape: list[int | None]) -> torch.Tensor:

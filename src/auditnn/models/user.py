@@ -11,18 +11,21 @@ Weights are read with torch.load(weights_only=True) or as safetensors: loading n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import AuditError, allowed
-from ..formats import read_safetensors
+from ..formats import check_export_archive, read_bytes, read_safetensors, regular_file
 from ..io import safe_torch_load
 from .load import PixelModel, load_model_dir
 from .zoo import MODELS
@@ -84,22 +87,62 @@ class ExportedModel(nn.Module):
         return torch.cat(outputs)
 
 
+def _raised(exc: BaseException) -> str:
+    """What user code raised, in a few words: 'SystemExit(0)', 'SyntaxError (invalid syntax, mod.py line 3)'."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r})"
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError ({exc.msg}, {Path(exc.filename or '?').name} line {exc.lineno})"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def user_code(spec: str, action: str) -> Iterator[None]:
+    """Run the user's own code so that nothing it does decides auditnn's exit code: SystemExit and every Exception
+    become an AuditError naming `action` and what was raised (KeyboardInterrupt still interrupts). What the code
+    prints is kept off the terminal, whose stdout may carry JSON; its last line is quoted when the code fails."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    except (SystemExit, Exception) as exc:
+        lines = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
+        said = f"; its last output: '{lines[-1]}'" if lines else ""
+        raise AuditError(f"model '{spec}': {action} raised {_raised(exc)}{said}") from None
+
+
+class _ExitGuard(nn.Module):
+    """A factory-built network whose forward may call sys.exit: that becomes an AuditError, not auditnn's exit."""
+
+    def __init__(self, net: nn.Module, spec: str) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.net(images)
+        except SystemExit as exc:
+            raise AuditError(f"model '{self.spec}': its forward raised {_raised(exc)}") from None
+
+
 def _import_factory(arg: str, spec: str) -> nn.Module:
     module_name, function_name = arg.split(":")
     added = str(Path.cwd()) not in sys.path
     if added:  # a factory in the user's project folder imports as it would from `python -c` there
         sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AuditError(f"model '{spec}': module '{module_name}' cannot be imported ({exc}); check the name and PYTHONPATH") from None
+        with user_code(spec, f"importing module '{module_name}'"):
+            module = importlib.import_module(module_name)
     finally:
         if added:
             sys.path.remove(str(Path.cwd()))
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise AuditError(f"model '{spec}': '{module_name}' has no function '{function_name}'")
-    net = factory()
+    with user_code(spec, f"calling {module_name}.{function_name}()"):
+        net = factory()
     if not isinstance(net, nn.Module):
         raise AuditError(f"model '{spec}': {function_name}() returned {type(net).__name__}; allowed: a torch.nn.Module")
     return net
@@ -113,9 +156,26 @@ def _torchvision(name: str, spec: str, num_classes: int) -> nn.Module:
     return tvm.get_model(name, weights=None, num_classes=num_classes)
 
 
+def _load_export(path: str, spec: str) -> ExportedModel:
+    """Check the archive's bytes (check_export_archive), then give torch those same bytes: no second read of a
+    file that could have changed in between."""
+    raw = read_bytes(Path(path), f"model '{spec}': file", "give a .pt2 file written by torch.export.save")
+    check_export_archive(raw, path)
+    exporter_log = logging.getLogger("torch.export")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.CRITICAL)  # torch logs a warning per failed attempt; the AuditError says it once
+    try:
+        return ExportedModel(torch.export.load(io.BytesIO(raw)))
+    except Exception as exc:  # the loader raises many types for a file that is not a program
+        raise AuditError(f"model '{spec}': '{path}' is not a torch.export program "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    finally:
+        exporter_log.setLevel(level)
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from .safetensors, or from a torch.save file read with weights_only=True."""
-    path = Path(path)
+    path = regular_file(path, "weights", "give a .pt, .pth or .safetensors file")
     if path.suffix == ".safetensors":
         return read_safetensors(path, "weights")
     state = safe_torch_load(path, "weights")
@@ -172,16 +232,10 @@ def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> 
             raise AuditError(f"model '{spec.spec}' needs --weights FILE (a state_dict for that architecture)")
         net = _torchvision(arg, spec.spec, num_classes)
     elif kind == "export":
-        if not Path(arg).is_file():
-            raise AuditError(f"model '{spec.spec}': file '{arg}' does not exist")
-        try:
-            net = ExportedModel(torch.export.load(arg))
-        except Exception as exc:  # the loader raises many types for a file that is not a program
-            raise AuditError(f"model '{spec.spec}': '{arg}' is not a torch.export program ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        net = _load_export(arg, spec.spec)
         input_shape = net.input_shape
     else:
-        if not Path(arg).is_file():
-            raise AuditError(f"model '{spec.spec}': file '{arg}' does not exist")
+        regular_file(arg, f"model '{spec.spec}': file", "give a TorchScript file written by torch.jit.save")
         try:
             with warnings.catch_warnings():  # torch deprecates TorchScript; a user who names it has older models
                 warnings.simplefilter("ignore", FutureWarning)
@@ -192,6 +246,8 @@ def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> 
         if kind in ("export", "torchscript"):
             raise AuditError(f"model '{spec.spec}' carries its own weights; drop --weights")
         load_weights(net, spec.weights, spec.spec)
+    if kind == "factory":
+        net = _ExitGuard(net, spec.spec)
     mean = _normalization(spec.mean, channels, "mean", 0.0)
     std = _normalization(spec.std, channels, "std", 1.0)
     card = {
