@@ -1,0 +1,180 @@
+"""Issue 10, items 4-6: an interrupted, failing or concurrent run leaves its output folder absent, complete or as it
+was before; only a real SIGINT or SIGTERM exits 130 or 143."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import assert_usage_error, files_under, run_cli
+
+FACTORY = "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 2))\n"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A factory model and six 8x8 images, made here: attacking them takes a fraction of a second."""
+    (tmp_path / "tiny_factory.py").write_text(FACTORY)
+    torch.manual_seed(0)
+    torch.save({"images": torch.rand(6, 1, 8, 8), "labels": torch.tensor([0, 1, 0, 1, 0, 1])}, tmp_path / "data.pt")
+    monkeypatch.chdir(tmp_path)  # factory modules import from the working folder
+    return tmp_path
+
+
+def attack(capsys, out: Path) -> tuple[int, str, str]:
+    return run_cli(capsys, "attack", "--method", "fgsm", "--eps", "0,1/255", "--model", "factory:tiny_factory:make",
+                   "--data", "tensors:data.pt", "--device", "cpu", "--no-sanity", "--out", out)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files_under(folder)}
+
+
+def leftovers(project: Path) -> list[str]:
+    """What the run left beside its output folder (lock files, staging folders): nothing, after any ending."""
+    return sorted(p.name for p in project.iterdir() if p.name not in {"tiny_factory.py", "data.pt", "out", "__pycache__"})
+
+
+@pytest.fixture
+def signal_at_first_write(monkeypatch):
+    """Send `signum` to this process just after the run's first output file appears. The test's own handler only
+    catches a signal the CLI failed to handle (it would otherwise end pytest)."""
+    import auditnn.io
+
+    def arm(signum: int) -> None:
+        real, sent = auditnn.io.atomic_write_bytes, []
+
+        def write_then_signal(path, data):
+            written = real(path, data)
+            if not sent:
+                sent.append(path)
+                os.kill(os.getpid(), signum)
+            return written
+
+        monkeypatch.setattr(auditnn.io, "atomic_write_bytes", write_then_signal)
+
+    def unhandled(signum, frame):
+        pytest.fail(f"signal {signum} reached the test: the CLI installed no handler for it")
+
+    previous = {s: signal.signal(s, unhandled) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield arm
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_at_the_first_report_file_leaves_no_folder(capsys, project, signal_at_first_write, signum, code):
+    signal_at_first_write(signum)
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"interrupted by {signal.Signals(signum).name}" in lines[0] and "nothing was written to" in lines[0]
+    assert not (project / "out").exists() and leftovers(project) == []
+
+
+def test_a_signal_leaves_an_earlier_report_as_it_was(capsys, project, signal_at_first_write):
+    assert attack(capsys, project / "out")[0] == 0
+    before = snapshot(project / "out")
+    assert "report.json" in before
+    signal_at_first_write(signal.SIGTERM)
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 143 and "keeps the earlier run's files" in err
+    assert snapshot(project / "out") == before and leftovers(project) == []
+
+
+def test_an_error_while_rendering_html_leaves_no_folder(capsys, project, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("template broke")
+
+    monkeypatch.setattr("auditnn.report.html.to_html", broken)
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 3 and "RuntimeError: template broke" in err
+    assert not (project / "out").exists() and leftovers(project) == []
+
+
+def test_a_rerun_replaces_an_earlier_report_as_a_whole(capsys, project):
+    (project / "out").mkdir()
+    (project / "out" / "patch.png").write_bytes(b"from an earlier patch run")
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 0, err
+    assert sorted(snapshot(project / "out")) == ["metrics.csv", "pictures.pt", "report.html", "report.json", "summary.md"]
+    assert leftovers(project) == []
+
+
+def test_a_folder_holding_other_files_is_refused_and_kept(capsys, project):
+    (project / "out").mkdir()
+    (project / "out" / "notes.txt").write_text("mine")
+    exit_code, _, err = attack(capsys, project / "out")
+    assert_usage_error(exit_code, err, "'notes.txt'", "new or empty folder")
+    assert snapshot(project / "out") == {"notes.txt": b"mine"} and leftovers(project) == []
+
+
+def test_a_second_run_on_the_same_out_exits_2_naming_the_first_runs_pid(capsys, project):
+    from auditnn.io import staged_folder
+
+    with staged_folder(project / "out"):  # the first run, still writing
+        exit_code, _, err = attack(capsys, project / "out")
+    assert_usage_error(exit_code, err, f"'{project / 'out'}'", f"another auditnn run (pid {os.getpid()})")
+    assert leftovers(project) == []
+
+
+def test_a_stale_lock_and_staging_folder_of_a_killed_run_are_taken_over(capsys, project):
+    from auditnn.io import sibling
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    sibling(project / "out", "lock").write_text(dead.stdout)
+    stale = Path(f"{sibling(project / 'out', 'new')}-killed")
+    stale.mkdir()
+    (stale / "metrics.csv").write_text("half")
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 0, err
+    assert (project / "out" / "report.json").is_file() and leftovers(project) == []
+
+
+def test_an_eof_error_is_an_internal_error_not_an_interrupt(capsys, project, monkeypatch):
+    def truncated(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr("auditnn.cli.attack.run_attack_audit", truncated)
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 3 and "EOFError: Ran out of input" in err and "interrupted" not in err
+
+
+def test_an_empty_npz_is_never_called_an_interrupt(capsys, project):
+    (project / "empty.npz").write_bytes(b"")
+    exit_code, _, err = run_cli(capsys, "attack", "--model", "factory:tiny_factory:make", "--data", "tensors:empty.npz",
+                                "--device", "cpu", "--out", project / "out")
+    assert exit_code in (2, 3) and "interrupted" not in err and "Traceback" not in err
+    assert not (project / "out").exists()
+
+
+IMPORT_THEN_SIGNAL = """
+import importlib.abc, os, signal, sys
+import auditnn.cli
+assert "torch" not in sys.modules, "importing the CLI's entry point imported torch"
+
+class SignalWhenTorchLoads(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.{name})
+        return None
+
+sys.meta_path.insert(0, SignalWhenTorchLoads())
+sys.exit(auditnn.cli.main(["attack", "--out", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("name,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_torch_loads_exits_with_one_line(tmp_path, name, code):
+    script = textwrap.dedent(IMPORT_THEN_SIGNAL).replace("{name}", name)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip() == f"auditnn: error: interrupted by {name}; no report was written", done.stderr
+    assert not (tmp_path / "out").exists()
