@@ -178,3 +178,28 @@ def test_a_signal_while_torch_loads_exits_with_one_line(tmp_path, name, code):
     assert done.returncode == code, done.stderr
     assert done.stderr.strip() == f"auditnn: error: interrupted by {name}; no report was written", done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_base):
+    """A rerun replaces a folder holding only OUTPUT_NAMES and refuses any other: each writer's names must be there."""
+    from auditnn.attacks.audit import save_patch
+    from auditnn.attacks.patch import PatchResult
+    from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled, save_controlled
+    from auditnn.io import OUTPUT_NAMES
+    from auditnn.models import save_model_dir
+    from auditnn.report import write_report
+    from auditnn.report.schema import Report
+
+    row = {"check": "clean", "kind": "accuracy", "metric": "accuracy", "measured": 0.5, "threshold": 0.9,
+           "bound": "min", "passed": False, "note": ""}
+    verdict = {"passed": False, "rows": [row], "failed_checks": ["clean"]}
+    report = Report(command="audit", run_id="r", config={}, environment={}, seed=0, results={"verdict": verdict},
+                    metrics=[{"section": "accuracy", "metric": "accuracy", "value": 0.5}])
+    write_report(report, tmp_path / "report", pictures={"x": torch.zeros(1, 2, 2)})
+    save_patch(PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1),
+               tmp_path / "report")
+    save_model_dir(torch.nn.Linear(2, 2), {}, tmp_path / "model")
+    config = BuildConfig(base="digits", shortcut=ShortcutConfig(tag="watermark"), rho=0.9, seed=0, test_per_class=1)
+    save_controlled(build_controlled(config, digits_base), tmp_path / "data")
+    written = {p.name for folder in tmp_path.iterdir() for p in folder.iterdir()}
+    assert written == OUTPUT_NAMES - {"models"}  # models/ is the shortcut command's folder of model folders
