@@ -203,3 +203,20 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     save_controlled(build_controlled(config, digits_base), tmp_path / "data")
     written = {p.name for folder in tmp_path.iterdir() for p in folder.iterdir()}
     assert written == OUTPUT_NAMES - {"models"}  # models/ is the shortcut command's folder of model folders
+
+
+def test_the_folder_gets_the_mode_of_a_plain_mkdir_and_the_working_folder_is_refused(tmp_path, monkeypatch):
+    from auditnn.errors import AuditError
+    from auditnn.io import staged_folder
+
+    with staged_folder(tmp_path / "out") as staging:
+        (staging / "report.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    assert os.stat(tmp_path / "out").st_mode == os.stat(tmp_path / "plain").st_mode
+    assert (tmp_path / "out" / "report.json").read_text() == "{}"
+    monkeypatch.chdir(tmp_path / "out")
+    for out in (".", ".."):  # renaming a new folder over them would pull the working folder from under the shell
+        with pytest.raises(AuditError, match=f"'{out}' is a mount point or holds the working folder"):
+            with staged_folder(out):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain"]

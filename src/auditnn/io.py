@@ -187,6 +187,9 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
             target = Path(os.path.realpath(shown))  # through a symlink: the folder it names is replaced, not the link
             if target.exists() and not target.is_dir():
                 raise AuditError(f"{what} '{shown}' is a file; give a folder that can be created or written")
+            if os.path.ismount(target) or target in (Path.cwd(), *Path.cwd().parents):
+                raise AuditError(f"{what} '{shown}' is a mount point or holds the working folder: the finished folder "
+                                 "could not be renamed into its place; give a new folder inside it")
             created = [p for p in target.parents if not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             lock = _take_lock(target, shown, what)
@@ -196,6 +199,7 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
                 target.mkdir()  # proves the name is allowed here, before any work; the commit replaces it
                 made_target = True
             staging = Path(tempfile.mkdtemp(prefix=sibling(target, "new").name + "-", dir=target.parent))
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes folders private; give the mode a plain mkdir would
     except OSError as exc:
         with deferred():
             undo()
