@@ -220,3 +220,24 @@ def test_the_folder_gets_the_mode_of_a_plain_mkdir_and_the_working_folder_is_ref
             with staged_folder(out):
                 pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain"]
+
+
+def test_an_earlier_folder_set_aside_by_a_killed_run_is_put_back(tmp_path):
+    """A run killed between its two renames leaves the earlier folder aside and no folder in place: the next run
+    puts it back, so that its own failure leaves the earlier files where they were."""
+    from auditnn.io import sibling, staged_folder
+
+    aside = Path(f"{sibling(tmp_path / 'out', 'old')}-killed")
+    aside.mkdir()
+    (aside / "report.json").write_text("earlier")
+    with pytest.raises(RuntimeError):
+        with staged_folder(tmp_path / "out") as staging:
+            (staging / "report.json").write_text("new")
+            raise RuntimeError("failed")
+    assert snapshot(tmp_path / "out") == {"report.json": b"earlier"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    os.rename(tmp_path / "out", aside)  # killed again; this time the next run succeeds and replaces the earlier files
+    with staged_folder(tmp_path / "out") as staging:
+        (staging / "report.json").write_text("new")
+    assert snapshot(tmp_path / "out") == {"report.json": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

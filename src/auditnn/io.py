@@ -156,10 +156,11 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
     A lock file beside `path` keeps a second run off the same folder (AuditError naming the first run's pid). The
     kernel drops the lock when its process dies, so the next run takes over a killed run's lock and removes its
     staging folder. A folder holding entries auditnn does not write (OUTPUT_NAMES) is refused, never removed. Under
-    torchrun the other processes write nothing and get `path` itself."""
+    torchrun the other processes write nothing: they get a private temporary folder."""
     shown = Path(path)
-    if not is_main_process():
-        yield shown
+    if not is_main_process():  # its writes are no-ops, but a folder it makes would land in the commit's way
+        with tempfile.TemporaryDirectory(prefix="auditnn-rank-") as scratch:
+            yield Path(scratch)
         return
     target = shown
     created: list[Path] = []
@@ -193,8 +194,8 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
             created = [p for p in target.parents if not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             lock = _take_lock(target, shown, what)
-            earlier = _earlier_run(target, shown, what)
             _remove_stale(target)
+            earlier = _earlier_run(target, shown, what)
             if not target.exists():
                 target.mkdir()  # proves the name is allowed here, before any work; the commit replaces it
                 made_target = True
