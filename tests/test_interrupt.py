@@ -241,3 +241,15 @@ def test_an_earlier_folder_set_aside_by_a_killed_run_is_put_back(tmp_path):
         (staging / "report.json").write_text("new")
     assert snapshot(tmp_path / "out") == {"report.json": b"new"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_signal_the_caller_ignores_stays_ignored(capsys, project, signal_at_first_write):
+    """A shell starts background jobs with SIGINT ignored: the CLI must not turn it back on."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        signal_at_first_write(signal.SIGINT)
+        exit_code, _, err = attack(capsys, project / "out")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert exit_code == 0, err
+    assert (project / "out" / "report.json").is_file() and leftovers(project) == []

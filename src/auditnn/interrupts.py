@@ -24,16 +24,21 @@ def _raise(signum: int, frame: Any) -> None:
 @contextmanager
 def handled() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM raise Interrupted; the handlers found before are restored after.
-    Outside the main thread Python cannot set handlers, and signals never reach that thread: nothing to do."""
+    A signal found ignored stays ignored (a shell starts background jobs with SIGINT ignored, nohup ignores SIGHUP:
+    the caller asked for that). Outside the main thread Python cannot set handlers, and signals never reach that
+    thread: nothing to do."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    ours = [s for s, handler in previous.items() if handler is not signal.SIG_IGN]
+    for s in ours:
+        signal.signal(s, _raise)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s in ours:  # None: a handler set outside Python, which we cannot reinstate; the default is closest
+            signal.signal(s, signal.SIG_DFL if previous[s] is None else previous[s])
         _pending.clear()
 
 
