@@ -53,3 +53,12 @@ def test_an_out_name_longer_than_the_file_system_allows_exits_2_naming_it(capsys
     code, _, err = run_cli(capsys, "data", "build", "--test-per-class", "2", "--out", out)
     assert_usage_error(code, err, str(out), "cannot be written")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_name_too_long_is_a_usage_error_for_per_file_outputs_too(tmp_path):
+    from auditnn.io import output_folder
+
+    with pytest.raises(AuditError, match="cannot be written [(]File name too long[)]"):
+        with output_folder(tmp_path / ("g" * 300)):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -105,7 +105,7 @@ def sha256_file(path: str | Path) -> str:
 def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     """Create `path` if needed and prove it is writable, before any expensive work starts."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if os.path.exists(path) and not os.path.isdir(path):  # os.path: False, not OSError, for a name too long
         raise AuditError(f"{what} '{path}' is a file; give a folder that can be created or written")
     if not is_main_process():
         return path
@@ -125,7 +125,7 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
 def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
     """prepare_output_dir, and if the work inside fails before writing anything, remove the folders it created."""
     path = Path(path)
-    created = [p for p in [path, *path.parents] if not p.exists()]
+    created = [p for p in [path, *path.parents] if not os.path.exists(p)]  # a name too long counts: mkdir names it
     prepare_output_dir(path, what)
     try:
         yield path
