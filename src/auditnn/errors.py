@@ -17,3 +17,14 @@ def allowed(values: object) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " or " + items[-1]
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the CLI ran. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` (ours or a user's) swallows it. `left` says, truthfully, what the run left on disk; the code
+    that knows (the output folder being written) fills it in on the way out."""
+
+    def __init__(self, signum: int, left: str = "no report was written") -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.left = left

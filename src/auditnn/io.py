@@ -1,21 +1,35 @@
-"""Atomic file writes and checksums: an interrupted run never leaves a half-written file."""
+"""Atomic file writes, output folders that appear whole or not at all, and checksums: an interrupted run never
+leaves a half-written file or folder."""
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .errors import AuditError
+from .errors import AuditError, Interrupted
 from .formats import load_failure, regular_file
+from .interrupts import deferred
 from .runtime import is_main_process
+
+# Every name auditnn writes at the top of an output folder: report/writers.py, attacks/audit.py (patch.*), the
+# shortcut command (models/), models/load.py (a model folder), data/controlled.py (a dataset folder). A folder that
+# holds only these was written by an earlier run and may be replaced as a whole; any other entry is the user's, and
+# the folder is refused rather than removed.
+OUTPUT_NAMES = frozenset({
+    "report.json", "report.html", "metrics.csv", "summary.md", "junit.xml", "pictures.pt", "patch.png", "patch.pt",
+    "models", "model.pt", "model.json", "manifest.json", "train.pt", "val.pt", "test.pt", "test_clean.pt",
+})
 
 
 def _umask() -> int:
@@ -89,7 +103,7 @@ def sha256_file(path: str | Path) -> str:
 def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     """Create `path` if needed and prove it is writable, before any expensive work starts."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if os.path.exists(path) and not os.path.isdir(path):  # os.path: False, not OSError, for a name too long
         raise AuditError(f"{what} '{path}' is a file; give a folder that can be created or written")
     if not is_main_process():
         return path
@@ -109,7 +123,7 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
 def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
     """prepare_output_dir, and if the work inside fails before writing anything, remove the folders it created."""
     path = Path(path)
-    created = [p for p in [path, *path.parents] if not p.exists()]
+    created = [p for p in [path, *path.parents] if not os.path.exists(p)]  # a name too long counts: mkdir names it
     prepare_output_dir(path, what)
     try:
         yield path
@@ -120,6 +134,175 @@ def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
             except OSError:
                 break
         raise
+
+
+def sibling(path: str | Path, kind: str) -> Path:
+    """The hidden file or folder beside output folder `path` that a run uses while it writes: "lock" (the lock
+    file), "new" (prefix of the staging folders), "old" (prefix of an earlier folder set aside). Named after `path`,
+    cut to 64 characters plus a hash that tells long names apart, so that it fits where `path` fits."""
+    path = Path(path)
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
+    return path.parent / f".{path.name[:64]}.{digest}.auditnn-{kind}"
+
+
+@contextmanager
+def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; when the block ends without error, one rename makes it `path`
+    (a folder of an earlier run is set aside first and removed after). On an error or an interrupt the staging folder
+    is removed and `path` is as it was: absent, empty or the earlier run's files, never a mix of two runs.
+
+    A lock file beside `path` keeps a second run off the same folder (AuditError naming the first run's pid). The
+    kernel drops the lock when its process dies, so the next run takes over a killed run's lock and removes its
+    staging folder. A folder holding entries auditnn does not write (OUTPUT_NAMES) is refused, never removed. Under
+    torchrun the other processes write nothing: they get a private temporary folder."""
+    shown = Path(path)
+    if not is_main_process():  # its writes are no-ops, but a folder it makes would land in the commit's way
+        with tempfile.TemporaryDirectory(prefix="auditnn-rank-") as scratch:
+            yield Path(scratch)
+        return
+    target = shown
+    created: list[Path] = []
+    lock: int | None = None
+    made_target = False
+    staging: Path | None = None
+
+    def undo() -> None:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if made_target:
+            with suppress(OSError):  # not empty: someone else wrote there meanwhile; theirs stays
+                target.rmdir()
+        if lock is not None:
+            _release_lock(target, lock)
+        for folder in created:  # deepest first; stops at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    earlier = False
+    try:
+        with deferred():
+            target = Path(os.path.realpath(shown))  # through a symlink: the folder it names is replaced, not the link
+            if target.exists() and not target.is_dir():
+                raise AuditError(f"{what} '{shown}' is a file; give a folder that can be created or written")
+            if os.path.ismount(target) or target in (Path.cwd(), *Path.cwd().parents):
+                raise AuditError(f"{what} '{shown}' is a mount point or holds the working folder: the finished folder "
+                                 "could not be renamed into its place; give a new folder inside it")
+            created = [p for p in target.parents if not p.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = _take_lock(target, shown, what)
+            _remove_stale(target)
+            earlier = _earlier_run(target, shown, what)
+            if not target.exists():
+                target.mkdir()  # proves the name is allowed here, before any work; the commit replaces it
+                made_target = True
+            staging = Path(tempfile.mkdtemp(prefix=sibling(target, "new").name + "-", dir=target.parent))
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes folders private; give the mode a plain mkdir would
+    except OSError as exc:
+        with deferred():
+            undo()
+        raise AuditError(f"{what} '{shown}' cannot be written ({exc.strerror or exc}); give a folder you can write to") from None
+    except BaseException:
+        with deferred():
+            undo()
+        raise
+    unchanged = f"'{shown}' keeps the earlier run's files" if earlier else f"nothing was written to '{shown}'"
+    try:
+        yield staging
+    except BaseException:
+        with _interrupt_says(unchanged):
+            undo()
+            raise
+    with _interrupt_says(f"the {what} '{shown}' was written in full"):
+        try:
+            _commit(staging, target, earlier)
+        except BaseException:
+            undo()
+            raise
+        _release_lock(target, lock)
+
+
+@contextmanager
+def _interrupt_says(left: str) -> Iterator[None]:
+    """Run the block with signals deferred; an Interrupted coming out of it (raised inside, or a signal that
+    arrived meanwhile) says what was left on disk."""
+    try:
+        with deferred():
+            yield
+    except Interrupted as exc:
+        exc.left = left
+        raise
+
+
+def _take_lock(target: Path, shown: Path, what: str) -> int:
+    """flock on the lock file beside `target`; the file holds the holder's pid for the message a second run shows."""
+    lock = sibling(target, "lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AuditError(f"{what} '{shown}' is being written by another auditnn run (pid {holder}); "
+                             "wait for it to end or give another folder") from None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and our lock: lock the new file
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _release_lock(target: Path, fd: int) -> None:
+    sibling(target, "lock").unlink(missing_ok=True)  # before closing: a waiting run then retries on a new file
+    os.close(fd)
+
+
+def _earlier_run(target: Path, shown: Path, what: str) -> bool:
+    """True when `target` holds an earlier run's files (to be replaced as a whole); AuditError when it holds
+    anything else."""
+    if not target.exists():
+        return False
+    entries = sorted(p.name for p in target.iterdir())
+    foreign = [name for name in entries if name not in OUTPUT_NAMES]
+    if foreign:
+        raise AuditError(f"{what} '{shown}' holds '{foreign[0]}', which auditnn does not write; give a new or empty "
+                         "folder (one from an earlier auditnn run is replaced as a whole)")
+    return bool(entries)
+
+
+def _remove_stale(target: Path) -> None:
+    """With the lock held, other staging folders of `target` belong to killed runs. An earlier folder set aside
+    by a run killed between its two renames goes back in place when `target` is missing."""
+    for stale in target.parent.glob(glob.escape(sibling(target, "new").name) + "-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in target.parent.glob(glob.escape(sibling(target, "old").name) + "-*"):
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, target)
+
+
+def _commit(staging: Path, target: Path, earlier: bool) -> None:
+    """Make `staging` the folder `target`. An empty `target` is replaced by the one rename. An earlier run's
+    folder is first renamed aside: a crash between the two renames leaves it there, for the next run to put back."""
+    if not earlier:
+        os.rename(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=sibling(target, "old").name + "-", dir=target.parent))
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def read_json(path: str | Path, what: str, hint: str) -> Any:

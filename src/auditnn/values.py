@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 from .errors import AuditError
 
 
 def parse_number(text: str, name: str) -> float:
-    """'0.5', '8/255' or '1e-3' -> float; anything else names the option and the bad value."""
+    """'0.5', '8/255' or '1e-3' -> float; anything else, 'inf', 'nan' and '1e999' (which overflows to inf) included,
+    names the option and the bad value. No option takes a non-finite value: an infinite radius, step, mean or std
+    only ever ends in NaN pixels or logits."""
     text = text.strip()
     try:
-        return float(Fraction(text)) if "/" in text else float(text)
+        value = float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise AuditError(f"{name} value '{text}' is not a number; allowed: decimals or fractions such as 8/255") from None
+    return require_finite(value, name, text)
+
+
+def require_finite(value: float, name: str, text: str | None = None) -> float:
+    """`value` unchanged when finite; else an AuditError naming the option and the value as the user typed it."""
+    if not math.isfinite(value):
+        raise AuditError(f"{name} value '{value if text is None else text}' is not a finite number; "
+                         "allowed: finite decimals or fractions such as 8/255")
+    return value
 
 
 def parse_number_list(text: str, name: str) -> list[float]:

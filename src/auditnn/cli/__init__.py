@@ -1,38 +1,21 @@
-"""The command line: parse, call one library function, render. The only place that imports typer or rich."""
+"""The command line: parse, call one library function, render. The only place that imports typer or rich.
+
+This module stays light: main() installs the SIGINT/SIGTERM handlers first and only then imports the commands (and
+with them torch, which takes seconds), so that Ctrl-C at any moment is an interrupt with one line, not a traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 
-import typer
+from ..errors import AuditError, Interrupted
+from ..interrupts import handled
 
-from ..errors import AuditError
-from . import attack as attack_cmd
-from . import data as data_cmd
-from . import gate as gate_cmd
-from . import shortcut as shortcut_cmd
-from . import train as train_cmd
-
-app = typer.Typer(
-    name="auditnn",
-    help="Audit PyTorch image classifiers for shortcut learning and adversarial fragility.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-app.command("shortcut")(shortcut_cmd.shortcut)
-app.command("attack")(attack_cmd.attack)
-app.command("train")(train_cmd.train)
-app.command("audit")(gate_cmd.audit)
-app.command("gate")(gate_cmd.gate)
-app.add_typer(gate_cmd.report_app, name="report")
-app.add_typer(data_cmd.app, name="data")
-
-EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for a Ctrl-C; SIGTERM gives 143 (128 + 15)
 
 
 def _error(message: str) -> None:
@@ -53,11 +36,17 @@ def _with_bad_value(message: str, param: object, args: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 pass, 1 a gate check failed, 2 usage/config/input error (one line,
-    no traceback), 3 internal error, 130 interrupted (nothing half-written: every file is written atomically)."""
+    no traceback), 3 internal error, 130 interrupted by SIGINT, 143 by SIGTERM (the output folder is then absent,
+    as it was before the run, or complete: see io.staged_folder)."""
     args = sys.argv[1:] if argv is None else argv
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _main_distributed(args)
-    return _run(args)
+    with handled():
+        try:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                return _main_distributed(args)
+            return _run(args)
+        except Interrupted as exc:
+            _error(f"interrupted by {signal.Signals(exc.signum).name}; {exc.left}")
+            return 128 + exc.signum
 
 
 def _main_distributed(args: list[str]) -> int:
@@ -73,28 +62,36 @@ def _main_distributed(args: list[str]) -> int:
 
 
 def _run(args: list[str]) -> int:
+    import typer
+
+    from .app import app
+
     try:
         result = app(args=args, prog_name="auditnn", standalone_mode=False)
     except typer.Exit as exc:
         result = exc.exit_code
-    except typer.Abort:
-        result = EXIT_INTERRUPTED
+    except typer.Abort as exc:  # click turns an EOFError (a truncated file, a user's input()) into Abort
+        return _failed(exc.__cause__ or exc)
     except typer.TyperException as exc:  # typer's usage errors: unknown option, bad type, missing value
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: show its help
             print(exc.format_message())
             return EXIT_OK
         _error(_with_bad_value(exc.format_message(), getattr(exc, "param", None), args))
         return EXIT_USAGE
-    except AuditError as exc:
+    except Exception as exc:
+        return _failed(exc)
+    if result == EXIT_INTERRUPTED:  # typer's answer to a KeyboardInterrupt raised by code, not by our handler
+        _error("interrupted; no partial report was left")
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _failed(exc: BaseException) -> int:
+    """Bad input exits 2 with its one line; anything else is an internal error: exit 3 with one line (the
+    traceback on request)."""
+    if isinstance(exc, AuditError):
         _error(str(exc))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        result = EXIT_INTERRUPTED
-    except Exception as exc:  # the contract: an internal error exits 3 with one line (traceback on request)
-        if os.environ.get("AUDITNN_DEBUG"):
-            traceback.print_exc()
-        _error(f"internal error: {type(exc).__name__}: {exc} (set AUDITNN_DEBUG=1 for the traceback)")
-        return EXIT_INTERNAL
-    if result == EXIT_INTERRUPTED:
-        _error("interrupted; no partial report was written")
-    return result if isinstance(result, int) else EXIT_OK
+    if os.environ.get("AUDITNN_DEBUG"):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    _error(f"internal error: {type(exc).__name__}: {exc} (set AUDITNN_DEBUG=1 for the traceback)")
+    return EXIT_INTERNAL

@@ -10,7 +10,7 @@ from ..attacks.audit import AttackAuditConfig, attack_report, run_attack_audit, 
 from ..attacks.evaluate import AttackSpec
 from ..attacks.patch import PatchConfig
 from ..errors import AuditError
-from ..io import output_folder
+from ..io import staged_folder
 from ..report.tables import report_tables
 from ..report.writers import write_report
 from ..runtime import environment, resolve_device
@@ -90,13 +90,14 @@ def attack(
     config.validate()
     resolved = resolve_device(device)
     rid = run_id("attack", method if is_patch else f"{method}-{norm}")
-    with output_folder(output_dir(out, rid)) as out_dir:
+    out_dir = output_dir(out, rid)
+    with staged_folder(out_dir) as staging:
         with epoch_progress(consoles, f"training {model} ({resolved})") as update:
             result = run_attack_audit(config, train_progress=lambda e, n, row: update("", e, n, row))
         report = attack_report(result, config, run_id=rid, environment=environment(resolved))
         if result.patch is not None:
-            save_patch(result.patch, out_dir)
-        write_report(report, out_dir, pictures=result.pictures)
+            save_patch(result.patch, staging)
+        write_report(report, staging, pictures=result.pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     for warning in report.warnings:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.controlled import build_controlled, save_controlled
-from ..io import output_folder
+from ..io import staged_folder
 from ..values import parse_number
 from . import options as o
 from .common import Consoles
@@ -39,8 +39,8 @@ def build(
         target_class=target_class, seed=seed, test_per_class=test_per_class, data_root=data_root, download=download,
     )
     config.validate()
-    with output_folder(out, "dataset folder"):
+    with staged_folder(out, "dataset folder") as staging:
         dataset = build_controlled(config)
-        save_controlled(dataset, out)
+        save_controlled(dataset, staging)
     sizes = ", ".join(f"{k} {v}" for k, v in dataset.manifest["sizes"].items())
     consoles.out.print(f"dataset written to {out}/: {sizes}; image shape {dataset.manifest['image_shape']}", markup=False)

@@ -11,7 +11,7 @@ from rich.table import Table as RichTable
 
 from ..audit import run_audit
 from ..gate import judge, load_policy
-from ..io import atomic_write_text, output_folder
+from ..io import atomic_write_text, output_folder, staged_folder
 from ..report.html import to_html
 from ..report.schema import load_report
 from ..report.tables import fmt, report_tables
@@ -55,11 +55,12 @@ def audit(
     policy = load_policy(file)
     device = resolve_device(policy.run.get("device", "auto"))
     rid = run_id("audit", file.stem)
-    with output_folder(output_dir(out, rid)) as out_dir:
+    out_dir = output_dir(out, rid)
+    with staged_folder(out_dir) as staging:
         with epoch_progress(consoles, "training") as update:
             report, verdict, pictures = run_audit(policy, run_id=rid, environment=environment(device),
                                                   progress=lambda e, n, row: update("model", e, n, row))
-        write_report(report, out_dir, pictures=pictures)
+        write_report(report, staging, pictures=pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     consoles.out.print(render_verdict(verdict.to_dict()))

@@ -10,7 +10,7 @@ import typer
 from ..data.controlled import BuildConfig, ShortcutConfig
 from ..models.user import UserModelSpec
 from ..train import TrainConfig
-from ..values import parse_number_list
+from ..values import parse_number_list, require_finite
 
 Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
 Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
@@ -18,7 +18,9 @@ Size = Annotated[Optional[int], typer.Option(help="Stamp/pictogram side in pixel
 Opacity = Annotated[Optional[float], typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
 Position = Annotated[Optional[str], typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
 TargetClass = Annotated[Optional[int], typer.Option(help="Single-class variant: only this class carries the tag.")]
-Seed = Annotated[int, typer.Option(help="Seed for data, splits, initialisation and batches.")]
+# 0 .. 2**32 - 1: numpy's range, and small enough that the per-batch seeds derived from it (seed x 1_000_003 + batch)
+# stay inside torch's 64 bits
+Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for data, splits, initialisation and batches.")]
 TestPerClass = Annotated[int, typer.Option(help="Base test images per class (each gets every shortcut variant).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Folder of a torchvision dataset's files.")]
 Download = Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root first.")]
@@ -26,7 +28,7 @@ Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: repor
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
-LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.", callback=lambda v: require_finite(v, "--lr"))]
 Width = Annotated[Optional[int], typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes; tables only.")]
 Weights = Annotated[Optional[Path], typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")]

@@ -16,7 +16,7 @@ from ..shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_r
 from ..shortcut.user import UserShortcutConfig, run_user_shortcut_audit, user_shortcut_report
 from ..models.user import split_model_spec
 from ..subject import is_source_spec
-from ..io import output_folder
+from ..io import staged_folder
 from ..values import parse_number_list
 from . import options as o
 from .common import Consoles, epoch_progress, output_dir, render_table, run_id
@@ -90,13 +90,18 @@ def shortcut(
     config.validate()
     resolved = resolve_device(device)
     rid = run_id("shortcut", tag)
-    with output_folder(output_dir(out, rid)) as out_dir:
+    out_dir = output_dir(out, rid)
+    with staged_folder(out_dir) as staging:
         if save_models and split_model_spec(model)[0] == "arch":
-            config.save_models_to = str(out_dir / "models")
+            config.save_models_to = str(staging / "models")
         with epoch_progress(consoles, f"training {model} ({tag}, {resolved})") as update:
             result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
+        if config.save_models_to is not None:  # the report names where the models are once the folder is in place
+            config.save_models_to = str(out_dir / "models")
+            for row in result.rows:
+                row.model_dir = str(out_dir / Path(row.model_dir).relative_to(staging))
         report = shortcut_report(result, config, run_id=rid, environment=environment(resolved))
-        write_report(report, out_dir, pictures=result.pictures)
+        write_report(report, staging, pictures=result.pictures)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")
@@ -107,10 +112,11 @@ def _user_audit(consoles: Consoles, config: UserShortcutConfig, out: Path | None
     config.validate()
     resolved = resolve_device(config.device)
     rid = run_id("shortcut", config.shortcut.tag if config.shortcut else f"groups-{config.attribute}")
-    with output_folder(output_dir(out, rid)) as out_dir:
+    out_dir = output_dir(out, rid)
+    with staged_folder(out_dir) as staging:
         result = run_user_shortcut_audit(config)
         report = user_shortcut_report(result, config, run_id=rid, environment=environment(resolved))
-        write_report(report, out_dir)
+        write_report(report, staging)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     skipped = result.data.get("skipped_files")

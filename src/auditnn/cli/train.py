@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.controlled import load_controlled
-from ..io import output_folder
+from ..io import staged_folder
 from ..models import save_model_dir
 from ..runtime import resolve_device
 from ..train import train_on_controlled
@@ -33,11 +33,11 @@ def train(
     config = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     resolved = resolve_device(device)
     dataset = load_controlled(data)
-    with output_folder(out, "model folder"), epoch_progress(consoles, "training") as update:
+    with staged_folder(out, "model folder") as staging, epoch_progress(consoles, "training") as update:
         net, result, card = train_on_controlled(
             dataset, model, config, resolved, width=width, progress=lambda e, n, row: update(model, e, n, row)
         )
-        save_model_dir(net, card, out)
+        save_model_dir(net, card, staging)
     last = result.history[-1]
     consoles.out.print(
         f"model written to {out}/: train acc {last['train_accuracy']:.3f}, val acc {last.get('val_accuracy', float('nan')):.3f}, "

@@ -111,18 +111,22 @@ def write_report(
     report: Report, out_dir: str | Path, *, pictures: dict[str, torch.Tensor] | None = None, html: bool = True
 ) -> Path:
     """Write metrics.csv, summary.md, junit.xml (when judged), pictures.pt, report.html and report.json into
-    out_dir, each atomically; report.json comes last, so a folder without it was never completed."""
+    out_dir, each atomically. Every file is rendered before the first is written, so a rendering error writes
+    nothing; report.json comes last, so a folder without it was never completed. The CLI passes a staging folder
+    (io.staged_folder) that becomes the output folder only once all of this is done."""
     from .html import to_html
 
+    if pictures:
+        report.pictures = PICTURES
+    texts = {"metrics.csv": to_csv(report), "summary.md": to_markdown(report)}
+    if "verdict" in report.results:
+        texts["junit.xml"] = to_junit(report, report.results["verdict"])
+    if html:
+        texts["report.html"] = to_html(report, pictures)
+    texts["report.json"] = report.to_json()
     out = prepare_output_dir(out_dir)
     if pictures:
         atomic_torch_save(out / PICTURES, {k: v.detach().cpu() for k, v in pictures.items()})
-        report.pictures = PICTURES
-    atomic_write_text(out / "metrics.csv", to_csv(report))
-    atomic_write_text(out / "summary.md", to_markdown(report))
-    if "verdict" in report.results:
-        atomic_write_text(out / "junit.xml", to_junit(report, report.results["verdict"]))
-    if html:
-        atomic_write_text(out / "report.html", to_html(report, pictures))
-    atomic_write_text(out / "report.json", report.to_json())
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
     return out
