@@ -20,6 +20,9 @@ def test_shortcut_prints_the_table_and_writes_consistent_reports(capsys, tmp_pat
     csv = pd.read_csv(tmp_path / "metrics.csv")
     reliance = csv[(csv.metric == "reliance")]
     assert reliance.value.tolist() == [pytest.approx(metrics["reliance"])]
+    value = dict(zip(csv.metric, csv.value))
+    assert value["attribution_ratio"] == pytest.approx(value["attribution_mass"] / value["attribution_chance"])
+    assert value["reliance"] == pytest.approx(max(0.0, value["gap"] / value["aligned_accuracy"]))
     assert len(csv[csv.metric == "group_accuracy"]) == 100  # 10 labels x 10 shortcut ids
     assert f"{metrics['worst_group_accuracy']:.3f}" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "models" / "rho-0.95" / "model.json").is_file()
@@ -43,7 +46,8 @@ def test_a_rho_sweep_gives_one_column_per_rho(capsys, tmp_path):
 def test_built_data_and_trained_model_are_reused(capsys, tmp_path):
     data, model = tmp_path / "data", tmp_path / "model"
     code, out, err = run_cli(capsys, "data", "build", "--test-per-class", "3", "--rho", "0.9", "--out", data)
-    assert code == 0, err and (data / "manifest.json").is_file()
+    assert code == 0, err
+    assert (data / "manifest.json").is_file()
     code, out, err = run_cli(capsys, "train", "--data", data, "--out", model, "--epochs", "1", "--device", "cpu")
     assert code == 0, err
     card = json.loads((model / "model.json").read_text())

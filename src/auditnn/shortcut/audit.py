@@ -154,7 +154,8 @@ def shortcut_report(
     rows = []
     scalar = (
         "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
-        "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share",
+        "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass",
+        "attribution_chance", "attribution_ratio", "mask_share",
     )
     for r in result.rows:
         tag = r.dataset["shortcut"]["tag"]
