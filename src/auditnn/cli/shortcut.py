@@ -25,7 +25,7 @@ from .common import Consoles, epoch_progress, output_dir, render_table, run_id
 
 def shortcut(
     tag: Annotated[Optional[str], typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
-    rho: Annotated[str, typer.Option(help="P(shortcut agrees with label) in training; a list sweeps: 0.5,0.9,0.99.")] = "0.95",
+    rho: Annotated[str, typer.Option(help="Share of training images whose shortcut agrees with the label (with --target-class: tagged exactly when of that class); a list sweeps: 0.5,0.9,0.99.")] = "0.95",
     base: o.Base = "digits",
     model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE.")] = "cnn",
     weights: o.Weights = None,

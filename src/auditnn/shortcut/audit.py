@@ -138,7 +138,8 @@ def run_shortcut_audit(
             RhoResult(
                 rho=dataset.manifest["rho"],  # the dataset's; with a given model it shaped the test split only
                 metrics=metrics,
-                dataset={k: dataset.manifest[k] for k in ("base", "shortcut", "rho", "seed", "sizes", "classes")},
+                dataset={k: dataset.manifest.get(k) for k in ("base", "shortcut", "rho", "aligned_share", "seed", "sizes",
+                                                               "classes")},
                 training=training,
                 model_dir=model_dir,
                 seconds=time.perf_counter() - row_start,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.controlled import ControlledDataset
+from ..data.controlled import ControlledDataset, aligned_with_label
 from ..errors import AuditError
 from ..inference import eval_mode, frozen_parameters, model_device, predict
 
@@ -207,11 +207,7 @@ def shortcut_examples(model: nn.Module, dataset: ControlledDataset, per_kind: in
     """A few aligned and conflicting test images (spread over the labels) with predictions, |grad x input|
     attribution maps and shortcut masks: the pictures of the HTML report."""
     test = dataset.test
-    target = dataset.target_class
-    if target is None:
-        aligned = test.shortcut_ids == test.labels
-    else:
-        aligned = (test.shortcut_ids == target) == (test.labels == target)
+    aligned = aligned_with_label(test.labels, test.shortcut_ids, dataset.target_class)
     pictures: dict[str, torch.Tensor] = {}
     for name, members in (("aligned", aligned), ("conflicting", ~aligned)):
         candidates = torch.nonzero(members).view(-1)
