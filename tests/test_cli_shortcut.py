@@ -128,3 +128,19 @@ def test_python_dash_m_runs_the_cli():
 
     done = subprocess.run([sys.executable, "-m", "auditnn", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "shortcut" in done.stdout
+
+
+def test_a_background_tag_for_a_given_grayscale_model_says_the_tag_makes_rgb_images(capsys, tmp_path, monkeypatch):
+    from auditnn.models.load import PixelModel, save_model_dir
+    from auditnn.models.zoo import build_model
+
+    card = {"architecture": {"name": "mlp", "width": 8}, "input_shape": [1, 28, 28], "classes": [str(k) for k in range(10)],
+            "normalization": {"mean": [0.0], "std": [1.0]}}
+    save_model_dir(PixelModel(build_model("mlp", 1, 28, 10, 8), [0.0], [1.0]), card, tmp_path / "gray")
+    (tmp_path / "gray_factory.py").write_text(
+        "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    monkeypatch.chdir(tmp_path)  # the factory module imports from the working folder
+    for spec, takes in ((f"auditnn:{tmp_path / 'gray'}", "takes 1 channel"), ("factory:gray_factory:make", "fails on them")):
+        code, _, err = run_cli(capsys, "shortcut", "--tag", "background", "--model", spec, *FAST, "--out", tmp_path / "o")
+        assert_usage_error(code, err, "tag 'background' makes the images RGB (3 channels)", takes)
+        assert files_under(tmp_path / "o") == []

@@ -248,6 +248,13 @@ class TagSensitivity:
         return asdict(self)
 
 
+def recoloured_error(tag: str, channels: int, model: str) -> AuditError:
+    """The one message for a tag that turns the images RGB (background) in front of a model that cannot take them;
+    `model` says what is known of the model ('the model takes 1 channel', "model 'X' fails on them (...)")."""
+    return AuditError(f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use --tag watermark or boat, "
+                      "or a model that takes RGB images")
+
+
 def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.Tensor, shortcut: Shortcut) -> None:
     """A tag that changes the channel count (background makes gray images RGB) needs a model that takes the new
     count; the model is known to take `images`, so a failure on two planted images is that mismatch, named."""
@@ -257,9 +264,7 @@ def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.T
     try:
         predict(model, planted[:2])
     except Exception:  # user models raise anything on a wrong shape; which one does not matter here
-        raise AuditError(f"tag '{shortcut.name}' makes the images RGB ({after} channels); the model takes {before} "
-                         f"channel{'s' if before > 1 else ''}: use --tag watermark or boat, or a model that takes "
-                         "RGB images") from None
+        raise recoloured_error(shortcut.name, after, f"the model takes {before} channel{'s' if before > 1 else ''}") from None
 
 
 def tag_sensitivity(
