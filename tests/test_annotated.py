@@ -11,7 +11,8 @@ from auditnn.data.shortcuts import make_shortcut
 from auditnn.data.sources import ImageSet
 from auditnn.errors import AuditError
 from auditnn.shortcut.annotated import (
-    Annotations, annotated_metrics, association_from_csv, parse_association, read_groups, tag_sensitivity,
+    Annotations, annotated_metrics, association_from_csv, load_association, parse_association, read_groups,
+    tag_sensitivity,
 )
 from helpers import assert_usage_error, files_under, run_cli
 
@@ -109,6 +110,9 @@ def test_a_bad_association_names_the_value_and_what_is_allowed(spec, message):
 def test_class_indices_are_accepted_in_an_association():
     _, _, notes = waterbirds_split()
     assert parse_association("water:1,land:0", notes, BIRDS).classes == {"land": 0, "water": 1}
+    assert load_association(notes, BIRDS) is None
+    with pytest.raises(AuditError, match="give --associate or --associate-from, not both"):
+        load_association(notes, BIRDS, "water:1,land:0", "train.csv")
 
 
 def _images(n=4):

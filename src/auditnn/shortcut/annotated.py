@@ -169,6 +169,19 @@ def association_from_csv(path: str | Path, notes: Annotations, classes: list[str
                                 classes, f"training CSV '{path}'")
 
 
+def load_association(notes: Annotations, classes: list[str], associate: str | None = None,
+                     associate_from: str | Path | None = None) -> Association | None:
+    """The association the user gave (--associate VALUE:CLASS,... or --associate-from a training CSV), or None,
+    which leaves annotated_metrics to take the evaluated images' majority class, with a warning."""
+    if associate is not None and associate_from is not None:
+        raise AuditError("give --associate or --associate-from, not both")
+    if associate is not None:
+        return parse_association(associate, notes, classes)
+    if associate_from is not None:
+        return association_from_csv(associate_from, notes, classes)
+    return None
+
+
 @dataclass
 class AnnotatedMetrics:
     attribute: str

@@ -16,10 +16,7 @@ from ..report.schema import Report, metric_row
 from ..runtime import resolve_device
 from ..subject import load_eval_data, resolve_model
 from ..train import TrainConfig
-from .annotated import (
-    AnnotatedMetrics, TagSensitivity, annotated_metrics, association_from_csv, parse_association, read_groups,
-    tag_sensitivity,
-)
+from .annotated import AnnotatedMetrics, TagSensitivity, annotated_metrics, load_association, read_groups, tag_sensitivity
 
 
 @dataclass
@@ -46,8 +43,6 @@ class UserShortcutConfig:
         if (self.associate is not None or self.associate_from is not None) and self.groups is None:
             raise AuditError("--associate and --associate-from say which class each attribute value stands for; "
                              "they need --groups and --attribute")
-        if self.associate is not None and self.associate_from is not None:
-            raise AuditError("give --associate or --associate-from, not both")
         if self.shortcut is None and self.groups is None:
             raise AuditError("nothing to measure: give --tag (planted-tag sensitivity) and/or --groups with --attribute")
         if self.shortcut is not None:
@@ -80,11 +75,7 @@ def run_user_shortcut_audit(config: UserShortcutConfig) -> UserShortcutResult:
     if config.groups is not None:
         images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
         notes = read_groups(config.groups, config.attribute, images)
-        association = None
-        if config.associate is not None:
-            association = parse_association(config.associate, notes, data.classes)
-        elif config.associate_from is not None:
-            association = association_from_csv(config.associate_from, notes, data.classes)
+        association = load_association(notes, data.classes, config.associate, config.associate_from)
         annotated = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes,
                                       association=association)
     described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
