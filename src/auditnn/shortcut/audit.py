@@ -11,6 +11,7 @@ import torch
 
 
 from ..data.controlled import BuildConfig, build_controlled, load_controlled
+from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..errors import AuditError
 from ..models import save_model_dir
@@ -20,7 +21,6 @@ from ..report.schema import Report, metric_row
 from ..runtime import resolve_device, share_weights_from_first
 from ..subject import EvalData, check_model_fits, check_model_spec, probe_model
 from ..train import TrainConfig, train_on_controlled
-from ..data.shortcuts import make_shortcut
 from .annotated import recoloured_error
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_examples
 
