@@ -20,6 +20,9 @@ def test_shortcut_prints_the_table_and_writes_consistent_reports(capsys, tmp_pat
     csv = pd.read_csv(tmp_path / "metrics.csv")
     reliance = csv[(csv.metric == "reliance")]
     assert reliance.value.tolist() == [pytest.approx(metrics["reliance"])]
+    value = dict(zip(csv.metric, csv.value))
+    assert value["attribution_ratio"] == pytest.approx(value["attribution_mass"] / value["attribution_chance"])
+    assert value["reliance"] == pytest.approx(max(0.0, value["gap"] / value["aligned_accuracy"]))
     assert len(csv[csv.metric == "group_accuracy"]) == 100  # 10 labels x 10 shortcut ids
     assert f"{metrics['worst_group_accuracy']:.3f}" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "models" / "rho-0.95" / "model.json").is_file()
@@ -43,7 +46,8 @@ def test_a_rho_sweep_gives_one_column_per_rho(capsys, tmp_path):
 def test_built_data_and_trained_model_are_reused(capsys, tmp_path):
     data, model = tmp_path / "data", tmp_path / "model"
     code, out, err = run_cli(capsys, "data", "build", "--test-per-class", "3", "--rho", "0.9", "--out", data)
-    assert code == 0, err and (data / "manifest.json").is_file()
+    assert code == 0, err
+    assert (data / "manifest.json").is_file()
     code, out, err = run_cli(capsys, "train", "--data", data, "--out", model, "--epochs", "1", "--device", "cpu")
     assert code == 0, err
     card = json.loads((model / "model.json").read_text())
@@ -124,3 +128,19 @@ def test_python_dash_m_runs_the_cli():
 
     done = subprocess.run([sys.executable, "-m", "auditnn", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "shortcut" in done.stdout
+
+
+def test_a_background_tag_for_a_given_grayscale_model_says_the_tag_makes_rgb_images(capsys, tmp_path, monkeypatch):
+    from auditnn.models.load import PixelModel, save_model_dir
+    from auditnn.models.zoo import build_model
+
+    card = {"architecture": {"name": "mlp", "width": 8}, "input_shape": [1, 28, 28], "classes": [str(k) for k in range(10)],
+            "normalization": {"mean": [0.0], "std": [1.0]}}
+    save_model_dir(PixelModel(build_model("mlp", 1, 28, 10, 8), [0.0], [1.0]), card, tmp_path / "gray")
+    (tmp_path / "gray_factory.py").write_text(
+        "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    monkeypatch.chdir(tmp_path)  # the factory module imports from the working folder
+    for spec, takes in ((f"auditnn:{tmp_path / 'gray'}", "takes 1 channel"), ("factory:gray_factory:make", "fails on them")):
+        code, _, err = run_cli(capsys, "shortcut", "--tag", "background", "--model", spec, *FAST, "--out", tmp_path / "o")
+        assert_usage_error(code, err, "tag 'background' makes the images RGB (3 channels)", takes)
+        assert files_under(tmp_path / "o") == []

@@ -33,9 +33,27 @@ def test_target_class_variant_tags_only_that_class(digits_base):
     data = build_controlled(BuildConfig(rho=0.9, test_per_class=5, shortcut=ShortcutConfig(target_class=7)), digits_base)
     assert set(data.train.shortcut_ids.unique().tolist()) <= {-1, 7}
     tagged = data.train.shortcut_ids == 7
-    assert tagged[data.train.labels == 7].float().mean() > 0.8
-    assert tagged[data.train.labels != 7].float().mean() < 0.05
+    # aligned = tagged exactly when in class 7, for a share rho of the images: ~90 % of 7s tagged, ~10 % of the rest
+    assert abs(tagged[data.train.labels == 7].float().mean() - 0.9) < 0.06
+    assert abs(tagged[data.train.labels != 7].float().mean() - 0.1) < 0.02
     assert torch.bincount((data.test.labels * 2 + (data.test.shortcut_ids == 7).long()), minlength=20).tolist() == [5] * 20
+
+
+@pytest.mark.parametrize("target_class", [None, 3])
+@pytest.mark.parametrize("rho", [0.95, 0.3])
+def test_the_share_of_aligned_training_images_is_rho_in_both_modes(digits_base, target_class, rho):
+    config = BuildConfig(rho=rho, test_per_class=5, shortcut=ShortcutConfig(target_class=target_class))
+    data = build_controlled(config, digits_base)
+    for name in ("train", "val"):
+        split = getattr(data, name)
+        aligned = 0
+        for label, shortcut_id in zip(split.labels.tolist(), split.shortcut_ids.tolist()):
+            if target_class is None:
+                aligned += shortcut_id == label
+            else:  # aligned: tagged and of the target class, or untagged and of another
+                aligned += (shortcut_id == target_class) == (label == target_class)
+        assert aligned == int(rho * len(split) + 0.5), name  # exactly round(rho * N), not rho on average
+        assert data.manifest["aligned_share"][name] == pytest.approx(aligned / len(split))
 
 
 def test_same_seed_same_bytes_and_checksums_are_verified(tmp_path, digits_base):
@@ -49,6 +67,12 @@ def test_same_seed_same_bytes_and_checksums_are_verified(tmp_path, digits_base):
     (a / "train.pt").write_bytes((a / "train.pt").read_bytes()[:-10])
     with pytest.raises(AuditError, match="does not match its checksum"):
         load_controlled(a)
+
+
+def test_a_manifest_that_is_not_an_object_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]\n")
+    with pytest.raises(AuditError, match="dataset manifest '.*manifest.json' holds a list; allowed: a JSON object"):
+        load_controlled(tmp_path)
 
 
 @pytest.mark.parametrize("rho", [-0.1, 1.5])

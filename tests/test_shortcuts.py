@@ -39,6 +39,36 @@ def test_watermark_positions_and_random_placement_are_seeded(position):
         assert rows[:, -8:].any(1).all() and cols[:, -8:].any(1).all()
 
 
+def _boxes(mask):
+    """(top, left, bottom, right) of each image's mask, bottom/right exclusive: (N, 4)."""
+    rows, cols = mask[:, 0].any(2).float(), mask[:, 0].any(1).float()
+    top, left = rows.argmax(1), cols.argmax(1)  # argmax returns the first hit
+    bottom, right = rows.shape[1] - rows.flip(1).argmax(1), cols.shape[1] - cols.flip(1).argmax(1)
+    return torch.stack([top, left, bottom, right], 1)
+
+
+# 20 rows x 30 columns, a 7-pixel stamp, a 1-pixel margin: each corner's box by hand (rows and columns differ).
+CORNERS = {"top-left": [1, 1, 8, 8], "top-right": [1, 22, 8, 29], "bottom-left": [12, 1, 19, 8],
+           "bottom-right": [12, 22, 19, 29]}
+
+
+@pytest.mark.parametrize("position", sorted(CORNERS))
+def test_the_stamp_lands_in_the_corner_asked(position):
+    _, mask = make_shortcut("watermark", 10, position=position).plant(torch.zeros(10, 1, 20, 30), torch.arange(10))
+    assert _boxes(mask).tolist() == [CORNERS[position]] * 10
+
+
+def test_random_placement_spreads_stamps_over_the_whole_image():
+    _, mask = make_shortcut("watermark", 10, position="random").plant(
+        torch.zeros(400, 1, 20, 30), torch.arange(400) % 10, generator=torch.Generator().manual_seed(0))
+    boxes = _boxes(mask)
+    assert ((boxes[:, 2] - boxes[:, 0]) == 7).all() and ((boxes[:, 3] - boxes[:, 1]) == 7).all()
+    tops, lefts = boxes[:, 0], boxes[:, 1]
+    assert tops.min() == 0 and tops.max() == 20 - 7  # every row offset is possible, up to the bottom edge
+    assert lefts.min() == 0 and lefts.max() == 30 - 7  # columns reach further than rows could
+    assert len(set(zip(tops.tolist(), lefts.tolist()))) > 200  # not a few fixed places
+
+
 def test_each_class_gets_a_distinct_stamp():
     images = torch.zeros(10, 1, 28, 28)
     planted, _ = make_shortcut("watermark", 10).plant(images, torch.arange(10))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ..data.controlled import ShortcutConfig
 from ..errors import AuditError
@@ -24,7 +25,7 @@ from .common import Consoles, epoch_progress, output_dir, render_table, run_id
 
 def shortcut(
     tag: Annotated[Optional[str], typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
-    rho: Annotated[str, typer.Option(help="P(shortcut agrees with label) in training; a list sweeps: 0.5,0.9,0.99.")] = "0.95",
+    rho: Annotated[str, typer.Option(help="Share of training images whose shortcut agrees with the label (with --target-class: tagged exactly when of that class); a list sweeps: 0.5,0.9,0.99.")] = "0.95",
     base: o.Base = "digits",
     model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE.")] = "cnn",
     weights: o.Weights = None,
@@ -33,6 +34,8 @@ def shortcut(
     data: Annotated[Optional[str], typer.Option(help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model.")] = None,
     groups: Annotated[Optional[Path], typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")] = None,
     attribute: Annotated[Optional[str], typer.Option(help="The CSV column that defines the groups (with --groups).")] = None,
+    associate: Annotated[Optional[str], typer.Option(help="With --groups: the class each attribute value stands for, VALUE:CLASS,... (water:waterbird,land:landbird). Without it or --associate-from, each value's majority class among the evaluated images is used, with a warning.")] = None,
+    associate_from: Annotated[Optional[Path], typer.Option(help="With --groups: a training split's metadata CSV (label and attribute columns); each value's class is its majority class there.")] = None,
     strict: o.Strict = False,
     target_class: o.TargetClass = None,
     size: o.Size = None,
@@ -56,7 +59,8 @@ def shortcut(
     reliance and attribution inside the shortcut's pixels."""
     consoles = Consoles(quiet)
     user = o.user_model(model, weights, mean, std)
-    if groups is not None or attribute is not None or (data is not None and is_source_spec(data)):
+    wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
+    if wants_groups or (data is not None and is_source_spec(data)):
         if data is None or not is_source_spec(data):
             raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
         planted = None
@@ -65,7 +69,8 @@ def shortcut(
                                      target_class=target_class)
         _user_audit(consoles, UserShortcutConfig(
             model=user, data=data, shortcut=planted, groups=None if groups is None else str(groups),
-            attribute=attribute, data_root=None if data_root is None else str(data_root), download=download,
+            attribute=attribute, associate=associate, associate_from=None if associate_from is None else str(associate_from),
+            data_root=None if data_root is None else str(data_root), download=download,
             strict=strict, device=device, seed=seed,
         ), out)
         return
@@ -119,6 +124,8 @@ def _user_audit(consoles: Consoles, config: UserShortcutConfig, out: Path | None
         write_report(report, staging)
     for table in report_tables(report):
         consoles.out.print(render_table(table))
+    for warning in report.warnings:
+        consoles.err.print(f"[bold yellow]warning[/] {escape(warning['code'])}: {escape(warning['message'])}")
     skipped = result.data.get("skipped_files")
     if skipped:
         consoles.note(f"{skipped} non-image file(s) in the folder were skipped (--strict makes them an error)")

@@ -45,7 +45,7 @@ class ShortcutConfig:
 class BuildConfig:
     base: str = "digits"
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
-    rho: float = 0.95  # P(a training image's shortcut agrees with its label)
+    rho: float = 0.95  # share of train (and val) images whose shortcut agrees with the label: round(rho * N) exactly
     seed: int = 0
     test_per_class: int = 30  # base test images per class; the balanced test split plants every id on each
     val_fraction: float = 0.1
@@ -105,11 +105,31 @@ class ControlledDataset:
         return self.manifest["shortcut"]["tag"]
 
 
-def assign_shortcut_ids(labels: torch.Tensor, num_classes: int, rho: float, generator: torch.Generator) -> torch.Tensor:
-    """Shortcut id = label with probability rho, otherwise another class chosen uniformly. rho = 1/K is independence."""
-    agree = torch.rand(labels.shape, generator=generator) < rho
+def aligned_with_label(labels: torch.Tensor, shortcut_ids: torch.Tensor, target_class: int | None) -> torch.Tensor:
+    """(N,) bool: the shortcut agrees with the label. Without a target class: it is the label's own; with one: the
+    image carries the tag exactly when it belongs to the target class."""
+    if target_class is None:
+        return shortcut_ids == labels
+    return (shortcut_ids == target_class) == (labels == target_class)
+
+
+def assign_shortcut_ids(
+    labels: torch.Tensor, num_classes: int, rho: float, generator: torch.Generator, target_class: int | None = None
+) -> torch.Tensor:
+    """Shortcut ids for which exactly round(rho * N) images, drawn at random, are aligned (aligned_with_label).
+
+    Without a target class a misaligned image gets another class's id, chosen uniformly; rho = 1/K is
+    independence. With one, ids are target_class (tagged) or -1: rho of the images are tagged exactly when in
+    that class, so a misaligned image is an untagged target-class image or a tagged other one; rho = 1/2 is
+    independence."""
+    n = len(labels)
+    aligned = torch.zeros(n, dtype=torch.bool)
+    aligned[torch.randperm(n, generator=generator)[: int(rho * n + 0.5)]] = True
+    if target_class is not None:
+        tagged = aligned == (labels == target_class)
+        return torch.where(tagged, torch.full_like(labels, target_class), torch.full_like(labels, -1))
     offset = torch.randint(1, num_classes, labels.shape, generator=generator)  # 1..K-1: never the label itself
-    return torch.where(agree, labels, (labels + offset) % num_classes)
+    return torch.where(aligned, labels, (labels + offset) % num_classes)
 
 
 def _stratified_take(labels: torch.Tensor, per_class: int, num_classes: int, generator: torch.Generator):
@@ -180,7 +200,7 @@ def build_controlled(config: BuildConfig, base: BaseData | None = None) -> Contr
     splits: dict[str, Split] = {}
     for name, index in (("train", train_idx), ("val", val_idx)):
         part = pool.subset(index)
-        ids = assign_shortcut_ids(part.labels, num_classes, config.rho, gen)
+        ids = assign_shortcut_ids(part.labels, num_classes, config.rho, gen, target)
         splits[name] = _plant_split(shortcut, part, ids, target, gen, index)
 
     # Balanced test: each base test image once per shortcut variant (every class id, or tagged/untagged).
@@ -207,6 +227,10 @@ def build_controlled(config: BuildConfig, base: BaseData | None = None) -> Contr
         "image_shape": list(splits["train"].images.shape[1:]),
         "shortcut": {"tag": config.shortcut.tag, **_salience(shortcut), "target_class": target},
         "rho": config.rho,
+        "aligned_share": {  # measured: round(rho * N) / N
+            name: float(aligned_with_label(splits[name].labels, splits[name].shortcut_ids, target).float().mean())
+            for name in ("train", "val")
+        },
         "seed": config.seed,
         "test_per_class": config.test_per_class,
         "val_fraction": config.val_fraction,
@@ -247,6 +271,9 @@ def load_controlled(directory: str | Path) -> ControlledDataset:
     root = Path(directory)
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'")
+    if not isinstance(manifest, dict):
+        raise AuditError(f"dataset manifest '{manifest_path}' holds a {type(manifest).__name__}; allowed: a JSON object "
+                         "written by 'auditnn data build'")
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
     splits = {}

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..data.shortcuts import Shortcut
 from ..data.sources import ImageSet
-from ..errors import AuditError
+from ..errors import AuditError, allowed
 from ..inference import predict
 
 
@@ -26,16 +26,32 @@ class Annotations:
     n_rows: int
 
 
+def _read_csv(path: Path, what: str, hint: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise AuditError(f"{what} '{path}' does not exist; {hint}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise AuditError(f"{what} '{path}' is not a readable CSV ({exc})") from None
+
+
+def _class_index(text: str, classes: list[str]) -> int | None:
+    """A class given by name or by index, as the CSVs and --associate write it; None when it is neither."""
+    if text in classes:
+        return classes.index(text)
+    return int(text) if text.isdigit() and int(text) < len(classes) else None
+
+
+def _classes_allowed(classes: list[str]) -> str:
+    return f"{', '.join(classes)} or 0 .. {len(classes) - 1}"
+
+
 def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations:
     """Read FILE.csv with a 'file' (or 'index') column, a 'label' column and attribute columns; check every row
-    against the data (the file exists, the label agrees)."""
+    against the data (the file exists, the label agrees, no image is given two different rows). Column names are
+    taken as written: spaces, keywords and leading digits (CelebA's '5_o_Clock_Shadow') are fine."""
     path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"groups file '{path}' does not exist; give a CSV with file (or index), label and attribute columns")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise AuditError(f"groups file '{path}' is not a readable CSV ({exc})") from None
+    table = _read_csv(path, "groups file", "give a CSV with file (or index), label and attribute columns")
     key = "file" if "file" in table.columns else "index" if "index" in table.columns else None
     for needed in (key or "file", "label", attribute):
         if needed not in table.columns:
@@ -49,16 +65,23 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
     values = sorted(set(table[attribute]))
     codes = torch.full((len(data),), -1, dtype=torch.long)
     unknown, mismatched = [], []
-    for row_number, row in enumerate(table.itertuples(index=False), start=2):
-        ref = str(getattr(row, key))
+    seen: dict[int, tuple[int, str, str]] = {}  # image index -> (row number, label, value) of its first row
+    rows = zip(table[key].tolist(), table["label"].tolist(), table[attribute].tolist())
+    for row_number, (ref, label, value) in enumerate(rows, start=2):
         i = position.get(ref)
         if i is None:
             unknown.append(f"row {row_number} '{ref}'")
             continue
-        label = str(row.label)
-        if label not in (str(int(data.labels[i])), data.classes[int(data.labels[i])]):
+        if i in seen:
+            first, first_label, first_value = seen[i]
+            if (first_label, first_value) != (label, value):
+                raise AuditError(f"groups file '{path}' gives image '{names[i]}' twice with different values: "
+                                 f"rows {first} and {row_number}; allowed: one row per image")
+            continue
+        seen[i] = (row_number, label, value)
+        if _class_index(label, data.classes) != int(data.labels[i]):
             mismatched.append(f"row {row_number} '{ref}' says {label}, the data says {data.classes[int(data.labels[i])]}")
-        codes[i] = values.index(getattr(row, attribute))
+        codes[i] = values.index(value)
     if unknown:
         raise AuditError(f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
                          f"the '{key}' column must match the data's {'files' if key == 'file' else 'indices'}")
@@ -68,34 +91,139 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
 
 
 @dataclass
+class Association:
+    """The class each attribute value stands for (water -> waterbird), and where that came from."""
+
+    classes: dict[str, int]  # attribute value -> class index, for every value of the evaluated images
+    source: str  # "given", "training CSV 'FILE'" or "evaluated images"
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"code", "message"}
+
+
+def parse_association(spec: str, notes: Annotations, classes: list[str]) -> Association:
+    """--associate 'water:waterbird,land:landbird' (optionally prefixed 'place='): one class, by name or index, for
+    every attribute value of the evaluated images."""
+    where = f"--associate '{spec}'"
+    text = spec
+    head, sep, rest = spec.partition("=")
+    if sep and ":" not in head and "," not in head:
+        if head != notes.attribute:
+            raise AuditError(f"{where} is for attribute '{head}'; the groups use '{notes.attribute}'")
+        text = rest
+    mapping: dict[str, int] = {}
+    for item in text.split(","):
+        value, colon, name = item.strip().rpartition(":")
+        if not colon or not value:
+            raise AuditError(f"{where}: '{item}' is not VALUE:CLASS; allowed: e.g. water:waterbird,land:landbird")
+        if value not in notes.values:
+            raise AuditError(f"{where}: value '{value}' does not occur in column '{notes.attribute}'; "
+                             f"allowed: {allowed(notes.values)}")
+        if value in mapping:
+            raise AuditError(f"{where} names '{value}' twice; allowed: one class per value")
+        k = _class_index(name, classes)
+        if k is None:
+            raise AuditError(f"{where}: class '{name}' is unknown; allowed: {_classes_allowed(classes)}")
+        mapping[value] = k
+    missing = [v for v in notes.values if v not in mapping]
+    if missing:
+        raise AuditError(f"{where} gives no class for '{missing[0]}'; allowed: a class for each of {allowed(notes.values)}")
+    return Association({v: mapping[v] for v in notes.values}, "given")
+
+
+def majority_association(labels: torch.Tensor, codes: torch.Tensor, notes: Annotations, classes: list[str],
+                         source: str) -> Association:
+    """Each value's class = the class it co-occurs with most in (labels, codes); an exact tie goes to the lowest
+    class index and is named in a warning. labels, codes: (N,) int64, codes index notes.values."""
+    association, warnings = {}, []
+    for v, value in enumerate(notes.values):
+        counts = torch.bincount(labels[codes == v], minlength=len(classes))
+        if counts.sum() == 0:
+            raise AuditError(f"value '{value}' never occurs in column '{notes.attribute}' of {source}; "
+                             "give its class with --associate")
+        tied = torch.nonzero(counts == counts.max()).view(-1).tolist()
+        association[value] = tied[0]
+        if len(tied) > 1:
+            warnings.append({"code": "association_tie", "message": (
+                f"'{value}' co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
+                f"took {classes[tied[0]]}; give the right one with --associate")})
+    return Association(association, source, warnings)
+
+
+def association_from_csv(path: str | Path, notes: Annotations, classes: list[str]) -> Association:
+    """The majority class of each attribute value over a training split's metadata CSV (label and attribute
+    columns; its images are not needed)."""
+    path = Path(path)
+    table = _read_csv(path, "training CSV", f"give a CSV with label and '{notes.attribute}' columns")
+    for needed in ("label", notes.attribute):
+        if needed not in table.columns:
+            raise AuditError(f"training CSV '{path}' has no column '{needed}'; it has: {', '.join(table.columns)}")
+    labels, codes = [], []
+    for row_number, (label, value) in enumerate(zip(table["label"].tolist(), table[notes.attribute].tolist()), start=2):
+        k = _class_index(label, classes)
+        if k is None:
+            raise AuditError(f"training CSV '{path}' row {row_number} has label '{label}'; "
+                             f"allowed: {_classes_allowed(classes)}")
+        if value in notes.values:  # values the evaluated images lack need no class
+            labels.append(k)
+            codes.append(notes.values.index(value))
+    return majority_association(torch.tensor(labels, dtype=torch.long), torch.tensor(codes, dtype=torch.long), notes,
+                                classes, f"training CSV '{path}'")
+
+
+def load_association(notes: Annotations, classes: list[str], associate: str | None = None,
+                     associate_from: str | Path | None = None) -> Association | None:
+    """The association the user gave (--associate VALUE:CLASS,... or --associate-from a training CSV), or None,
+    which leaves annotated_metrics to take the evaluated images' majority class, with a warning."""
+    if associate is not None and associate_from is not None:
+        raise AuditError("give --associate or --associate-from, not both")
+    if associate is not None:
+        return parse_association(associate, notes, classes)
+    if associate_from is not None:
+        return association_from_csv(associate_from, notes, classes)
+    return None
+
+
+@dataclass
 class AnnotatedMetrics:
     attribute: str
     n: int  # annotated images measured
     accuracy: float
     worst_group_accuracy: float
     worst_group: str
-    associated_class: dict[str, str]  # attribute value -> the class it co-occurs with most
+    associated_class: dict[str, str]  # attribute value -> the class it stands for
+    association_source: str  # where associated_class came from: given, a training CSV, or the evaluated images
     aligned_accuracy: float  # images whose label is their attribute's associated class
     conflicting_accuracy: float
     gap: float  # aligned - conflicting
     agreement_rate: float  # conflicting images predicted as their attribute's associated class
     groups: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"code", "message"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotations, classes: list[str]) -> AnnotatedMetrics:
+def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotations, classes: list[str],
+                      association: Association | None = None) -> AnnotatedMetrics:
+    """Group accuracy for label x attribute value. preds, labels: (N,) int64; images without a CSV row are left out.
+
+    `association` says which class each value stands for (aligned = label is that class); without one, the
+    majority class per value over these same images is used, with a warning: on a split balanced within each
+    class that rule maps every value to the largest class and the gap means nothing. Worst-group accuracy does
+    not depend on it."""
     keep = notes.codes >= 0
     if not keep.any():
         raise AuditError(f"no image of the data is annotated with '{notes.attribute}'")
     preds, labels, codes = preds[keep], labels[keep], notes.codes[keep]
     correct = preds == labels
     k = len(classes)
-    associated = torch.zeros(len(notes.values), dtype=torch.long)
-    for v in range(len(notes.values)):
-        counts = torch.bincount(labels[codes == v], minlength=k)
-        associated[v] = int(counts.argmax())
+    if association is None:
+        association = majority_association(labels, codes, notes, classes, "evaluated images")
+        used = ", ".join(f"{value}: {classes[c]}" for value, c in association.classes.items())
+        association.warnings.insert(0, {"code": "association_from_evaluated_images", "message": (
+            f"each '{notes.attribute}' value's class is its majority class among the evaluated images ({used}); "
+            "the aligned/conflicting split and the gap depend on it: give --associate VALUE:CLASS,... "
+            "or --associate-from a training split's CSV")})
+    associated = torch.tensor([association.classes[value] for value in notes.values], dtype=torch.long)
     aligned = labels == associated[codes]
     groups = []
     for v, value in enumerate(notes.values):
@@ -114,8 +242,9 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
         attribute=notes.attribute, n=int(keep.sum()), accuracy=float(correct.float().mean()),
         worst_group_accuracy=worst["accuracy"], worst_group=worst["group"],
         associated_class={value: classes[int(associated[v])] for v, value in enumerate(notes.values)},
+        association_source=association.source,
         aligned_accuracy=acc_aligned, conflicting_accuracy=acc_conflicting, gap=acc_aligned - acc_conflicting,
-        agreement_rate=mean(~aligned, preds == associated[codes]), groups=groups,
+        agreement_rate=mean(~aligned, preds == associated[codes]), groups=groups, warnings=list(association.warnings),
     )
 
 
@@ -132,6 +261,25 @@ class TagSensitivity:
         return asdict(self)
 
 
+def recoloured_error(tag: str, channels: int, model: str) -> AuditError:
+    """The one message for a tag that turns the images RGB (background) in front of a model that cannot take them;
+    `model` says what is known of the model ('the model takes 1 channel', "model 'X' fails on them (...)")."""
+    return AuditError(f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use --tag watermark or boat, "
+                      "or a model that takes RGB images")
+
+
+def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.Tensor, shortcut: Shortcut) -> None:
+    """A tag that changes the channel count (background makes gray images RGB) needs a model that takes the new
+    count; the model is known to take `images`, so a failure on two planted images is that mismatch, named."""
+    before, after = images.shape[1], planted.shape[1]
+    if before == after:
+        return
+    try:
+        predict(model, planted[:2])
+    except Exception:  # user models raise anything on a wrong shape; which one does not matter here
+        raise recoloured_error(shortcut.name, after, f"the model takes {before} channel{'s' if before > 1 else ''}") from None
+
+
 def tag_sensitivity(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, shortcut: Shortcut, classes: list[str],
     *, target_class: int | None = None, seed: int = 0,
@@ -139,6 +287,7 @@ def tag_sensitivity(
     """Plant each class's variant of the tag (or only target_class's) on every image, without retraining, and
     count how many predictions change and how many move to the tag's class."""
     base_images, _ = shortcut.plant(images, torch.full((len(images),), -1), generator=torch.Generator().manual_seed(seed))
+    check_takes_planted(model, images, base_images, shortcut)
     base = predict(model, base_images)
     variants = []
     for k in ([target_class] if target_class is not None else range(len(classes))):

@@ -11,6 +11,7 @@ import torch
 
 
 from ..data.controlled import BuildConfig, build_controlled, load_controlled
+from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..errors import AuditError
 from ..models import save_model_dir
@@ -20,6 +21,7 @@ from ..report.schema import Report, metric_row
 from ..runtime import resolve_device, share_weights_from_first
 from ..subject import EvalData, check_model_fits, check_model_spec, probe_model
 from ..train import TrainConfig, train_on_controlled
+from .annotated import recoloured_error
 from .metrics import ATTRIBUTIONS, ShortcutMetrics, measure_reliance, shortcut_examples
 
 
@@ -83,13 +85,24 @@ def load_given_model(config: ShortcutAuditConfig, dataset: Any, device: torch.de
     spec = UserModelSpec(config.model, config.weights, config.mean, config.std)
     channels = dataset.test.images.shape[1]
     model, card = load_user_model(spec, num_classes=dataset.num_classes, channels=channels)
-    if card.get("input_shape"):
+    # A tag that paints gray images RGB (background) is the likely reason a gray model does not fit: say so.
+    recoloured = make_shortcut(dataset.tag, dataset.num_classes).output_channels(1) != 1
+    declared = card.get("input_shape")
+    if declared:
+        if recoloured and declared[0] is not None and declared[0] != channels:
+            plural = "s" if declared[0] > 1 else ""
+            raise recoloured_error(dataset.tag, channels, f"model '{config.model}' takes {declared[0]} channel{plural}")
         check_model_fits({**card, "classes": card["classes"] or dataset.classes}, dataset.test.images,
                          dataset.num_classes, f"'{config.model}'")
     model = model.to(device).eval()
     data = EvalData(dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels,
                     dataset.classes, {})
-    probe_model(model, data, f"'{config.model}'")
+    try:
+        probe_model(model, data, f"'{config.model}'")
+    except AuditError as exc:
+        if not recoloured:
+            raise
+        raise recoloured_error(dataset.tag, channels, f"model '{config.model}' fails on them ({exc})") from None
     return model
 
 
@@ -138,7 +151,8 @@ def run_shortcut_audit(
             RhoResult(
                 rho=dataset.manifest["rho"],  # the dataset's; with a given model it shaped the test split only
                 metrics=metrics,
-                dataset={k: dataset.manifest[k] for k in ("base", "shortcut", "rho", "seed", "sizes", "classes")},
+                dataset={k: dataset.manifest.get(k) for k in ("base", "shortcut", "rho", "aligned_share", "seed", "sizes",
+                                                               "classes")},
                 training=training,
                 model_dir=model_dir,
                 seconds=time.perf_counter() - row_start,
@@ -154,7 +168,8 @@ def shortcut_report(
     rows = []
     scalar = (
         "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
-        "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share",
+        "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass",
+        "attribution_chance", "attribution_ratio", "mask_share",
     )
     for r in result.rows:
         tag = r.dataset["shortcut"]["tag"]

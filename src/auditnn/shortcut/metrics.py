@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.controlled import ControlledDataset
+from ..data.controlled import ControlledDataset, aligned_with_label
 from ..errors import AuditError
 from ..inference import eval_mode, frozen_parameters, model_device, predict
 
@@ -39,7 +39,12 @@ class ShortcutMetrics:
     swap_flip_rate: float  # prediction changes when another class's shortcut replaces the own one (or the tag is added)
     remove_flip_rate: float  # prediction changes when the shortcut is removed
     attribution_mass: float | None = None  # share of |attribution| inside the shortcut mask
-    mask_share: float | None = None  # share of pixels inside the mask (what attribution mass would be by chance)
+    # The chance level of attribution_mass: the mask's share of sum |x - baseline| (baseline black). Grad x input and
+    # IG from black are zero on black pixels, so an attribution blind to the shortcut still lands on it in
+    # proportion to the input's mass there, not to its area.
+    attribution_chance: float | None = None
+    attribution_ratio: float | None = None  # attribution_mass / attribution_chance: ~1 for a shortcut-blind model
+    mask_share: float | None = None  # share of pixels inside the mask (its area; not the chance level)
     groups: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,16 +156,25 @@ def logit_attribution(
     return (x * total / len(alphas)).abs().sum(dim=1).cpu()
 
 
-def attribution_mass(attribution: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
-    """(share of attribution inside the masks, share of pixels inside the masks), averaged over images whose mask
-    is non-empty. attribution: (N, H, W) >= 0; masks: (N, 1, H, W) bool."""
+def attribution_mass(
+    attribution: torch.Tensor, masks: torch.Tensor, inputs: torch.Tensor
+) -> tuple[float, float, float]:
+    """(share of attribution inside the masks, share of sum |inputs| inside them, share of pixels inside them),
+    each averaged over images whose mask and attribution are non-empty.
+
+    attribution: (N, H, W) >= 0; masks: (N, 1, H, W) bool; inputs: (N, C, H, W), the images minus the
+    attribution's baseline (the images themselves for grad x input and IG from black)."""
     flat_mask = masks.flatten(1).float()
     flat_attr = attribution.flatten(1)
+    flat_input = inputs.abs().sum(1).flatten(1)
     keep = (flat_mask.sum(1) > 0) & (flat_attr.sum(1) > 0)
     if not keep.any():
-        return float("nan"), float("nan")
-    inside = (flat_attr * flat_mask).sum(1) / flat_attr.sum(1)
-    return float(inside[keep].mean()), float(flat_mask[keep].mean(1).mean())
+        return float("nan"), float("nan"), float("nan")
+
+    def share_inside(values: torch.Tensor) -> float:
+        return float(((values * flat_mask).sum(1) / values.sum(1))[keep].mean())
+
+    return share_inside(flat_attr), share_inside(flat_input), float(flat_mask[keep].mean(1).mean())
 
 
 def measure_reliance(
@@ -183,7 +197,9 @@ def measure_reliance(
     if len(carrying) and attribution_images > 0:
         pick = carrying[torch.linspace(0, len(carrying) - 1, min(attribution_images, len(carrying))).long()]
         attr = logit_attribution(model, test.images[pick], test_preds[pick], attribution)
-        metrics.attribution_mass, metrics.mask_share = attribution_mass(attr, test.masks[pick])
+        mass, chance, share = attribution_mass(attr, test.masks[pick], test.images[pick])  # baseline: black
+        metrics.attribution_mass, metrics.attribution_chance, metrics.mask_share = mass, chance, share
+        metrics.attribution_ratio = mass / chance if chance > 0 else float("nan")
     return metrics
 
 
@@ -191,11 +207,7 @@ def shortcut_examples(model: nn.Module, dataset: ControlledDataset, per_kind: in
     """A few aligned and conflicting test images (spread over the labels) with predictions, |grad x input|
     attribution maps and shortcut masks: the pictures of the HTML report."""
     test = dataset.test
-    target = dataset.target_class
-    if target is None:
-        aligned = test.shortcut_ids == test.labels
-    else:
-        aligned = (test.shortcut_ids == target) == (test.labels == target)
+    aligned = aligned_with_label(test.labels, test.shortcut_ids, dataset.target_class)
     pictures: dict[str, torch.Tensor] = {}
     for name, members in (("aligned", aligned), ("conflicting", ~aligned)):
         candidates = torch.nonzero(members).view(-1)

@@ -16,7 +16,7 @@ from ..report.schema import Report, metric_row
 from ..runtime import resolve_device
 from ..subject import load_eval_data, resolve_model
 from ..train import TrainConfig
-from .annotated import AnnotatedMetrics, TagSensitivity, annotated_metrics, read_groups, tag_sensitivity
+from .annotated import AnnotatedMetrics, TagSensitivity, annotated_metrics, load_association, read_groups, tag_sensitivity
 
 
 @dataclass
@@ -26,6 +26,8 @@ class UserShortcutConfig:
     shortcut: ShortcutConfig | None = None  # plant this tag and count changed answers
     groups: str | None = None  # metadata CSV: file (or index), label, attribute columns
     attribute: str | None = None
+    associate: str | None = None  # VALUE:CLASS,... : the class each attribute value stands for
+    associate_from: str | None = None  # a training split's metadata CSV: each value's majority class there
     data_root: str | None = None
     download: bool = False
     strict: bool = False
@@ -38,6 +40,9 @@ class UserShortcutConfig:
                              "(factory:, torchvision:, export:, torchscript: or auditnn:)")
         if (self.groups is None) != (self.attribute is None):
             raise AuditError("--groups and --attribute go together: the CSV and the column to group by")
+        if (self.associate is not None or self.associate_from is not None) and self.groups is None:
+            raise AuditError("--associate and --associate-from say which class each attribute value stands for; "
+                             "they need --groups and --attribute")
         if self.shortcut is None and self.groups is None:
             raise AuditError("nothing to measure: give --tag (planted-tag sensitivity) and/or --groups with --attribute")
         if self.shortcut is not None:
@@ -70,7 +75,9 @@ def run_user_shortcut_audit(config: UserShortcutConfig) -> UserShortcutResult:
     if config.groups is not None:
         images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
         notes = read_groups(config.groups, config.attribute, images)
-        annotated = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
+        association = load_association(notes, data.classes, config.associate, config.associate_from)
+        annotated = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes,
+                                      association=association)
     described = {**data.description, "classes": data.classes, "n_test": len(data.test_labels)}
     return UserShortcutResult(sensitivity, annotated, source, described, time.perf_counter() - start)
 
@@ -94,11 +101,13 @@ def user_shortcut_report(result: UserShortcutResult, config: UserShortcutConfig,
                          environment: dict[str, Any]) -> Report:
     rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
+    warnings: list[dict[str, str]] = []
     if result.sensitivity is not None:
         rows += sensitivity_rows(result.sensitivity)
         results["sensitivity"] = {**result.sensitivity.to_dict(), "model": result.model, "data": result.data}
     if result.annotated is not None:
         rows += groups_rows(result.annotated)
         results["groups"] = {**result.annotated.to_dict(), "model": result.model, "data": result.data}
+        warnings += result.annotated.warnings
     return Report(command="shortcut", run_id=run_id, config=asdict(config), environment=environment, seed=config.seed,
-                  results=results, metrics=rows, timings={"total": result.seconds})
+                  results=results, metrics=rows, timings={"total": result.seconds}, warnings=warnings)
