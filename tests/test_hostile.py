@@ -411,7 +411,7 @@ def test_an_unreadable_class_folder_is_refused_naming_it(capsys, tmp_path, monke
         real_scandir = os.scandir
 
         def scandir(path="."):
-            if Path(path) == locked:
+            if isinstance(path, (str, os.PathLike)) and Path(path) == locked:  # scandir(fd) from rmtree passes
                 raise PermissionError(13, "Permission denied", str(path))
             return real_scandir(path)
 
