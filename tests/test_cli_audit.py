@@ -77,7 +77,7 @@ def test_junit_has_one_testcase_per_check(passing_run):
     suite = ET.parse(passing_run[3] / "out" / "junit.xml").getroot()
     assert suite.tag == "testsuites" and suite.get("tests") == "3" and suite.get("failures") == "0"
     cases = suite.findall("./testsuite/testcase")
-    assert [c.get("name") for c in cases] == ["clean accuracy", "fgsm <b>small</b>", "shortcut watermark rho=0.5"]
+    assert [c.get("name") for c in cases] == ["clean accuracy", "fgsm <b>small</b>", "shortcut watermark rho=0.5 epochs=1"]
     assert not suite.findall(".//failure")
 
 
@@ -195,3 +195,50 @@ def test_the_html_page_loads_in_a_real_browser_with_every_image(chromium, passin
     with Image.open(shot) as picture:
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page
+
+
+TARGETED = """
+[model]
+source = "mlp"
+epochs = 3
+[data]
+source = "digits"
+test_per_class = 5
+[run]
+device = "cpu"
+[[check]]
+kind = "attack"
+name = "untargeted"
+eps = 0.1
+steps = 5
+min_robust_accuracy = {untargeted}
+[[check]]
+kind = "attack"
+name = "targeted"
+eps = 0.1
+steps = 5
+target = "random"
+min_robust_accuracy = {targeted}
+"""
+
+
+def test_an_untargeted_and_a_targeted_check_at_one_eps_are_each_judged_by_their_own_number(capsys, tmp_path):
+    """Issue 9 item 1: the targeted check was judged with the untargeted check's robust accuracy."""
+    (tmp_path / "audit.toml").write_text(TARGETED.format(untargeted=0.0, targeted=0.0))
+    code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    own = {r["check"]: r["value"] for r in report["metrics"] if r["metric"] == "robust_accuracy"}
+    rows = report["results"]["attack"]["rows"]  # in check order, each carrying its check's name
+    assert [r["check"] for r in rows] == ["untargeted", "targeted"]
+    assert [own["untargeted"], own["targeted"]] == [r["robust_accuracy"] for r in rows]
+    assert own["untargeted"] < own["targeted"]  # a random target is harder to reach than any wrong class
+    measured = {r["check"]: r["measured"] for r in report["results"]["verdict"]["rows"]}
+    assert measured == own
+    # A threshold between the two numbers: the targeted check passes on its own number, and would fail on the other.
+    middle = (own["untargeted"] + own["targeted"]) / 2
+    (tmp_path / "strict.toml").write_text(TARGETED.format(untargeted=0.0, targeted=middle))
+    assert run_cli(capsys, "gate", tmp_path / "out" / "report.json", "--policy", tmp_path / "strict.toml")[0] == 0
+    (tmp_path / "stricter.toml").write_text(TARGETED.format(untargeted=middle, targeted=middle))
+    code, out, _ = run_cli(capsys, "gate", tmp_path / "out" / "report.json", "--policy", tmp_path / "stricter.toml")
+    assert code == 1 and "untargeted" in out

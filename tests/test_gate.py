@@ -110,3 +110,58 @@ def test_reports_of_another_schema_or_version_are_refused(tmp_path):
     path.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(AuditError, match="not an auditnn report"):
         load_report(path)
+
+
+TWO_PGD = """
+[[check]]
+kind = "attack"
+name = "untargeted"
+eps = "8/255"
+min_robust_accuracy = 0.5
+[[check]]
+kind = "attack"
+name = "targeted"
+eps = "8/255"
+target = "random"
+min_robust_accuracy = 0.9
+"""
+
+
+def _pgd_row(value, check=None, **extra):
+    return metric_row("attack", "robust_accuracy", value, method="pgd", norm="linf", eps=8 / 255, steps=10,
+                      check=check, **extra)
+
+
+def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tmp_path):
+    """Reproduction of issue 9 item 1: the targeted check measured 0.910 but was judged with the untargeted 0.683."""
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.910, "targeted")])
+    verdict = judge(report, policy)
+    assert [(r.check, r.measured, r.passed) for r in verdict.rows] == [
+        ("untargeted", 0.683, True), ("targeted", 0.910, True)]
+    swapped = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.910, "targeted"), _pgd_row(0.683, "untargeted")])
+    assert [r.measured for r in judge(swapped, policy).rows] == [0.683, 0.910]
+
+
+def test_a_row_of_the_checks_name_but_other_settings_is_not_its_measurement(tmp_path):
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    other_eps = metric_row("attack", "robust_accuracy", 0.95, method="pgd", norm="linf", eps=4 / 255, steps=10,
+                           check="targeted")
+    verdict = judge(Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), other_eps]), policy)
+    assert verdict.rows[1].measured is None and verdict.rows[1].note == "not measured in this report"
+
+
+def test_rows_without_check_names_match_by_labels_and_an_ambiguous_match_is_an_error(tmp_path):
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    # A single command's report: rows carry the target setting, not a check name.
+    single = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683), _pgd_row(0.910, target="random")])
+    assert [r.measured for r in judge(single, policy).rows] == [0.683, 0.910]
+    twice = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683), _pgd_row(0.70)])
+    with pytest.raises(AuditError, match="2 rows of report 'r' fit check 'untargeted'"):
+        judge(twice, policy)
+
+
+def test_default_names_tell_targeted_and_restarted_attacks_apart(tmp_path):
+    text = TWO_PGD.replace('name = "untargeted"\n', "").replace('name = "targeted"\n', "restarts = 3\n")
+    names = [c.name for c in load_policy(_write(tmp_path, text)).checks]
+    assert names == ["pgd linf eps=8/255 10 steps", "pgd linf eps=8/255 10 steps restarts=3 target=random"]
