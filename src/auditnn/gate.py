@@ -52,6 +52,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "sensitivity": {"tag": "watermark"},
     "groups": {},
 }
+MAX_AUDIT_FILE_BYTES = 2**20  # an audit file is read whole: 1 MiB holds thousands of checks
 REQUIRED = {"attack": ("eps",), "shortcut": ("tag",), "groups": ("groups", "attribute")}
 TABLES: dict[str, dict[str, str]] = {
     "model": {"source": STRING, "weights": STRING, "mean": NUMBERS, "std": NUMBERS, "width": INTEGER, "epochs": INTEGER},
@@ -151,10 +152,20 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate an audit file; every error names the file, the key and what is allowed."""
     path = Path(path)
     where = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise AuditError(f"audit file '{where}' does not exist; give a TOML file (see examples/audit.toml)")
+    if not path.is_file():
+        raise AuditError(f"audit file '{where}' is not a regular file; give a TOML file (see examples/audit.toml)")
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_AUDIT_FILE_BYTES + 1)  # never more: a device file or a huge file is not read whole
+    except OSError as exc:
+        raise AuditError(f"audit file '{where}' cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_AUDIT_FILE_BYTES:
+        raise AuditError(f"audit file '{where}' is larger than {MAX_AUDIT_FILE_BYTES // 2**20} MiB; allowed: an audit "
+                         "file of at most 1 MiB (a few checks take a few hundred bytes)")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AuditError(f"audit file '{where}' is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(TABLES) - {"check"})
