@@ -3,7 +3,7 @@ import json
 import pytest
 
 from auditnn.errors import AuditError
-from auditnn.gate import judge, load_policy
+from auditnn.gate import INTEGER, KIND_SETTINGS, KIND_THRESHOLDS, NUMBER, REQUIRED, judge, load_policy
 from auditnn.report.schema import Report, load_report, metric_row
 
 GOOD = """
@@ -165,3 +165,65 @@ def test_default_names_tell_targeted_and_restarted_attacks_apart(tmp_path):
     text = TWO_PGD.replace('name = "untargeted"\n', "").replace('name = "targeted"\n', "restarts = 3\n")
     names = [c.name for c in load_policy(_write(tmp_path, text)).checks]
     assert names == ["pgd linf eps=8/255 10 steps", "pgd linf eps=8/255 10 steps restarts=3 target=random"]
+
+
+# ---------------------------------------------------------------- every threshold key, both directions
+
+EVERY_KEY = [(kind, key) for kind, keys in KIND_THRESHOLDS.items() for key in keys]
+PLACEHOLDER = {NUMBER: "0.1", INTEGER: "1"}  # required settings of any other type get a string
+
+
+def _one_check(tmp_path, kind):
+    """A policy of one check of `kind` carrying every threshold of its kind at 0.5, and the settings it requires."""
+    lines = ["[[check]]", f'kind = "{kind}"', 'name = "the check"']
+    lines += [f"{k} = {PLACEHOLDER.get(KIND_SETTINGS[kind][k], repr('x'))}" for k in REQUIRED.get(kind, ())]
+    lines += [f"{k} = 0.5" for k in KIND_THRESHOLDS[kind]]
+    return load_policy(_write(tmp_path, "\n".join(lines)))
+
+
+def _bound_of(key):
+    """What the key's name promises, independently of KIND_THRESHOLDS: min_x passes when x >= value, max_x when <=."""
+    bound, _, metric = key.partition("_")
+    assert bound in ("min", "max"), key
+    return bound, metric
+
+
+def _judge_one(tmp_path, kind, key, measured, baseline=None):
+    """Judge a report where every metric of the check passes comfortably except `key`'s, which is `measured`."""
+    policy = _one_check(tmp_path, kind)
+    check = policy.checks[0]
+    rows = []
+    for other in KIND_THRESHOLDS[kind]:
+        bound, metric = _bound_of(other)
+        value = measured if other == key else (0.7 if bound == "min" else 0.3)
+        rows.append(metric_row(kind, metric, value, check=check.name, **check.labels()))
+    old = None
+    if baseline is not None:
+        old_rows = [{**row, "value": baseline if _bound_of(key)[1] == row["metric"] else row["value"]} for row in rows]
+        old = Report("audit", "old", {}, {}, 0, {}, old_rows)
+    return judge(Report("audit", "r", {}, {}, 0, {}, rows), policy, baseline=old, max_drop=None if old is None else 0.02)
+
+
+@pytest.mark.parametrize("kind,key", EVERY_KEY, ids=[f"{k}.{t}" for k, t in EVERY_KEY])
+def test_every_threshold_key_fails_on_its_own_just_across_its_bound(tmp_path, kind, key):
+    bound, metric = _bound_of(key)
+    assert KIND_THRESHOLDS[kind][key] == (metric, bound)
+    # 0.001 across: a bound loosened by 0.01 (or made strict, or flipped) changes one of these three verdicts.
+    worse, better = (0.499, 0.501) if bound == "min" else (0.501, 0.499)
+    for measured, passes in ((worse, False), (0.5, True), (better, True)):
+        verdict = _judge_one(tmp_path, kind, key, measured)
+        failed = [(r.metric, r.measured) for r in verdict.rows if not r.passed]
+        assert failed == ([] if passes else [(metric, measured)]), (key, measured)
+        assert len(verdict.rows) == len(KIND_THRESHOLDS[kind])
+
+
+@pytest.mark.parametrize("kind,key", EVERY_KEY, ids=[f"{k}.{t}" for k, t in EVERY_KEY])
+def test_every_threshold_key_fails_against_a_baseline_when_it_worsens_beyond_the_allowed_drop(tmp_path, kind, key):
+    bound, metric = _bound_of(key)
+    sign = -1 if bound == "min" else 1  # the direction in which this metric gets worse
+    for change, passes in ((0.021 * sign, False), (0.019 * sign, True), (-0.05 * sign, True)):
+        # Measured 0.6 or 0.4 passes its threshold of 0.5; only the change against the baseline is judged.
+        measured = 0.6 if bound == "min" else 0.4
+        verdict = _judge_one(tmp_path, kind, key, measured, baseline=measured - change)
+        failed = [(r.metric, r.bound) for r in verdict.rows if not r.passed]
+        assert failed == ([] if passes else [(metric, "max drop")]), (key, change)
