@@ -241,3 +241,42 @@ def test_gate_output_folder_holds_the_verdict_files_only(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "gate", _write(tmp_path, _report()), "--policy", _policy(tmp_path, 0.5),
                          "--out", tmp_path / "g")
     assert code == 1 and [p.name for p in files_under(tmp_path / "g")] == ["junit.xml", "verdict.md"]
+
+
+# ---------------------------------------------------------------- what the tables show
+
+
+def test_attack_tables_show_target_restarts_and_check_where_set(capsys, tmp_path):
+    report = _report()
+    plain = {**report.results["attack"]["rows"][0], "target": None, "restarts": 1, "check": "plain", "eps": 4 / 255}
+    report.results["attack"]["rows"].append(plain)
+    path = _write(tmp_path, report)
+    code, out, _ = run_cli(capsys, "report", "show", path)
+    assert code == 0
+    titles = [line.rstrip() for line in out.splitlines() if line.startswith("Robust accuracy:")]
+    assert titles == ["Robust accuracy: PGD linf, 10 steps, target random, 3 restarts (10 test images, model mlp)",
+                      "Robust accuracy: PGD linf, 10 steps (10 test images, model mlp)"]
+    markdown, page = to_markdown(report), to_html(report)
+    for title in titles:
+        assert f"## {title}" in markdown and f"<h3>{title}</h3>" in page
+    assert "| check | eps |" in markdown and f"| {CHECK} | 8/255 |" in markdown and "| plain | 4/255 |" in markdown
+
+
+def test_metrics_csv_keeps_every_label_of_a_row(tmp_path):
+    from auditnn.report.writers import to_csv
+
+    report = _report()
+    report.metrics.append(metric_row("attack", "robust_accuracy", 0.3, method="pgd", norm="linf", eps=0.1, steps=10,
+                                     check="t", target="random", restarts=3, step_size=0.01))
+    header, first, second = to_csv(report).splitlines()
+    assert header == "section,metric,check,method,norm,eps,steps,target,restarts,step_size,value"
+    assert first.startswith("attack,robust_accuracy,robust enough,pgd,linf,") and first.endswith(",10,,,,0.4")
+    assert second == "attack,robust_accuracy,t,pgd,linf,0.1,10,random,3,0.01,0.3"
+
+
+@pytest.mark.parametrize("text", ['{"seed": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000],
+                         ids=["5000-digit integer", "nested 100000 deep"])
+def test_json_python_cannot_hold_exits_2(capsys, tmp_path, text):
+    (tmp_path / "report.json").write_text(text)
+    code, _, err = run_cli(capsys, "report", "show", tmp_path / "report.json")
+    assert_usage_error(code, err, str(tmp_path / "report.json"), "is not a JSON file auditnn reads")

@@ -140,6 +140,6 @@ def html(
     report = load_report(report_file)
     target = out or report_file.parent / "report.html"
     if target.is_dir():
-        raise AuditError(f"--out '{target}' is a folder; allowed: the path of the HTML file to write")
+        raise AuditError(f"HTML file '{target}' is a folder; allowed: the path of the HTML file to write (--out FILE)")
     atomic_write_text(target, to_html(report, load_pictures(report, report_file.parent)))
     Consoles().out.print(f"HTML report written to {target}", markup=False)

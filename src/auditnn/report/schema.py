@@ -107,14 +107,16 @@ SECTIONS: dict[str, dict[str, Any]] = {
 }
 REPORT_FIELDS: dict[str, Any] = {
     "command": STR, "run_id": STR, "config": {}, "environment": {}, "seed": INT, "results": {}, "metrics": [METRIC_LABELS],
-    "timings?": {"*": NUM}, "warnings?": [{"code": STR, "message": STR, "*": STR}], "pictures?": STR_OR_NULL,
+    "timings?": {"*": NUM}, "warnings?": [{"code": STR, "message": STR, "*": SCALAR}], "pictures?": STR_OR_NULL,
     "created?": STR, "schema": STR, "schema_version": INT,
 }
 
 
 def _is_number(value: Any) -> bool:
     """JSON numbers auditnn writes: never NaN or infinity (those are written as null)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _fits_type(value: Any, spec: str | tuple[str, ...]) -> bool:
@@ -191,7 +193,10 @@ def load_report(path: str | Path) -> Report:
     """Read report.json, refusing other schemas, unknown versions and fields of the wrong type with the file and
     the key named."""
     path = Path(path)
-    data = read_json(path, "report", "give a report.json written by auditnn")
+    try:
+        data = read_json(path, "report", "give a report.json written by auditnn")
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting deeper than Python's stack
+        raise AuditError(f"report '{path}' is not a JSON file auditnn reads ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise AuditError(f"report '{path}' is not an auditnn report (key 'schema' must be '{SCHEMA}')")
     version = data.get("schema_version")

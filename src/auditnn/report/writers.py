@@ -19,8 +19,10 @@ PICTURES = "pictures.pt"
 
 def metrics_frame(report: Report) -> pd.DataFrame:
     """One row per metric and labels (group, rho, method, ...): the tidy view of every number."""
-    frame = pd.DataFrame(report.to_dict()["metrics"])
-    columns = [c for c in LABELS if c in frame.columns] + ["value"]
+    frame = pd.DataFrame(report.to_dict()["metrics"], dtype=object)  # object: steps stay 10, not 10.0, beside gaps
+    # Known labels in their order, then any label a newer writer added: a column is never dropped silently.
+    columns = [c for c in LABELS if c in frame.columns] + [c for c in frame.columns if c not in LABELS and c != "value"]
+    columns.append("value")
     return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=["section", "metric", "value"])
 
 
