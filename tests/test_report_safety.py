@@ -141,9 +141,8 @@ def test_the_html_page_escapes_every_user_string_and_number(capsys, tmp_path):
 
 
 def test_the_markdown_summary_carries_names_literally():
-    markdown = to_markdown(_report(**HOSTILE, ))
+    markdown = to_markdown(_report(**HOSTILE))
     assert "<" not in markdown.replace("<=", "") and ">" not in markdown.replace(">=", "")
-    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" not in markdown  # parentheses need no escape
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
     assert "&lt;img src=x onerror=alert(1)&gt;" in markdown
     for row in (line for line in markdown.splitlines() if line.startswith("| ")):
