@@ -37,6 +37,9 @@ max_reliance = 0.95
 """
 
 
+HEADER = AUDIT.split("[[check]]")[0]  # the model, the data and the device, without checks
+
+
 @pytest.fixture(scope="module")
 def passing_run(tmp_path_factory):
     """One audit that passes, shared by the tests that read its files."""
@@ -77,7 +80,7 @@ def test_junit_has_one_testcase_per_check(passing_run):
     suite = ET.parse(passing_run[3] / "out" / "junit.xml").getroot()
     assert suite.tag == "testsuites" and suite.get("tests") == "3" and suite.get("failures") == "0"
     cases = suite.findall("./testsuite/testcase")
-    assert [c.get("name") for c in cases] == ["clean accuracy", "fgsm <b>small</b>", "shortcut watermark rho=0.5"]
+    assert [c.get("name") for c in cases] == ["clean accuracy", "fgsm <b>small</b>", "shortcut watermark rho=0.5 epochs=1"]
     assert not suite.findall(".//failure")
 
 
@@ -182,7 +185,7 @@ def test_the_html_page_loads_in_a_real_browser_with_every_image(chromium, passin
 
     page = (passing_run[3] / "out" / "report.html").read_text()
     images = page.count("<img ")
-    assert images >= 4  # dataset grid, first-layer weights, adversarial examples, weights of the audited model
+    assert images >= 3  # shortcut examples, adversarial examples, first-layer weights of the audited model
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK_SCRIPT))
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
@@ -195,3 +198,122 @@ def test_the_html_page_loads_in_a_real_browser_with_every_image(chromium, passin
     with Image.open(shot) as picture:
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page
+
+
+TARGETED = HEADER + """
+[[check]]
+kind = "attack"
+name = "untargeted"
+eps = 0.1
+steps = 5
+min_robust_accuracy = {untargeted}
+[[check]]
+kind = "attack"
+name = "targeted"
+eps = 0.1
+steps = 5
+target = "random"
+min_robust_accuracy = {targeted}
+"""
+
+
+def test_an_untargeted_and_a_targeted_check_at_one_eps_are_each_judged_by_their_own_number(capsys, tmp_path):
+    """Issue 9 item 1: the targeted check was judged with the untargeted check's robust accuracy."""
+    (tmp_path / "audit.toml").write_text(TARGETED.format(untargeted=0.0, targeted=0.0))
+    code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    own = {r["check"]: r["value"] for r in report["metrics"] if r["metric"] == "robust_accuracy"}
+    rows = report["results"]["attack"]["rows"]  # in check order, each carrying its check's name
+    assert [r["check"] for r in rows] == ["untargeted", "targeted"]
+    assert [own["untargeted"], own["targeted"]] == [r["robust_accuracy"] for r in rows]
+    assert own["untargeted"] < own["targeted"]  # a random target is harder to reach than any wrong class
+    measured = {r["check"]: r["measured"] for r in report["results"]["verdict"]["rows"]}
+    assert measured == own
+    # A threshold between the two numbers: the targeted check passes on its own number, and would fail on the other.
+    middle = (own["untargeted"] + own["targeted"]) / 2
+    (tmp_path / "strict.toml").write_text(TARGETED.format(untargeted=0.0, targeted=middle))
+    assert run_cli(capsys, "gate", tmp_path / "out" / "report.json", "--policy", tmp_path / "strict.toml")[0] == 0
+    (tmp_path / "stricter.toml").write_text(TARGETED.format(untargeted=middle, targeted=middle))
+    code, out, _ = run_cli(capsys, "gate", tmp_path / "out" / "report.json", "--policy", tmp_path / "stricter.toml")
+    assert code == 1 and "untargeted" in out
+
+
+def test_the_audit_page_draws_the_first_layer_once(passing_run):
+    page = (passing_run[3] / "out" / "report.html").read_text()
+    assert page.count('alt="first-layer weights"') == 1
+
+
+MANY = HEADER + """
+[[check]]
+kind = "clean"
+name = "[/bold] strict"
+min_accuracy = 0.999
+[[check]]
+kind = "sensitivity"
+tag = "watermark"
+max_flip_rate = 1.0
+[[check]]
+kind = "sensitivity"
+tag = "watermark"
+target_class = 3
+max_flip_rate = 1.0
+[[check]]
+kind = "patch"
+steps = 5
+max_target_success_rate = 1.0
+[[check]]
+kind = "patch"
+steps = 5
+target = 1
+max_target_success_rate = 1.0
+"""
+
+
+def test_two_checks_of_one_kind_keep_their_own_results_and_a_markup_name_keeps_the_exit_code(capsys, tmp_path):
+    (tmp_path / "audit.toml").write_text(MANY)
+    code, out, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert code == 1, err  # only the clean check fails; its name is shown as written, not read as markup
+    assert "failed: [/bold] strict" in err and "[/bold] strict" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    results, verdict = report["results"], report["results"]["verdict"]["rows"]
+    every = results["sensitivity/planted watermark sensitivity"]
+    one = results["sensitivity/planted watermark sensitivity target_class=3"]
+    assert len(every["variants"]) == 10 and [v["tag_class"] for v in one["variants"]] == ["3"]
+    # Each verdict row carries its own check's number: the mean over its variants, recomputed here.
+    measured = {r["check"]: r["measured"] for r in verdict}
+    assert measured["planted watermark sensitivity"] == pytest.approx(
+        sum(v["flip_rate"] for v in every["variants"]) / 10)
+    assert measured["planted watermark sensitivity target_class=3"] == pytest.approx(one["variants"][0]["flip_rate"])
+    patches = {k: v for k, v in results.items() if k.startswith("patch/")}
+    assert sorted(patches) == ["patch/patch 0.3 target=0 steps=5", "patch/patch 0.3 target=1 steps=5"]
+    assert [p["target"] for p in patches.values()] == [0, 1]
+    for name, section in patches.items():
+        assert measured[name.removeprefix("patch/")] == section["target_success_rate"]
+    assert (tmp_path / "out" / "report.html").read_text().count('alt="learned patch"') == 2
+
+
+@pytest.mark.parametrize("check,needle", [
+    ("kind = 'sensitivity'\ntarget_class = 99\nmax_flip_rate = 0.5", "check 'planted watermark sensitivity target_class=99'"),
+    ("kind = 'patch'\ntarget = 99\nsteps = 5\nmax_target_success_rate = 0.5", "check 'patch 0.3 target=99 steps=5'"),
+])
+def test_an_error_found_after_loading_names_the_audit_file_and_the_check(capsys, tmp_path, check, needle):
+    text = HEADER + "[[check]]\n" + check
+    (tmp_path / "audit.toml").write_text(text)
+    code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert_usage_error(code, err, str(tmp_path / "audit.toml"), needle, "99", "0 .. 9")
+    assert files_under(tmp_path / "out") == []
+
+
+def test_an_audit_file_that_is_too_big_or_not_a_file_exits_2(capsys, tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * 120_000 + AUDIT.format(clean=0.3))  # 1.2 MB of comments, then a valid file
+    code, _, err = run_cli(capsys, "audit", big, "--out", tmp_path / "out")
+    assert_usage_error(code, err, str(big), "larger than 1 MiB")
+    code, _, err = run_cli(capsys, "audit", tmp_path, "--out", tmp_path / "out")
+    assert_usage_error(code, err, str(tmp_path), "is not a regular file")
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "gate", tmp_path / "r.json", "--policy", fifo)
+    assert_usage_error(code, err, str(fifo), "is not a regular file")
+    assert files_under(tmp_path / "out") == []

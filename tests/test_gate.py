@@ -3,7 +3,7 @@ import json
 import pytest
 
 from auditnn.errors import AuditError
-from auditnn.gate import judge, load_policy
+from auditnn.gate import INTEGER, KIND_SETTINGS, KIND_THRESHOLDS, NUMBER, REQUIRED, judge, load_policy
 from auditnn.report.schema import Report, load_report, metric_row
 
 GOOD = """
@@ -110,3 +110,120 @@ def test_reports_of_another_schema_or_version_are_refused(tmp_path):
     path.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(AuditError, match="not an auditnn report"):
         load_report(path)
+
+
+TWO_PGD = """
+[[check]]
+kind = "attack"
+name = "untargeted"
+eps = "8/255"
+min_robust_accuracy = 0.5
+[[check]]
+kind = "attack"
+name = "targeted"
+eps = "8/255"
+target = "random"
+min_robust_accuracy = 0.9
+"""
+
+
+def _pgd_row(value, check=None, **extra):
+    return metric_row("attack", "robust_accuracy", value, method="pgd", norm="linf", eps=8 / 255, steps=10,
+                      check=check, **extra)
+
+
+def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tmp_path):
+    """Reproduction of issue 9 item 1: the targeted check measured 0.910 but was judged with the untargeted 0.683."""
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.910, "targeted")])
+    verdict = judge(report, policy)
+    assert [(r.check, r.measured, r.passed) for r in verdict.rows] == [
+        ("untargeted", 0.683, True), ("targeted", 0.910, True)]
+    swapped = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.910, "targeted"), _pgd_row(0.683, "untargeted")])
+    assert [r.measured for r in judge(swapped, policy).rows] == [0.683, 0.910]
+
+
+def test_a_row_of_the_checks_name_but_other_settings_is_not_its_measurement(tmp_path):
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    other_eps = metric_row("attack", "robust_accuracy", 0.95, method="pgd", norm="linf", eps=4 / 255, steps=10,
+                           check="targeted")
+    verdict = judge(Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), other_eps]), policy)
+    assert verdict.rows[1].measured is None and verdict.rows[1].note == "not measured in this report"
+
+
+def test_rows_without_check_names_match_by_labels_and_an_ambiguous_match_is_an_error(tmp_path):
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    # A single command's report: rows carry the target setting, not a check name.
+    single = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683), _pgd_row(0.910, target="random")])
+    assert [r.measured for r in judge(single, policy).rows] == [0.683, 0.910]
+    twice = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683), _pgd_row(0.70)])
+    with pytest.raises(AuditError, match="2 rows of report 'r' fit check 'untargeted'"):
+        judge(twice, policy)
+
+
+def test_default_names_tell_targeted_and_restarted_attacks_apart(tmp_path):
+    text = TWO_PGD.replace('name = "untargeted"\n', "").replace('name = "targeted"\n', "restarts = 3\n")
+    names = [c.name for c in load_policy(_write(tmp_path, text)).checks]
+    assert names == ["pgd linf eps=8/255 10 steps", "pgd linf eps=8/255 10 steps restarts=3 target=random"]
+
+
+# ---------------------------------------------------------------- every threshold key, both directions
+
+EVERY_KEY = [(kind, key) for kind, keys in KIND_THRESHOLDS.items() for key in keys]
+PLACEHOLDER = {NUMBER: "0.1", INTEGER: "1"}  # required settings of any other type get a string
+
+
+def _one_check(tmp_path, kind):
+    """A policy of one check of `kind` carrying every threshold of its kind at 0.5, and the settings it requires."""
+    lines = ["[[check]]", f'kind = "{kind}"', 'name = "the check"']
+    lines += [f"{k} = {PLACEHOLDER.get(KIND_SETTINGS[kind][k], repr('x'))}" for k in REQUIRED.get(kind, ())]
+    lines += [f"{k} = 0.5" for k in KIND_THRESHOLDS[kind]]
+    return load_policy(_write(tmp_path, "\n".join(lines)))
+
+
+def _bound_of(key):
+    """What the key's name promises, independently of KIND_THRESHOLDS: min_x passes when x >= value, max_x when <=."""
+    bound, _, metric = key.partition("_")
+    assert bound in ("min", "max"), key
+    return bound, metric
+
+
+def _judge_one(tmp_path, kind, key, measured, baseline=None):
+    """Judge a report where every metric of the check passes comfortably except `key`'s, which is `measured`."""
+    policy = _one_check(tmp_path, kind)
+    check = policy.checks[0]
+    rows = []
+    for other in KIND_THRESHOLDS[kind]:
+        bound, metric = _bound_of(other)
+        value = measured if other == key else (0.7 if bound == "min" else 0.3)
+        rows.append(metric_row(kind, metric, value, check=check.name, **check.labels()))
+    old = None
+    if baseline is not None:
+        old_rows = [{**row, "value": baseline if _bound_of(key)[1] == row["metric"] else row["value"]} for row in rows]
+        old = Report("audit", "old", {}, {}, 0, {}, old_rows)
+    return judge(Report("audit", "r", {}, {}, 0, {}, rows), policy, baseline=old, max_drop=None if old is None else 0.02)
+
+
+@pytest.mark.parametrize("kind,key", EVERY_KEY, ids=[f"{k}.{t}" for k, t in EVERY_KEY])
+def test_every_threshold_key_fails_on_its_own_just_across_its_bound(tmp_path, kind, key):
+    bound, metric = _bound_of(key)
+    assert KIND_THRESHOLDS[kind][key] == (metric, bound)
+    # 0.001 across: a bound loosened by 0.01 (or made strict, or flipped) changes one of these three verdicts.
+    worse, better = (0.499, 0.501) if bound == "min" else (0.501, 0.499)
+    for measured, passes in ((worse, False), (0.5, True), (better, True)):
+        verdict = _judge_one(tmp_path, kind, key, measured)
+        failed = [(r.metric, r.measured) for r in verdict.rows if not r.passed]
+        assert failed == ([] if passes else [(metric, measured)]), (key, measured)
+        assert len(verdict.rows) == len(KIND_THRESHOLDS[kind])
+
+
+@pytest.mark.parametrize("kind,key", EVERY_KEY, ids=[f"{k}.{t}" for k, t in EVERY_KEY])
+def test_every_threshold_key_fails_against_a_baseline_when_it_worsens_beyond_the_allowed_drop(tmp_path, kind, key):
+    bound, metric = _bound_of(key)
+    sign = -1 if bound == "min" else 1  # the direction in which this metric gets worse
+    for change, passes in ((0.021 * sign, False), (0.019 * sign, True), (-0.05 * sign, True)):
+        # Measured 0.6 or 0.4 passes its threshold of 0.5; only the change against the baseline is judged.
+        measured = 0.6 if bound == "min" else 0.4
+        verdict = _judge_one(tmp_path, kind, key, measured, baseline=measured - change)
+        failed = [(r.metric, r.bound) for r in verdict.rows if not r.passed]
+        assert failed == ([] if passes else [(metric, "max drop")]), (key, change)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -14,7 +15,7 @@ from .attacks.patch import PatchConfig, optimize_patch
 from .data.controlled import BuildConfig, ShortcutConfig
 from .data.sources import ImageSet
 from .errors import AuditError
-from .gate import Policy, Verdict, judge
+from .gate import Check, Policy, Verdict, judge
 from .inference import predict
 from .models.load import first_layer_pictures
 from .report.schema import Report, metric_row
@@ -23,7 +24,7 @@ from .runtime import resolve_device, seed_everything
 from .shortcut.annotated import annotated_metrics, read_groups, tag_sensitivity
 from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
 from .shortcut.user import groups_rows, sensitivity_rows
-from .subject import check_model_spec, load_eval_data, resolve_model
+from .subject import EvalData, check_model_spec, load_eval_data, resolve_model
 from .train import ProgressFn, TrainConfig
 
 
@@ -82,6 +83,64 @@ def _shortcut_config(policy: Policy, s: dict[str, Any]) -> ShortcutAuditConfig:
     )
 
 
+def _stamped(rows: list[dict[str, Any]], check: Check) -> list[dict[str, Any]]:
+    """Each row carries the name of the check that measured it: the gate finds a check's rows by that name."""
+    return [{**row, "check": check.name} for row in rows]
+
+
+def _section_key(check: Check) -> str:
+    """results key of a check whose result is one section: 'sensitivity/<check name>', so two never overwrite."""
+    return "clean" if check.kind == "clean" else f"{check.kind}/{check.name}"
+
+
+@contextmanager
+def _naming(policy: Policy, check: Check) -> Iterator[None]:
+    """An error found while measuring (a target class the data lacks) names the audit file and the check."""
+    try:
+        yield
+    except AuditError as exc:
+        raise AuditError(f"{policy.path}: check '{check.name}': {exc}") from None
+
+
+def _measure(
+    check: Check, model: torch.nn.Module, data: EvalData, source: str, described: dict[str, Any], seed: int,
+    device: torch.device, run_id: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, torch.Tensor]]:
+    """One check on the audited model: (metric rows, its results section, pictures for the HTML page)."""
+    s = check.settings
+    if check.kind == "clean":
+        accuracy = float((predict(model, data.test_images) == data.test_labels).float().mean())
+        section = {"accuracy": accuracy, "n": len(data.test_labels), "model": source, "data": described}
+        return [metric_row("clean", "accuracy", accuracy)], section, {}
+    if check.kind == "attack":
+        attack_spec = _attack_spec(s, seed)
+        evaluation = evaluate_attack(model, data.test_images, data.test_labels, attack_spec)
+        partial = attack_report(AttackAuditResult(evaluation, None, source, described, str(device), 0.0),
+                                AttackAuditConfig(method=attack_spec.method, attack=attack_spec),
+                                run_id=run_id, environment={})
+        section = {"rows": partial.results["attack"]["rows"], "warnings": partial.warnings}
+        return partial.metrics, section, {f"attack/{check.name}/{k}": v for k, v in evaluation.examples.items()}
+    if check.kind == "sensitivity":
+        shortcut = _planted(s).build(data.num_classes)
+        measured = tag_sensitivity(model, data.test_images, data.test_labels, shortcut, data.classes,
+                                   target_class=s.get("target_class"), seed=seed)
+        return sensitivity_rows(measured), {**measured.to_dict(), "model": source, "data": described}, {}
+    if check.kind == "groups":
+        images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
+        notes = read_groups(s["groups"], s["attribute"], images)
+        measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
+        return groups_rows(measured), {**measured.to_dict(), "model": source, "data": described}, {}
+    config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
+    config.validate(data.num_classes)
+    patch = optimize_patch(model, *patch_split(data, seed), config)
+    partial = attack_report(AttackAuditResult(None, patch, source, described, str(device), 0.0),
+                            AttackAuditConfig(method="patch", patch=config), run_id=run_id, environment={})
+    prefix = f"patch/{check.name}"
+    found = {f"{prefix}/patch": patch.patch, f"{prefix}/mask": patch.mask,
+             **{f"{prefix}/{k}": v for k, v in patch.examples.items()}}
+    return partial.metrics, partial.results["patch"], found
+
+
 def run_audit(
     policy: Policy, *, run_id: str, environment: dict[str, Any], progress: ProgressFn | None = None,
 ) -> tuple[Report, Verdict, dict[str, torch.Tensor]]:
@@ -115,44 +174,18 @@ def run_audit(
         seed_everything(seed)
         attack_rows: list[dict[str, Any]] = []
         for check in policy.checks:
+            if check.kind == "shortcut":
+                continue
             t0 = time.perf_counter()
-            if check.kind == "clean":
-                accuracy = float((predict(model, data.test_images) == data.test_labels).float().mean())
-                results["clean"] = {"accuracy": accuracy, "n": len(data.test_labels), "model": source, "data": described}
-                metrics.append(metric_row("clean", "accuracy", accuracy))
-            elif check.kind == "attack":
-                attack_spec = _attack_spec(check.settings, seed)
-                evaluation = evaluate_attack(model, data.test_images, data.test_labels, attack_spec)
-                partial = attack_report(AttackAuditResult(evaluation, None, source, described, str(device), 0.0),
-                                        AttackAuditConfig(method=attack_spec.method, attack=attack_spec),
-                                        run_id=run_id, environment={})
-                metrics += partial.metrics
-                attack_rows += partial.results["attack"]["rows"]
-                warnings += [{**w, "check": check.name} for w in evaluation.warnings]
-                pictures.update({f"attack/{check.name}/{k}": v for k, v in evaluation.examples.items()})
-            elif check.kind == "sensitivity":
-                shortcut = _planted(check.settings).build(data.num_classes)
-                measured = tag_sensitivity(model, data.test_images, data.test_labels, shortcut, data.classes,
-                                           target_class=check.settings.get("target_class"), seed=seed)
-                metrics += sensitivity_rows(measured)
-                results["sensitivity"] = {**measured.to_dict(), "model": source, "data": described}
-            elif check.kind == "groups":
-                images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
-                notes = read_groups(check.settings["groups"], check.settings["attribute"], images)
-                measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
-                metrics += groups_rows(measured)
-                results["groups"] = {**measured.to_dict(), "model": source, "data": described}
-            elif check.kind == "patch":
-                s = check.settings
-                config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
-                config.validate(data.num_classes)
-                patch = optimize_patch(model, *patch_split(data, seed), config)
-                partial = attack_report(AttackAuditResult(None, patch, source, described, str(device), 0.0),
-                                        AttackAuditConfig(method="patch", patch=config), run_id=run_id, environment={})
-                metrics += partial.metrics
-                results["patch"] = partial.results["patch"]
-                pictures.update({"patch/patch": patch.patch, "patch/mask": patch.mask,
-                                 **{f"patch/{k}": v for k, v in patch.examples.items()}})
+            with _naming(policy, check):
+                rows, section, found = _measure(check, model, data, source, described, seed, device, run_id)
+            metrics += _stamped(rows, check)
+            if check.kind == "attack":
+                attack_rows += _stamped(section["rows"], check)
+                warnings += [{**w, "check": check.name} for w in section["warnings"]]
+            else:
+                results[_section_key(check)] = {**section, "check": check.name}
+            pictures.update(found)
             timings[check.name] = time.perf_counter() - t0
         if attack_rows:
             results["attack"] = {"rows": attack_rows, "model": source, "data": described}
@@ -163,11 +196,15 @@ def run_audit(
             continue
         t0 = time.perf_counter()
         config = _shortcut_config(policy, check.settings)
-        result = run_shortcut_audit(config)
+        with _naming(policy, check):
+            result = run_shortcut_audit(config)
         partial = shortcut_report(result, config, run_id=run_id, environment={})
-        metrics += partial.metrics
-        shortcut_rows += partial.results["shortcut"]["rows"]
-        pictures.update(result.pictures)
+        metrics += _stamped(partial.metrics, check)
+        shortcut_rows += _stamped(partial.results["shortcut"]["rows"], check)
+        for key, value in result.pictures.items():  # keys: shortcut/<tag>/rho=<rho>/<picture>
+            # The page draws the first layer once: the audited model's when there is one.
+            if not (needs_subject and key.endswith("/first_layer")):
+                pictures[f"shortcut/{check.name}/{key.split('/', 3)[3]}"] = value
         timings[check.name] = time.perf_counter() - t0
     if shortcut_rows:
         results["shortcut"] = {"rows": shortcut_rows}

@@ -52,6 +52,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "sensitivity": {"tag": "watermark"},
     "groups": {},
 }
+MAX_AUDIT_FILE_BYTES = 2**20  # an audit file is read whole: 1 MiB holds thousands of checks
 REQUIRED = {"attack": ("eps",), "shortcut": ("tag",), "groups": ("groups", "attribute")}
 TABLES: dict[str, dict[str, str]] = {
     "model": {"source": STRING, "weights": STRING, "mean": NUMBERS, "std": NUMBERS, "width": INTEGER, "epochs": INTEGER},
@@ -77,11 +78,12 @@ class Check:
     thresholds: list[Threshold]
 
     def labels(self) -> dict[str, Any]:
-        """The labels of the report rows this check judges."""
+        """The labels of the report rows this check judges (a row without a label in LABEL_DEFAULTS has its default)."""
         s = self.settings
         if self.kind == "attack":
             steps = 1 if s["method"] == "fgsm" else s["steps"]
-            return {"method": s["method"], "norm": s["norm"], "eps": s["eps"], "steps": steps}
+            return {"method": s["method"], "norm": s["norm"], "eps": s["eps"], "steps": steps,
+                    "target": s.get("target"), "restarts": s["restarts"]}
         if self.kind == "shortcut":
             return {"tag": s["tag"], "rho": s["rho"]}
         if self.kind == "patch":
@@ -91,6 +93,10 @@ class Check:
         if self.kind == "groups":
             return {"attribute": s["attribute"]}
         return {}
+
+
+# What a row that leaves a label out was measured with: an attack row without `target` was untargeted.
+LABEL_DEFAULTS: dict[str, Any] = {"target": None, "restarts": 1}
 
 
 @dataclass
@@ -115,18 +121,25 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 
 def default_check_name(kind: str, s: dict[str, Any]) -> str:
+    """A name built from the settings that change the measurement, so that two checks differing in one setting get
+    two names: the kind's main settings, then every other setting that differs from its default."""
     if kind == "attack":
         steps = "" if s["method"] == "fgsm" else f" {s['steps']} steps"
-        return f"{s['method']} {s['norm']} eps={fmt_eps(s['eps'])}{steps}"
-    if kind == "shortcut":
-        return f"shortcut {s['tag']} rho={s['rho']:g}"
-    if kind == "patch":
-        return f"patch {s['size']:g} target={s['target']}"
-    if kind == "sensitivity":
-        return f"planted {s['tag']} sensitivity"
-    if kind == "groups":
-        return f"groups by {s['attribute']}"
-    return "clean accuracy"
+        name, shown = f"{s['method']} {s['norm']} eps={fmt_eps(s['eps'])}{steps}", ("method", "norm", "eps", "steps")
+    elif kind == "shortcut":
+        name, shown = f"shortcut {s['tag']} rho={s['rho']:g}", ("tag", "rho")
+    elif kind == "patch":
+        name, shown = f"patch {s['size']:g} target={s['target']}", ("size", "target")
+    elif kind == "sensitivity":
+        name, shown = f"planted {s['tag']} sensitivity", ("tag",)
+    elif kind == "groups":
+        name, shown = f"groups by {s['attribute']}", ("attribute", "groups")
+    else:
+        return "clean accuracy"
+    defaults = KIND_DEFAULTS[kind]
+    extras = [f"{k}={s[k]:g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in KIND_SETTINGS[kind]
+              if k in s and k not in shown and s[k] != defaults.get(k)]
+    return " ".join([name, *extras])
 
 
 def _resolve_path(text: str, base: Path) -> str:
@@ -139,10 +152,20 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate an audit file; every error names the file, the key and what is allowed."""
     path = Path(path)
     where = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise AuditError(f"audit file '{where}' does not exist; give a TOML file (see examples/audit.toml)")
+    if not path.is_file():
+        raise AuditError(f"audit file '{where}' is not a regular file; give a TOML file (see examples/audit.toml)")
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_AUDIT_FILE_BYTES + 1)  # never more: a device file or a huge file is not read whole
+    except OSError as exc:
+        raise AuditError(f"audit file '{where}' cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_AUDIT_FILE_BYTES:
+        raise AuditError(f"audit file '{where}' is larger than {MAX_AUDIT_FILE_BYTES // 2**20} MiB; allowed: an audit "
+                         "file of at most 1 MiB (a few checks take a few hundred bytes)")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AuditError(f"audit file '{where}' is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(TABLES) - {"check"})
@@ -181,9 +204,6 @@ def load_policy(path: str | Path) -> Policy:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise AuditError(f"{where}: two checks are named '{duplicate}'; give each a distinct 'name'")
-    for single in ("patch", "sensitivity", "groups"):
-        if sum(c.kind == single for c in checks) > 1:
-            raise AuditError(f"{where}: more than one check of kind '{single}'; allowed: at most one")
     return Policy(where, checks, tables["model"], tables["data"], tables["run"])
 
 
@@ -255,23 +275,40 @@ class Verdict:
         return {"passed": self.passed, "failed_checks": self.failed_checks(), "rows": [asdict(r) for r in self.rows]}
 
 
-def _matches(row: dict[str, Any], section: str, metric: str, labels: dict[str, Any]) -> bool:
+def _same(have: Any, want: Any) -> bool:
+    if have is None or want is None:
+        return have is want
+    if isinstance(want, float) or isinstance(have, float):
+        return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12)
+    return str(have) == str(want)  # a target written as 3 in one file and "3" in another is one target
+
+
+def _fits(row: dict[str, Any], section: str, metric: str, check: Check) -> bool:
+    """Whether a row measured this check's metric. A row stamped with check names must carry this check's name, and
+    the labels it carries must agree (a renamed setting is not the same measurement). A row without check names (a
+    single command's report) is judged by its labels alone, a label it leaves out taking its default."""
     if row.get("section") != section or row.get("metric") != metric or "group" in row:
         return False
-    for key, want in labels.items():
-        have = row.get(key)
-        if isinstance(want, float) or isinstance(have, float):
-            if have is None or want is None or not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
+    stamped = "check" in row
+    if stamped and row["check"] != check.name:
+        return False
+    for key, want in check.labels().items():
+        if key in row:
+            if not _same(row[key], want):
                 return False
-        elif have != want:
+        elif not stamped and not _same(LABEL_DEFAULTS.get(key), want):
             return False
     return True
 
 
-def find_metric(report: Report, check: Check, metric: str) -> float | None:
-    """The value the report measured for this check's metric, or None when it did not measure it."""
+def find_metric(report: Report, check: Check, metric: str, what: str = "report") -> float | None:
+    """The value the report measured for this check's metric, or None when it did not measure it. Two rows that fit
+    one check are an error: the gate never picks one of them."""
     section = "clean" if check.kind == "clean" else check.kind
-    hits = [r for r in report.metrics if _matches(r, section, metric, check.labels())]
+    hits = [r for r in report.metrics if _fits(r, section, metric, check)]
+    if len(hits) > 1:
+        raise AuditError(f"{len(hits)} rows of {what} '{report.run_id}' fit check '{check.name}' ({metric}); "
+                         "allowed: one row per check (re-run with auditnn audit, whose rows carry check names)")
     return None if not hits or hits[0]["value"] is None else float(hits[0]["value"])
 
 
@@ -291,7 +328,7 @@ def judge(report: Report, policy: Policy, *, baseline: Report | None = None, max
             ok = measured >= t.value if t.bound == "min" else measured <= t.value
             rows.append(VerdictRow(check.name, check.kind, t.metric, measured, t.bound, t.value, ok))
             if baseline is not None and max_drop is not None:
-                old = find_metric(baseline, check, t.metric)
+                old = find_metric(baseline, check, t.metric, "baseline report")
                 if old is None:
                     rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop, True,
                                            "not in the baseline"))

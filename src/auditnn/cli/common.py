@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from ..report.tables import Table
 
@@ -39,11 +40,12 @@ def output_dir(out: Path | None, rid: str) -> Path:
 
 
 def render_table(table: Table) -> RichTable:
-    rich_table = RichTable(title=table.title, title_justify="left", header_style="bold")
+    """Titles and cells hold user text (class and check names): shown literally, never read as rich markup."""
+    rich_table = RichTable(title=Text(table.title), title_justify="left", header_style="bold")
     for column in table.columns:
-        rich_table.add_column(column, overflow="fold")
+        rich_table.add_column(Text(column), overflow="fold")
     for row in table.rows:
-        rich_table.add_row(*row)
+        rich_table.add_row(*(Text(cell) for cell in row))
     return rich_table
 
 

@@ -7,41 +7,59 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from ..audit import run_audit
+from ..errors import AuditError
 from ..gate import judge, load_policy
 from ..io import atomic_write_text, output_folder, staged_folder
 from ..report.html import to_html
 from ..report.schema import load_report
-from ..report.tables import fmt, report_tables
+from ..report.tables import bound_symbol, fmt, report_tables
 from ..report.writers import load_pictures, to_junit, verdict_markdown, write_report
 from ..runtime import environment, resolve_device
 from .common import Consoles, epoch_progress, output_dir, render_table, run_id
 
 EXIT_GATE_FAILED = 1
+DEFAULT_MAX_DROP = 0.02  # the most a gated share may worsen against the baseline, in [0, 1]
 report_app = typer.Typer(help="Show or render an existing report.", no_args_is_help=True, add_completion=False)
 
 
 def render_verdict(verdict: dict) -> RichTable:
+    """The verdict as a rich table; check names and notes are user text, shown literally (never read as markup)."""
     status = "[bold green]PASS[/]" if verdict["passed"] else "[bold red]FAIL[/]"
     table = RichTable(title=f"Verdict: {status}", title_justify="left", header_style="bold")
     for column in ("check", "metric", "measured", "threshold", "result"):
         table.add_column(column, overflow="fold")
     for r in verdict["rows"]:
-        bound = {"min": ">=", "max": "<="}.get(r["bound"], r["bound"])
-        result = "[green]pass[/]" if r["passed"] else "[red]FAIL[/]"
-        note = f" ({r['note']})" if r["note"] else ""
-        table.add_row(r["check"], r["metric"], fmt(r["measured"]), f"{bound} {fmt(r['threshold'])}", result + note)
+        result = Text.from_markup("[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
+        if r["note"]:
+            result.append(f" ({r['note']})")
+        table.add_row(Text(r["check"]), Text(r["metric"]), fmt(r["measured"]),
+                      Text(f"{bound_symbol(r['bound'])} {fmt(r['threshold'])}"), result)
     return table
 
 
-def _step_summary(markdown: str) -> None:
-    """GitHub Actions shows what is appended to $GITHUB_STEP_SUMMARY on the run's page."""
+def _print_warnings(console: Console, warnings: list[dict[str, str]]) -> None:
+    for warning in warnings:
+        console.print(Text.assemble(("warning", "bold yellow"), f" {warning['code']}: {warning['message']}"))
+
+
+def _step_summary(consoles: Consoles, markdown: str) -> None:
+    """GitHub Actions shows what is appended to $GITHUB_STEP_SUMMARY on the run's page. A summary that cannot be
+    written is a warning, not an error: the report is written and the exit code must stay the verdict's (exit 2
+    would turn a failing gate into 'bad input' and a passing one into a failure over a convenience copy)."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
-    if target:
+    if not target:
+        return
+    try:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(markdown + "\n")
+    except OSError as exc:
+        consoles.err.print(f"warning: $GITHUB_STEP_SUMMARY '{target}' cannot be written ({exc.strerror or exc}); "
+                           "the verdict is in the report", markup=False, soft_wrap=True)
 
 
 def audit(
@@ -64,9 +82,8 @@ def audit(
     for table in report_tables(report):
         consoles.out.print(render_table(table))
     consoles.out.print(render_verdict(verdict.to_dict()))
-    for warning in report.warnings:
-        consoles.err.print(f"[bold yellow]warning[/] {warning['code']}: {warning['message']}")
-    _step_summary(verdict_markdown(verdict.to_dict()))
+    _print_warnings(consoles.err, report.warnings)
+    _step_summary(consoles, verdict_markdown(verdict.to_dict()))
     consoles.note(f"report written to {out_dir}/ (report.json, report.html, junit.xml, metrics.csv, summary.md)")
     if not verdict.passed:
         consoles.note(f"failed: {', '.join(verdict.failed_checks())}")
@@ -77,23 +94,27 @@ def gate(
     report_file: Annotated[Path, typer.Argument(help="A report.json written by auditnn.")],
     policy: Annotated[Path, typer.Option(help="The audit file whose checks and thresholds judge the report.")],
     baseline: Annotated[Optional[Path], typer.Option(help="An older report.json (the main branch's, say) to compare with.")] = None,
-    max_drop: Annotated[float, typer.Option(help="With --baseline: the most a gated metric may worsen.")] = 0.02,
+    max_drop: Annotated[Optional[float], typer.Option(
+        help=f"With --baseline: the most a gated metric may worsen (default {DEFAULT_MAX_DROP}).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for junit.xml and verdict.md.")] = None,
     exit_zero: Annotated[bool, typer.Option(help="Report failing checks but exit 0.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> int:
     """Re-judge an existing report against an audit file's thresholds (and a baseline), without recomputing."""
     consoles = Consoles(quiet)
+    if max_drop is not None and baseline is None:
+        raise AuditError(f"--max-drop {max_drop:g} needs --baseline; give --baseline REPORT.json or leave --max-drop out")
     rules = load_policy(policy)
     report = load_report(report_file)
     old = load_report(baseline) if baseline is not None else None
-    verdict = judge(report, rules, baseline=old, max_drop=max_drop if old is not None else None).to_dict()
+    drop = (DEFAULT_MAX_DROP if max_drop is None else max_drop) if old is not None else None
+    verdict = judge(report, rules, baseline=old, max_drop=drop).to_dict()
     if out is not None:
         with output_folder(out) as folder:
             atomic_write_text(folder / "junit.xml", to_junit(report, verdict))
             atomic_write_text(folder / "verdict.md", verdict_markdown(verdict) + "\n")
     consoles.out.print(render_verdict(verdict))
-    _step_summary(verdict_markdown(verdict))
+    _step_summary(consoles, verdict_markdown(verdict))
     if not verdict["passed"]:
         consoles.note(f"failed: {', '.join(verdict['failed_checks'])}")
     return 0 if verdict["passed"] or exit_zero else EXIT_GATE_FAILED
@@ -108,8 +129,7 @@ def show(report_file: Annotated[Path, typer.Argument(help="A report.json written
         consoles.out.print(render_table(table))
     if "verdict" in report.results:
         consoles.out.print(render_verdict(report.results["verdict"]))
-    for warning in report.warnings:
-        consoles.out.print(f"[bold yellow]warning[/] {warning['code']}: {warning['message']}")
+    _print_warnings(consoles.out, report.warnings)
 
 
 @report_app.command("html")
@@ -120,5 +140,7 @@ def html(
     """Render the self-contained HTML page (pictures embedded) for a report."""
     report = load_report(report_file)
     target = out or report_file.parent / "report.html"
+    if target.is_dir():
+        raise AuditError(f"HTML file '{target}' is a folder; allowed: the path of the HTML file to write (--out FILE)")
     atomic_write_text(target, to_html(report, load_pictures(report, report_file.parent)))
     Consoles().out.print(f"HTML report written to {target}", markup=False)

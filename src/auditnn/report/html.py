@@ -11,7 +11,7 @@ import torch
 from ..values import fmt_eps
 from . import plots
 from .schema import Report
-from .tables import Table, fmt, report_tables
+from .tables import Table, attack_setting, bound_symbol, fmt, report_tables
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;padding:0 1rem}
@@ -41,9 +41,9 @@ def _verdict(verdict: dict[str, Any]) -> str:
     rows = []
     for r in verdict["rows"]:
         result = '<span class="pass">pass</span>' if r["passed"] else '<span class="fail">FAIL</span>'
-        bound = {"min": ">=", "max": "<="}.get(r["bound"], r["bound"])
-        rows.append(f"<tr><td>{escape(r['check'])}</td><td>{escape(r['metric'])}</td><td>{fmt(r['measured'])}</td>"
-                    f"<td>{escape(bound)} {fmt(r['threshold'])}</td><td>{result}</td><td>{escape(r['note'])}</td></tr>")
+        cells = [r["check"], r["metric"], fmt(r["measured"]), f"{bound_symbol(r['bound'])} {fmt(r['threshold'])}"]
+        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells)
+                    + f"<td>{result}</td><td>{escape(r['note'])}</td></tr>")
     return ("<table><tr><th>check</th><th>metric</th><th>measured</th><th>threshold</th><th>result</th><th>note</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -93,7 +93,7 @@ def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: 
     rows = report.results.get("attack", {}).get("rows", [])
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in rows:
-        xs, ys = series.setdefault(f"{r['method']} {r['norm']} ({r['steps']} steps)", ([], []))
+        xs, ys = series.setdefault(attack_setting(r), ([], []))
         xs.append(r["eps"])
         ys.append(r["robust_accuracy"])
     if any(len(xs) > 1 for xs, _ in series.values()):
@@ -107,12 +107,15 @@ def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: 
         grid = plots.image_grid([("original", clean, [f"y={y}" for y in labels]),
                                  ("adversarial", adversarial, [f"pred={p}" for p in preds])])
         out.append(_img(grid, "adversarial examples", f"{prefix.removeprefix('attack/')}: originals and adversarial examples at the largest eps."))
-    if "patch/patch" in pictures:
-        patch = pictures["patch/patch"] * pictures["patch/mask"]
-        out.append(_img(plots.image_grid([("patch", patch[None], ["learned patch"])]), "learned patch", "The universal patch."))
-        if "patch/images" in pictures:
-            preds = _names(classes, pictures["patch/predictions"])
-            out.append(_img(plots.image_grid([("patched", pictures["patch/images"], [f"pred={p}" for p in preds])]),
+    # keys: patch/<picture> (the attack command) or patch/<check name>/<picture> (an audit, one patch per check)
+    for prefix in sorted({k.rsplit("/", 1)[0] for k in pictures if k.startswith("patch/") and k.endswith("/patch")}):
+        name = prefix.removeprefix("patch").removeprefix("/")
+        patch = pictures[f"{prefix}/patch"] * pictures[f"{prefix}/mask"]
+        out.append(_img(plots.image_grid([("patch", patch[None], ["learned patch"])]), "learned patch",
+                        f"{name}: the universal patch." if name else "The universal patch."))
+        if f"{prefix}/images" in pictures:
+            preds = _names(classes, pictures[f"{prefix}/predictions"])
+            out.append(_img(plots.image_grid([("patched", pictures[f"{prefix}/images"], [f"pred={p}" for p in preds])]),
                             "patched images", "Held-out images with the patch and the model's answers."))
     weights = pictures.get("model/first_layer")
     if weights is not None:
@@ -143,7 +146,7 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>auditnn {escape(report.command)}: {escape(report.run_id)}</title><style>{STYLE}</style></head><body>",
         f"<h1>auditnn {escape(report.command)} <span class='meta'>{escape(report.run_id)}</span></h1>",
-        f"<p class='meta'>seed {report.seed} · device {escape(str(env.get('device', '?')))} "
+        f"<p class='meta'>seed {escape(str(report.seed))} · device {escape(str(env.get('device', '?')))} "
         f"({escape(str(env.get('device_name', '?')))}) · torch {escape(str(env.get('torch', '?')))} · "
         f"auditnn {escape(str(env.get('auditnn', '?')))} · {escape(report.created)}</p>",
     ]
@@ -161,6 +164,6 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
     if figures:
         parts.append("<h2>Pictures</h2>")
         parts += figures
-    parts.append(f"<p class='meta'>{len(report.metrics)} metrics in report.json and metrics.csv. "
+    parts.append(f"<p class='meta'>{escape(str(len(report.metrics)))} metrics in report.json and metrics.csv. "
                  f"Radii such as {escape(fmt_eps(8 / 255))} are in pixel units of [0, 1].</p></body></html>")
     return "\n".join(parts)

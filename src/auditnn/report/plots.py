@@ -12,6 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _plain(text: str) -> str:
+    """Text drawn literally: matplotlib reads a pair of '$' as mathtext (and fails on malformed TeX)."""
+    return text.replace("$", r"\$")
+
+
 def _png(fig) -> bytes:  # noqa: ANN001
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -44,19 +49,19 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor, Sequence[str]]], overlays
             if overlays and r in overlays:
                 heat = overlays[r][c].float()
                 ax.imshow((heat / heat.max().clamp(min=1e-12)).numpy(), cmap="inferno", alpha=0.6, interpolation="nearest")
-            ax.set_title(captions[c], fontsize=7)
-        axes[r][0].set_ylabel(title, fontsize=8)
+            ax.set_title(_plain(captions[c]), fontsize=7)
+        axes[r][0].set_ylabel(_plain(title), fontsize=8)
     return _png(fig)
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker="o", label=_plain(name))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_plain(title), fontsize=10)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -80,5 +85,5 @@ def weight_grid(weights: torch.Tensor, title: str) -> bytes:
                 ax.imshow(picture.numpy(), cmap="coolwarm", vmin=-scale, vmax=scale, interpolation="nearest")
             else:
                 ax.imshow((picture / (2 * scale) + 0.5).clamp(0, 1).numpy(), interpolation="nearest")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_plain(title), fontsize=9)
     return _png(fig)

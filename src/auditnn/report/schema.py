@@ -18,7 +18,8 @@ from ..io import read_json
 SCHEMA = "auditnn.report"
 SCHEMA_VERSION = 1
 # Label columns of a tidy metric row, in CSV order; a row leaves out those that do not apply.
-LABELS = ("section", "metric", "group", "attribute", "tag", "rho", "method", "norm", "eps", "steps")
+LABELS = ("section", "metric", "check", "group", "attribute", "tag", "rho", "method", "norm", "eps", "steps", "target",
+          "restarts")
 
 
 @dataclass
@@ -62,17 +63,145 @@ def metric_row(section: str, metric: str, value: float | None, **labels: Any) ->
     return row
 
 
+# ---------------------------------------------------------------- reading a report back
+
+# Report files travel between CI jobs and come from forks: every field a reader uses is checked for its type before
+# anything renders it. A spec is a type name below, a one-item list (a list of that spec), or a dict of key -> spec
+# (a key ending in '?' may be absent; keys the spec does not name are allowed, as later versions add fields).
+STR, INT, NUM, NUM_OR_NULL, BOOL, ANY = "a string", "an integer", "a number", "a number or null", "true or false", "any"
+STR_OR_NULL, INT_OR_NULL, TARGET = "a string or null", "an integer or null", "a class index, 'random' or null"
+SCALAR = "a string, a number, true, false or null"
+TABLE = "a table of names to values"
+BOUNDS = ("min", "max", "max drop")
+DATA = {"classes?": [STR], "n_test?": INT}
+METRIC_LABELS = {"section": STR, "metric": STR, "value": NUM_OR_NULL, "group?": STR, "attribute?": STR, "tag?": STR,
+                 "rho?": NUM, "method?": STR, "norm?": STR, "eps?": NUM, "steps?": INT, "check?": STR,
+                 "target?": TARGET, "restarts?": INT, "*": SCALAR}
+SECTIONS: dict[str, dict[str, Any]] = {
+    "verdict": {"passed": BOOL, "failed_checks": [STR], "rows": [{
+        "check": STR, "kind": STR, "metric": STR, "measured": NUM_OR_NULL, "bound": BOUNDS, "threshold": NUM,
+        "passed": BOOL, "note": STR}]},
+    "clean": {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR},
+    "attack": {"model": STR, "data": DATA, "rows": [{
+        "method": STR, "norm": STR, "eps": NUM, "steps": INT, "check?": STR, "target?": TARGET, "restarts?": INT,
+        **{k: NUM_OR_NULL for k in ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation",
+                                    "max_perturbation", "seconds", "images_per_second")}}]},
+    "shortcut": {"rows": [{
+        "rho": NUM, "check?": STR, "training?": ANY,
+        "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
+        "metrics": {"worst_group": STR, **{k: NUM_OR_NULL for k in (
+            "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
+            "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share")}}}]},
+    "patch": {"target": INT_OR_NULL, "shape": STR, "size": NUM, "steps": INT, "optimization_seconds": NUM,
+              "model": STR, "data?": DATA, "check?": STR,
+              **{k: NUM_OR_NULL for k in ("accuracy_clean", "accuracy_with_patch", "accuracy_with_noise_patch",
+                                          "target_success_rate", "noise_target_success_rate")}},
+    "sensitivity": {"tag": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR,
+                    "flip_rate": NUM_OR_NULL, "toward_rate": NUM_OR_NULL, "accuracy_without_tag": NUM_OR_NULL,
+                    "variants": [{"tag_class": STR, "top_destination": STR, "flip_rate": NUM_OR_NULL,
+                                  "toward_rate": NUM_OR_NULL, "accuracy_with_tag": NUM_OR_NULL}]},
+    "groups": {"attribute": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR, "worst_group": STR,
+               "associated_class": {"*": STR}, "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
+               **{k: NUM_OR_NULL for k in ("accuracy", "worst_group_accuracy", "aligned_accuracy",
+                                           "conflicting_accuracy", "gap", "agreement_rate")}},
+}
+REPORT_FIELDS: dict[str, Any] = {
+    "command": STR, "run_id": STR, "config": {}, "environment": {}, "seed": INT, "results": {}, "metrics": [METRIC_LABELS],
+    "timings?": {"*": NUM}, "warnings?": [{"code": STR, "message": STR, "*": SCALAR}], "pictures?": STR_OR_NULL,
+    "created?": STR, "schema": STR, "schema_version": INT,
+}
+
+
+def _is_number(value: Any) -> bool:
+    """JSON numbers auditnn writes: never NaN or infinity (those are written as null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _fits_type(value: Any, spec: str | tuple[str, ...]) -> bool:
+    if isinstance(spec, tuple):
+        return value in spec
+    return {
+        STR: isinstance(value, str), INT: isinstance(value, int) and not isinstance(value, bool),
+        NUM: _is_number(value), NUM_OR_NULL: value is None or _is_number(value), BOOL: isinstance(value, bool),
+        STR_OR_NULL: value is None or isinstance(value, str),
+        INT_OR_NULL: value is None or (isinstance(value, int) and not isinstance(value, bool)),
+        TARGET: value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
+        SCALAR: value is None or isinstance(value, (str, bool)) or _is_number(value), ANY: True,
+    }[spec]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _validate(value: Any, spec: Any, key: str, where: str) -> None:
+    """Raise an AuditError naming the file, the key (as a path: results.attack.rows[0].eps) and what is allowed."""
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise AuditError(f"{where}: key '{key}' is {_shown(value)}; allowed: a list")
+        for i, item in enumerate(value):
+            _validate(item, spec[0], f"{key}[{i}]", where)
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise AuditError(f"{where}: key '{key}' is {_shown(value)}; allowed: {TABLE}")
+        for name, sub in spec.items():
+            if name == "*":
+                for have, item in value.items():
+                    if have not in spec and have + "?" not in spec:
+                        _validate(item, sub, _join(key, have), where)
+                continue
+            optional = name.endswith("?")
+            name = name.rstrip("?")
+            if name not in value:
+                if optional:
+                    continue
+                raise AuditError(f"{where}: key '{_join(key, name)}' is missing; allowed: {_allowed(sub)}")
+            _validate(value[name], sub, _join(key, name), where)
+    elif not _fits_type(value, spec):
+        raise AuditError(f"{where}: key '{key}' is {_shown(value)}; allowed: {_allowed(spec)}")
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _allowed(spec: Any) -> str:
+    if isinstance(spec, tuple):
+        return " or ".join(f"'{s}'" for s in spec)
+    if isinstance(spec, list):
+        return "a list"
+    return TABLE if isinstance(spec, dict) else spec
+
+
+def validate_report(data: Any, where: str) -> None:
+    """Every field a reader uses has its type; results sections are checked by their kind (an audit keys a check's
+    section 'sensitivity/<check name>'); any section's data.classes are strings."""
+    _validate(data, REPORT_FIELDS, "", where)
+    for name, section in data["results"].items():
+        key = f"results.{name}"
+        spec = SECTIONS.get(name.split("/", 1)[0])
+        if spec is not None:
+            _validate(section, spec, key, where)
+        elif isinstance(section, dict):
+            _validate(section, {"data?": DATA}, key, where)
+
+
 def load_report(path: str | Path) -> Report:
-    """Read report.json, refusing other schemas and unknown versions with the file named."""
+    """Read report.json, refusing other schemas, unknown versions and fields of the wrong type with the file and
+    the key named."""
     path = Path(path)
-    data = read_json(path, "report", "give a report.json written by auditnn")
+    try:
+        data = read_json(path, "report", "give a report.json written by auditnn")
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting deeper than Python's stack
+        raise AuditError(f"report '{path}' is not a JSON file auditnn reads ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise AuditError(f"report '{path}' is not an auditnn report (key 'schema' must be '{SCHEMA}')")
     version = data.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise AuditError(f"report '{path}' has schema_version {version!r}; allowed: 1 .. {SCHEMA_VERSION}")
+    validate_report(data, f"report '{path}'")
     known = set(Report.__dataclass_fields__)
-    try:
-        return Report(**{k: v for k, v in data.items() if k in known})
-    except TypeError as exc:
-        raise AuditError(f"report '{path}' is missing fields ({exc})") from None
+    return Report(**{k: v for k, v in data.items() if k in known})

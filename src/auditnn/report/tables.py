@@ -16,12 +16,30 @@ class Table:
     rows: list[list[str]]
 
 
-def fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: float | int | None, digits: int = 3) -> str:
+    """A measured number for a table: floats to `digits` places, '-' for none. Anything else is a bug upstream
+    (load_report checks every field's type), never text to pass through into a page."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"fmt() takes a number or None, not {type(value).__name__}")
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def bound_symbol(bound: str) -> str:
+    """How a verdict row's bound reads: '>=' for min, '<=' for max, else as recorded ('max drop')."""
+    return {"min": ">=", "max": "<="}.get(bound, bound)
+
+
+def attack_setting(row: dict[str, Any]) -> str:
+    """'PGD linf, 10 steps' plus the target and restarts where they are set: what tells two attack runs apart."""
+    steps = row["steps"]
+    text = f"{row['method'].upper()} {row['norm']}, {steps} step{'s' if steps != 1 else ''}"
+    if row.get("target") is not None:
+        text += f", target {row['target']}"
+    if row.get("restarts", 1) != 1:
+        text += f", {row['restarts']} restarts"
+    return text
 
 
 SHORTCUT_ROWS = (  # (metric key, label shown)
@@ -42,7 +60,7 @@ SHORTCUT_ROWS = (  # (metric key, label shown)
 def shortcut_tables(section: dict[str, Any]) -> list[Table]:
     """One column per rho, one row per metric: narrow enough for a terminal whatever the sweep."""
     runs = section["rows"]
-    columns = ["metric"] + [f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r["training"] is None else "") for r in runs]
+    columns = ["metric"] + [f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r.get("training") is None else "") for r in runs]
     rows = [[label] + [fmt(r["metrics"][key]) for r in runs] for key, label in SHORTCUT_ROWS]
     rows.insert(5, ["worst group (label x shortcut)"] + [r["metrics"]["worst_group"] for r in runs])
     first = runs[0]["dataset"]
@@ -51,23 +69,29 @@ def shortcut_tables(section: dict[str, Any]) -> list[Table]:
 
 
 def attack_tables(section: dict[str, Any]) -> list[Table]:
-    """One table per (method, norm, steps), one row per eps."""
+    """One table per attack setting (method, norm, steps, target, restarts), one row per eps; an audit's rows also
+    name their check."""
     tables = []
-    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for r in section["rows"]:
-        runs.setdefault((r["method"], r["norm"], r["steps"]), []).append(r)
-    for (method, norm, steps), rows in runs.items():
-        columns = ["eps", "clean acc", "robust acc", "success", "mean |d|", "max |d|", "time s", "img/s"]
+        runs.setdefault(attack_setting(r), []).append(r)
+    for setting, rows in runs.items():
+        named = any("check" in r for r in rows)
+        columns = ["check"] * named + ["eps", "clean acc", "robust acc", "success", "mean |d|", "max |d|", "time s", "img/s"]
         body = [
-            [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]), fmt(r["success_rate"]),
-             fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
-             f"{r['images_per_second']:,.0f}"]
+            [r.get("check", "-")] * named
+            + [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]), fmt(r["success_rate"]),
+               fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
+               "-" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}"]
             for r in rows
         ]
-        title = (f"Robust accuracy: {method.upper()} {norm}, {steps} step{'s' if steps > 1 else ''} "
-                 f"({section['data']['n_test']} test images, model {section['model']})")
+        title = f"Robust accuracy: {setting} ({section['data']['n_test']} test images, model {section['model']})"
         tables.append(Table(title, columns, body))
     return tables
+
+
+def _of_check(section: dict[str, Any]) -> str:
+    return f" (check '{section['check']}')" if "check" in section else ""
 
 
 def patch_tables(section: dict[str, Any]) -> list[Table]:
@@ -78,7 +102,7 @@ def patch_tables(section: dict[str, Any]) -> list[Table]:
         ["classified as target", fmt(section["target_success_rate"]), fmt(section["noise_target_success_rate"])],
     ]
     title = (f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
-             f"{section['steps']} steps ({section['optimization_seconds']:.1f} s)")
+             f"{section['steps']} steps ({section['optimization_seconds']:.1f} s){_of_check(section)}")
     return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
 
 
@@ -87,7 +111,7 @@ def sensitivity_tables(section: dict[str, Any]) -> list[Table]:
             for v in section["variants"]]
     rows.append(["mean", fmt(section["flip_rate"]), fmt(section["toward_rate"]), "-", "-"])
     title = (f"Planted-tag sensitivity: {section['tag']} on {section['n']} images, model {section['model']} "
-             f"(accuracy without the tag {fmt(section['accuracy_without_tag'])})")
+             f"(accuracy without the tag {fmt(section['accuracy_without_tag'])}){_of_check(section)}")
     return [Table(title, ["tag of class", "answers changed", "moved to the tag's class", "accuracy with tag",
                           "most changed to"], rows)]
 
@@ -103,7 +127,8 @@ def groups_tables(section: dict[str, Any]) -> list[Table]:
         ["attribute's class", ", ".join(f"{k}: {v}" for k, v in section["associated_class"].items())],
     ]
     groups = [[g["group"], str(g["n"]), fmt(g["accuracy"])] for g in sorted(section["groups"], key=lambda g: g["accuracy"])]
-    title = f"Groups by '{section['attribute']}' ({section['n']} annotated images, model {section['model']})"
+    title = (f"Groups by '{section['attribute']}' ({section['n']} annotated images, model {section['model']})"
+             f"{_of_check(section)}")
     return [Table(title, ["metric", "value"], summary), Table("Accuracy per group (label x attribute)", ["group", "n", "accuracy"], groups)]
 
 
@@ -113,9 +138,16 @@ SECTION_TABLES: dict[str, Callable[[dict[str, Any]], list[Table]]] = {
 }
 
 
+def section_kind(key: str) -> str:
+    """The kind of a results section: its key, or what comes before '/' in an audit's per-check key
+    ('sensitivity/<check name>')."""
+    return key.split("/", 1)[0]
+
+
 def report_tables(report: Report) -> list[Table]:
     tables: list[Table] = []
     for name, section in report.results.items():
-        if name in SECTION_TABLES:
-            tables.extend(SECTION_TABLES[name](section))
+        kind = section_kind(name)
+        if kind in SECTION_TABLES:
+            tables.extend(SECTION_TABLES[kind](section))
     return tables

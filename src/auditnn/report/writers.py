@@ -9,17 +9,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..errors import AuditError
 from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, safe_torch_load
 from .schema import LABELS, Report
-from .tables import Table, fmt, report_tables
+from .tables import Table, bound_symbol, fmt, report_tables
 
 PICTURES = "pictures.pt"
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:
     """One row per metric and labels (group, rho, method, ...): the tidy view of every number."""
-    frame = pd.DataFrame(report.to_dict()["metrics"])
-    columns = [c for c in LABELS if c in frame.columns] + ["value"]
+    frame = pd.DataFrame(report.to_dict()["metrics"], dtype=object)  # object: steps stay 10, not 10.0, beside gaps
+    # Known labels in their order, then any label a newer writer added: a column is never dropped silently.
+    columns = [c for c in LABELS if c in frame.columns] + [c for c in frame.columns if c not in LABELS and c != "value"]
+    columns.append("value")
     return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=["section", "metric", "value"])
 
 
@@ -29,16 +32,33 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# Characters that Markdown (GitHub's, in PR comments and step summaries) would read as markup: emphasis, links and
+# images, tables, headings, mentions, code, strike-through; '<', '>' and '&' become entities so no HTML gets through.
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_SPECIAL = set("\\`*_[]|#@!~")
+
+
+def md_text(text: str) -> str:
+    """A user string (check, class or attribute name, a message) shown literally in Markdown, on one line."""
+    out = []
+    for char in text:
+        if char in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[char])
+        elif char in _MD_SPECIAL:
+            out.append("\\" + char)
+        elif char in "\r\n":
+            out.append(" ")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def markdown_table(table: Table) -> str:
     lines = [
-        "| " + " | ".join(_md_escape(c) for c in table.columns) + " |",
+        "| " + " | ".join(md_text(c) for c in table.columns) + " |",
         "|" + "|".join("---" for _ in table.columns) + "|",
     ]
-    lines += ["| " + " | ".join(_md_escape(cell) for cell in row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in table.rows]
     return "\n".join(lines)
 
 
@@ -46,29 +66,25 @@ def verdict_markdown(verdict: dict) -> str:
     status = "PASS" if verdict["passed"] else "FAIL"
     lines = [f"## Verdict: {status}", "", "| check | metric | measured | threshold | result |", "|---|---|---|---|---|"]
     for r in verdict["rows"]:
-        bound = {"min": ">=", "max": "<="}.get(r["bound"], r["bound"])
         mark = "pass" if r["passed"] else "**FAIL**"
-        note = f" ({r['note']})" if r["note"] else ""
-        lines.append(f"| {_md_escape(r['check'])} | {r['metric']} | {fmt(r['measured'])} | {bound} {fmt(r['threshold'])} | "
-                     f"{mark}{_md_escape(note)} |")
+        note = md_text(f" ({r['note']})") if r["note"] else ""
+        lines.append(f"| {md_text(r['check'])} | {md_text(r['metric'])} | {fmt(r['measured'])} | "
+                     f"{bound_symbol(r['bound'])} {fmt(r['threshold'])} | {mark}{note} |")
     return "\n".join(lines)
 
 
 def to_markdown(report: Report) -> str:
     env = report.environment
-    parts = [
-        f"# auditnn {report.command}: {report.run_id}",
-        "",
-        f"seed {report.seed} · device {env.get('device', '?')} ({env.get('device_name', '?')}) · "
-        f"torch {env.get('torch', '?')} · auditnn {env.get('auditnn', '?')} · {report.created}",
-    ]
+    header = (f"seed {report.seed} · device {env.get('device', '?')} ({env.get('device_name', '?')}) · "
+              f"torch {env.get('torch', '?')} · auditnn {env.get('auditnn', '?')} · {report.created}")
+    parts = [f"# auditnn {md_text(report.command)}: {md_text(report.run_id)}", "", md_text(header)]
     if "verdict" in report.results:
         parts += ["", verdict_markdown(report.results["verdict"])]
     for table in report_tables(report):
-        parts += ["", f"## {table.title}", "", markdown_table(table)]
+        parts += ["", f"## {md_text(table.title)}", "", markdown_table(table)]
     if report.warnings:
         parts += ["", "## Warnings", ""]
-        parts += [f"- **{w['code']}**: {_md_escape(w['message'])}" for w in report.warnings]
+        parts += [f"- **{md_text(w['code'])}**: {md_text(w['message'])}" for w in report.warnings]
     return "\n".join(parts) + "\n"
 
 
@@ -86,12 +102,12 @@ def to_junit(report: Report, verdict: dict) -> str:
         case = ET.SubElement(suite, "testcase", classname=f"auditnn.{rows[0]['kind']}", name=name,
                              time=f"{report.timings.get(name, 0.0):.3f}")
         missed = [r for r in rows if not r["passed"]]
-        lines = [f"{r['metric']}: measured {fmt(r['measured'])}, {r['bound']} {fmt(r['threshold'])}"
+        lines = [f"{r['metric']}: measured {fmt(r['measured'])}, {bound_symbol(r['bound'])} {fmt(r['threshold'])}"
                  + (f" ({r['note']})" if r["note"] else "") for r in rows]
         if missed:
             first = missed[0]
             failure = ET.SubElement(case, "failure", type="threshold",
-                                    message=f"{first['metric']} {fmt(first['measured'])} misses {first['bound']} {fmt(first['threshold'])}")
+                                    message=f"{first['metric']} {fmt(first['measured'])} misses {bound_symbol(first['bound'])} {fmt(first['threshold'])}")
             failure.text = "\n".join(lines)
         else:
             ET.SubElement(case, "system-out").text = "\n".join(lines)
@@ -100,11 +116,23 @@ def to_junit(report: Report, verdict: dict) -> str:
 
 
 def load_pictures(report: Report, report_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors the HTML page draws, if the report has them (read with weights_only=True)."""
+    """The tensors the HTML page draws, if the report has them (read with weights_only=True). The file must lie in
+    the report's folder: a report.json from elsewhere does not get to open '../x' or '/etc/passwd'."""
     if not report.pictures:
         return {}
-    path = Path(report_dir) / report.pictures
-    return safe_torch_load(path, "report pictures") if path.is_file() else {}
+    folder = Path(report_dir).resolve()
+    path = (folder / report.pictures).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        raise AuditError(f"report in '{report_dir}': key 'pictures' is {report.pictures!r}; "
+                         "allowed: a file inside the report's folder")
+    if not path.is_file():
+        return {}
+    pictures = safe_torch_load(path, "report pictures")
+    if not isinstance(pictures, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in pictures.items()):
+        raise AuditError(f"report pictures '{path}' are not a dict of named tensors; allowed: the pictures.pt "
+                         "auditnn wrote beside report.json")
+    return pictures
 
 
 def write_report(
