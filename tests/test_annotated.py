@@ -207,3 +207,24 @@ def test_the_cli_says_the_background_tag_makes_rgb_images_for_a_grayscale_model(
                            "--data", "tensors:birds.pt", "--device", "cpu", "--out", "bg")
     assert_usage_error(code, err, "tag 'background' makes the images RGB", "takes 1 channel")
     assert files_under(birds_project / "bg") == []
+
+
+def test_an_audit_file_groups_check_takes_the_association_and_judges_its_gap(capsys, birds_project):
+    """The audit file's `associate` and `associate_from` reach the measurement: the gate judges the gap of the given
+    association (0.5, hand-computed above), and the majority rule's warning reaches report.warnings."""
+    (birds_project / "train_meta.csv").write_text("index,label,place\n0,waterbird,water\n1,landbird,land\n")
+    audit = """[model]\nsource = "factory:birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
+[[check]]\nkind = "groups"\nname = "given"\ngroups = "meta.csv"\nattribute = "place"
+associate = "water:waterbird,land:landbird"\nmax_gap = 0.49\n
+[[check]]\nkind = "groups"\nname = "from training csv"\ngroups = "meta.csv"\nattribute = "place"
+associate_from = "train_meta.csv"\nmax_gap = 0.51\n
+[[check]]\nkind = "groups"\nname = "majority"\ngroups = "meta.csv"\nattribute = "place"\nmax_gap = 0.51\n"""
+    (birds_project / "audit.toml").write_text(audit)
+    code, out, err = run_cli(capsys, "audit", "audit.toml", "--out", "gate")
+    assert code == 1, err  # the given association's gap 0.5 exceeds 0.49
+    report = json.loads((birds_project / "gate" / "report.json").read_text())
+    gaps = {row["check"]: row["value"] for row in report["metrics"] if row["metric"] == "gap"}
+    assert gaps == pytest.approx({"given": 0.5, "from training csv": 0.5, "majority": 7 / 12 - 3 / 4})
+    verdict = {row["check"]: row["passed"] for row in report["results"]["verdict"]["rows"]}
+    assert verdict == {"given": False, "from training csv": True, "majority": True}
+    assert [(w["check"], w["code"]) for w in report["warnings"]] == [("majority", "association_from_evaluated_images")]

@@ -21,7 +21,7 @@ from .models.load import first_layer_pictures
 from .report.schema import Report, metric_row
 from .models.user import UserModelSpec, split_model_spec
 from .runtime import resolve_device, seed_everything
-from .shortcut.annotated import annotated_metrics, read_groups, tag_sensitivity
+from .shortcut.annotated import annotated_metrics, load_association, read_groups, tag_sensitivity
 from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
 from .shortcut.user import groups_rows, sensitivity_rows
 from .subject import EvalData, check_model_spec, load_eval_data, resolve_model
@@ -128,7 +128,9 @@ def _measure(
     if check.kind == "groups":
         images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
         notes = read_groups(s["groups"], s["attribute"], images)
-        measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes)
+        association = load_association(notes, data.classes, s.get("associate"), s.get("associate_from"))
+        measured = annotated_metrics(predict(model, data.test_images), data.test_labels, notes, data.classes,
+                                     association=association)
         return groups_rows(measured), {**measured.to_dict(), "model": source, "data": described}, {}
     config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
     config.validate(data.num_classes)
@@ -180,9 +182,9 @@ def run_audit(
             with _naming(policy, check):
                 rows, section, found = _measure(check, model, data, source, described, seed, device, run_id)
             metrics += _stamped(rows, check)
+            warnings += [{**w, "check": check.name} for w in section.get("warnings", [])]
             if check.kind == "attack":
                 attack_rows += _stamped(section["rows"], check)
-                warnings += [{**w, "check": check.name} for w in section["warnings"]]
             else:
                 results[_section_key(check)] = {**section, "check": check.name}
             pictures.update(found)

@@ -31,7 +31,7 @@ KIND_SETTINGS: dict[str, dict[str, str]] = {
                  "target_class": INTEGER, "epochs": INTEGER},
     "patch": {"size": NUMBER, "shape": STRING, "target": INTEGER, "steps": INTEGER},
     "sensitivity": {"tag": STRING, "size": INTEGER, "opacity": NUMBER, "position": STRING, "target_class": INTEGER},
-    "groups": {"groups": STRING, "attribute": STRING},
+    "groups": {"groups": STRING, "attribute": STRING, "associate": STRING, "associate_from": STRING},
 }
 KIND_THRESHOLDS: dict[str, dict[str, tuple[str, str]]] = {
     "clean": {"min_accuracy": ("accuracy", "min")},
@@ -198,8 +198,9 @@ def load_policy(path: str | Path) -> Policy:
         raise AuditError(f"{where}: no [[check]] entries; allowed: one or more of kind {allowed(KIND_SETTINGS)}")
     checks = [_parse_check(raw, i + 1, where) for i, raw in enumerate(raw_checks)]
     for check in checks:
-        if "groups" in check.settings:
-            check.settings["groups"] = _resolve_path(check.settings["groups"], base)
+        for key in ("groups", "associate_from"):
+            if key in check.settings:
+                check.settings[key] = _resolve_path(check.settings[key], base)
     names = [c.name for c in checks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:

@@ -53,6 +53,8 @@ SHORTCUT_ROWS = (  # (metric key, label shown)
     ("swap_flip_rate", "flips when shortcut swapped"),
     ("remove_flip_rate", "flips when shortcut removed"),
     ("attribution_mass", "attribution inside shortcut"),
+    ("attribution_chance", "chance level (shortcut's share of |x|)"),
+    ("attribution_ratio", "attribution / chance"),
     ("mask_share", "shortcut's share of pixels"),
 )
 
