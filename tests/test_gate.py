@@ -59,6 +59,8 @@ BAD = [
     ("[[check]]\nkind='attack'\neps='lots'\nmin_robust_accuracy=0.5", "'lots' is not a number"),
     ("[model]\nsource='cnn'", "no [[check]] entries"),
     ("[[check]]\nkind='clean'\nmin_accuracy=0.5\n[[check]]\nkind='clean'\nmin_accuracy=0.6", "two checks are named 'clean accuracy'"),
+    ("[run]\nseed = 4294967296\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is 4294967296; allowed: 0 to 4294967295"),
+    ("[run]\nseed = -1\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is -1; allowed: 0 to 4294967295"),
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import AuditError, allowed
 from .report.schema import Report
-from .values import fmt_eps, parse_number
+from .values import MAX_SEED, fmt_eps, parse_number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -182,6 +182,9 @@ def load_policy(path: str | Path) -> Policy:
             if not _type_ok(value, schema[key]):
                 raise AuditError(f"{where}: key '{table}.{key}' is {value!r}; allowed: {schema[key]}")
         tables[table] = dict(section)
+    seed = tables["run"].get("seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise AuditError(f"{where}: key 'run.seed' is {seed}; allowed: 0 to {MAX_SEED}")
     base = path.parent
     if "dataset" in tables["data"]:
         tables["data"]["dataset"] = _resolve_path(tables["data"]["dataset"], base)

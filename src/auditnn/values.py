@@ -7,6 +7,10 @@ from fractions import Fraction
 
 from .errors import AuditError
 
+# Seeds are 0 .. 2**32 - 1: numpy's range, and small enough that the per-batch seeds derived from them
+# (seed x 1_000_003 + batch, runtime.batch_generator) stay inside torch's 64 bits.
+MAX_SEED = 2**32 - 1
+
 
 def parse_number(text: str, name: str) -> float:
     """'0.5', '8/255' or '1e-3' -> float; anything else, 'inf', 'nan' and '1e999' (which overflows to inf) included,

@@ -10,7 +10,7 @@ import typer
 from ..data.controlled import BuildConfig, ShortcutConfig
 from ..models.user import UserModelSpec
 from ..train import TrainConfig
-from ..values import parse_number_list, require_finite
+from ..values import MAX_SEED, parse_number_list, require_finite
 
 Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
 Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
@@ -18,9 +18,7 @@ Size = Annotated[Optional[int], typer.Option(help="Stamp/pictogram side in pixel
 Opacity = Annotated[Optional[float], typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
 Position = Annotated[Optional[str], typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
 TargetClass = Annotated[Optional[int], typer.Option(help="Single-class variant: only this class carries the tag.")]
-# 0 .. 2**32 - 1: numpy's range, and small enough that the per-batch seeds derived from it (seed x 1_000_003 + batch)
-# stay inside torch's 64 bits
-Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for data, splits, initialisation and batches.")]
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for data, splits, initialisation and batches.")]
 TestPerClass = Annotated[int, typer.Option(help="Base test images per class (each gets every shortcut variant).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Folder of a torchvision dataset's files.")]
 Download = Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root first.")]
