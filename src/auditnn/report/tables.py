@@ -51,21 +51,29 @@ def shortcut_tables(section: dict[str, Any]) -> list[Table]:
 
 
 def attack_tables(section: dict[str, Any]) -> list[Table]:
-    """One table per (method, norm, steps), one row per eps."""
+    """One table per (method, norm, steps), one row per eps. 'robust acc' is the per-sample worst case over every
+    run at that eps; where sanity runs joined it, each run's own figure has a column."""
     tables = []
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in section["rows"]:
         runs.setdefault((r["method"], r["norm"], r["steps"]), []).append(r)
     for (method, norm, steps), rows in runs.items():
-        columns = ["eps", "clean acc", "robust acc", "success", "mean |d|", "max |d|", "time s", "img/s"]
+        labels = list(dict.fromkeys(k for r in rows for k in r.get("robust_accuracy_per_attack", {})))
+        own = labels if len(labels) > 1 else []
+        columns = ["eps", "clean acc", "robust acc" + (" (worst)" if own else ""), *own, "success", "mean |d|",
+                   "max |d|", "time s", "img/s"]
         body = [
-            [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]), fmt(r["success_rate"]),
+            [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]),
+             *(fmt(r["robust_accuracy_per_attack"].get(k)) for k in own), fmt(r["success_rate"]),
              fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
              f"{r['images_per_second']:,.0f}"]
             for r in rows
         ]
+        left_out = max(r.get("left_out", 0) for r in rows)
+        images = f"{section['data']['n_test']} test images" + (
+            f", {left_out} left out: their label is their target" if left_out else "")
         title = (f"Robust accuracy: {method.upper()} {norm}, {steps} step{'s' if steps > 1 else ''} "
-                 f"({section['data']['n_test']} test images, model {section['model']})")
+                 f"({images}, model {section['model']})")
         tables.append(Table(title, columns, body))
     return tables
 
@@ -79,6 +87,8 @@ def patch_tables(section: dict[str, Any]) -> list[Table]:
     ]
     title = (f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
              f"{section['steps']} steps ({section['optimization_seconds']:.1f} s)")
+    if section.get("images"):
+        title += f"; {section['images']}"
     return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
 
 
