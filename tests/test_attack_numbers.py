@@ -176,6 +176,25 @@ def test_non_finite_gradients_are_zeroed_and_flagged_and_both_norms_finish(digit
     assert attacked.robust_accuracy < clean.robust_accuracy  # the finite entries still steer the attack
 
 
+def test_fgsm_leaves_pixels_with_an_infinite_gradient_where_they_are():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(1, 6, 6, generator=gen)
+    x = 0.3 + 0.4 * torch.rand(16, 1, 6, 6, generator=gen)
+    x[:, :, :2] = 0.0  # black rows: d sqrt(x) / dx is infinite there
+    with torch.no_grad():
+        z = x.sqrt().flatten(1) @ w.flatten()
+        model = SqrtFirst(Linear2(w, -float(z.median()) - 1e-3))  # about half the points on each side
+        y = model(x).argmax(1)
+    assert 0 < y.sum() < len(y)
+    eps = 0.05
+    result = FGSM(eps=eps).run(model, x, y)
+    away = torch.where(y == 1, -1.0, 1.0).view(-1, 1, 1, 1)
+    # sqrt is increasing, so the sign of the gradient is the sign of w where it is finite; 0 (no move) elsewhere
+    expected = torch.where(x > 0, x + away * eps * w.sign(), x)
+    assert torch.allclose(result.adversarial, expected, atol=1e-6)
+    assert result.zero_gradient.all()
+
+
 # ---------------------------------------------------------------- item 12: the huge-eps check says what it checks
 
 class Brightness(nn.Module):

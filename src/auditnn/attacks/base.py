@@ -84,25 +84,29 @@ def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
     return pred != labels if targets is None else pred == targets
 
 
-def input_gradient(
-    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward+backward with respect to the input. Returns (logits, per-sample loss, d loss / d x, non-finite)
-    where the loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the
-    batch). Non-finite gradient entries (a sqrt or log of a black pixel) are set to 0 so that a step stays finite;
-    non-finite: (N,) bool, the points that had any."""
+def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward+backward with respect to the input. Returns (logits, per-sample loss, d loss / d x) where the
+    loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the batch).
+    The gradient may hold NaN or infinite entries (a sqrt or log of a black pixel): pass it through `finite_`
+    before stepping."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x).float()
         losses = per_sample_loss(logits, labels, targets)
         (grad,) = torch.autograd.grad(losses.sum(), x)
-    nonfinite = ~torch.isfinite(grad.flatten(1).sum(1))  # one reduction: a sum is finite only if every entry is
-    return logits.detach(), losses.detach(), torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0), nonfinite
+    return logits.detach(), losses.detach(), grad
 
 
-def unusable_gradient(grad: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the input gradient was all zero or had a non-finite entry (a sign of gradient masking)."""
-    return nonfinite | (grad.flatten(1).abs().amax(1) == 0)
+def unusable_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the input gradient was all zero or had a NaN or infinite entry (a sign of gradient masking)."""
+    flat = grad.flatten(1)
+    return (flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)
+
+
+def finite_(grad: torch.Tensor) -> torch.Tensor:
+    """Set NaN and infinite gradient entries to 0, in place, so that a step (and an L2 normalization) stays finite;
+    one elementwise pass, cheap next to the forward+backward that made the gradient."""
+    return torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

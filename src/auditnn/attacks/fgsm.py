@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import AuditError
-from .base import Attack, input_gradient, register_attack, unusable_gradient
+from .base import Attack, finite_, input_gradient, register_attack, unusable_gradient
 
 
 @register_attack
@@ -22,6 +22,7 @@ class FGSM(Attack):
             raise AuditError(f"method fgsm takes norm linf only, got '{self.norm}'; use pgd for l2")
 
     def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
-        _, _, grad, nonfinite = input_gradient(model, x, y, targets)
-        adv = (x + self.eps * grad.sign()).clamp_(0.0, 1.0)
-        return adv, torch.zeros(len(x), dtype=torch.bool, device=x.device), unusable_gradient(grad, nonfinite), len(x)
+        _, _, grad = input_gradient(model, x, y, targets)
+        zero = unusable_gradient(grad)
+        adv = (x + self.eps * finite_(grad).sign()).clamp_(0.0, 1.0)
+        return adv, torch.zeros(len(x), dtype=torch.bool, device=x.device), zero, len(x)

@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import AuditError
-from .base import Attack, input_gradient, is_adversarial, per_sample_loss, register_attack, unusable_gradient
+from .base import (Attack, finite_, input_gradient, is_adversarial, per_sample_loss, register_attack,
+                   unusable_gradient)
 
 
 def random_in_ball(shape: torch.Size, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -87,7 +88,10 @@ class PGD(Attack):
             for step in range(self.steps + 1):
                 last = step == self.steps
                 if not last:
-                    logits, loss, grad, nonfinite = input_gradient(model, adv, y0, t0)
+                    logits, loss, grad = input_gradient(model, adv, y0, t0)
+                    if restart == 0 and step == 0:
+                        zero_grad[idx] = unusable_gradient(grad)
+                    finite_(grad)
                 else:
                     with torch.no_grad():
                         logits = model(adv).float()
@@ -99,8 +103,6 @@ class PGD(Attack):
                 run_best = torch.where(better.view(-1, 1, 1, 1), adv, run_best)
                 run_loss = torch.where(better, loss, run_loss)
                 run_hit |= hit
-                if restart == 0 and step == 0:
-                    zero_grad[idx] = unusable_gradient(grad, nonfinite)
                 # Broken points leave in groups (an eighth of the active set at a time): the compaction costs
                 # several gathers, and for small models a few extra steps on broken points cost less.
                 if last or (self.early_exit and int(run_hit.sum()) * 8 >= len(idx)):

@@ -71,7 +71,7 @@ def attack_tables(section: dict[str, Any]) -> list[Table]:
         ]
         left_out = max(r.get("left_out", 0) for r in rows)
         images = f"{section['data']['n_test']} test images" + (
-            f", {left_out} left out: their label is their target" if left_out else "")
+            f", {left_out} left out as label = target" if left_out else "")
         title = (f"Robust accuracy: {method.upper()} {norm}, {steps} step{'s' if steps > 1 else ''} "
                  f"({images}, model {section['model']})")
         tables.append(Table(title, columns, body))
