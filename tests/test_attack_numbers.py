@@ -10,6 +10,7 @@ from auditnn.attacks.audit import fit_patch, patch_split
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.patch import PatchConfig, optimize_patch
 from auditnn.attacks.pgd import random_in_ball
+from auditnn.errors import AuditError
 from auditnn.subject import EvalData
 from test_attacks import Linear2, digits_model  # noqa: F401 - the shared fixture
 
@@ -65,6 +66,12 @@ def test_targeted_figures_hand_counted(build):
     assert result.clean_accuracy == pytest.approx(5 / 7)
     assert result.robust_accuracy == pytest.approx(4 / 7)
     assert result.success_rate == pytest.approx(1 / 5)  # over the 5 counted points correct before the attack
+
+
+def test_a_target_that_every_label_already_has_is_refused():
+    x, y = pixels(0.6, 0.7), torch.tensor([1, 1])
+    with pytest.raises(AuditError, match="target 1: every image's label is its target"):
+        FGSM(eps=0.1, target=1).run(Linear2(torch.ones(1, 1, 1), -0.5), x, y)
 
 
 def test_untargeted_success_is_counted_over_the_points_correct_before_the_attack():

@@ -45,6 +45,7 @@ def test_patch_writes_the_patch_as_png_and_tensor(capsys, tmp_path):
         assert picture.size == (8 * side, 8 * side)
     section = json.loads((tmp_path / "report.json").read_text())["results"]["patch"]
     assert 0 <= section["target_success_rate"] <= 1 and section["target"] == 2
+    assert section["images"] == "fitted on the training images, scored on the held-out test images"
 
 
 BAD = [
