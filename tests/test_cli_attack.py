@@ -45,6 +45,7 @@ def test_patch_writes_the_patch_as_png_and_tensor(capsys, tmp_path):
         assert picture.size == (8 * side, 8 * side)
     section = json.loads((tmp_path / "report.json").read_text())["results"]["patch"]
     assert 0 <= section["target_success_rate"] <= 1 and section["target"] == 2
+    assert section["images"] == "fitted on the training images, scored on the held-out test images"
 
 
 BAD = [
@@ -91,3 +92,61 @@ def test_compile_falls_back_with_one_warning_when_the_compiler_is_unavailable(ca
     assert len(warning) == 1 and "Dynamo is not supported" in warning[0]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["warnings"][0]["code"] == "compile_unavailable"
+
+
+def test_on_the_default_model_robust_accuracy_ends_below_clean_and_is_the_worst_run(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "attack", "--eps", "0,8/255", "--steps", "3", *FAST, "--out", tmp_path)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "report.json").read_text())["results"]["attack"]["rows"]
+    top = rows[-1]
+    assert top["robust_accuracy"] < top["clean_accuracy"]
+    own = top["robust_accuracy_per_attack"]
+    assert set(own) == {"pgd-3", "fgsm", "pgd-6"} and top["robust_accuracy"] <= min(own.values())
+    assert "robust acc (worst)" in out and "pgd-6" in out
+
+
+def test_a_targeted_run_says_how_many_points_it_left_out(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "attack", "--target", "3", "--eps", "0,4/255", "--steps", "3", "--no-sanity",
+                             *FAST, "--out", tmp_path)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "report.json").read_text())["results"]["attack"]["rows"]
+    # --test-per-class 4: four test images are of class 3, the target
+    assert [r["left_out"] for r in rows] == [4, 4] and rows[0]["n"] == 36
+    assert rows[0]["robust_accuracy"] == rows[0]["clean_accuracy"] and rows[0]["success_rate"] == 0
+    assert "4 left out as label = target" in " ".join(out.split())
+
+
+SQRT_FACTORY = """
+import torch
+import torch.nn as nn
+
+
+class Sqrt(nn.Module):
+    def forward(self, x):
+        return x.sqrt()
+
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(Sqrt(), nn.Flatten(), nn.Linear(64, 4))
+"""
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", "0,1"), ("linf", "0,8/255")])
+def test_a_model_with_infinite_input_gradients_is_attacked_and_flagged(capsys, tmp_path, monkeypatch, norm, eps):
+    (tmp_path / "sqrt_factory.py").write_text(SQRT_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    images[:, :, :2] = 0  # black rows: d sqrt(x) / dx is infinite at 0
+    from sqrt_factory import make
+
+    with torch.no_grad():
+        labels = make()(images).argmax(1)  # the model is right on every image before the attack
+    torch.save({"images": images, "labels": labels, "classes": ["a", "b", "c", "d"]}, tmp_path / "data.pt")
+    code, _, err = run_cli(capsys, "attack", "--model", "factory:sqrt_factory:make", "--data", f"tensors:{tmp_path / 'data.pt'}",
+                           "--norm", norm, "--eps", eps, "--steps", "5", "--device", "cpu", "--out", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "zero_or_nan_gradients" in {w["code"] for w in report["warnings"]}
+    clean, attacked = report["results"]["attack"]["rows"]
+    assert clean["robust_accuracy"] == 1.0 and attacked["robust_accuracy"] < 1.0

@@ -96,8 +96,7 @@ def run_attack_audit(
     evaluation = patch = None
     if config.method == "patch":
         config.patch.validate(data.num_classes)
-        fit_x, fit_y, test_x, test_y = patch_split(data, config.seed)
-        patch = optimize_patch(model, fit_x, fit_y, test_x, test_y, config.patch)
+        patch = fit_patch(model, data, config.patch, config.seed)
     else:
         evaluation = evaluate_attack(model, data.test_images, data.test_labels, config.attack, progress=attack_progress)
     pictures = {f"model/{k}": v for k, v in first_layer_pictures(model, data.test_images.shape[1:]).items()}
@@ -111,15 +110,33 @@ def run_attack_audit(
                              warnings)
 
 
+def _patch_plan(data: EvalData) -> tuple[bool, str]:
+    """(halve the evaluation images?, which images the patch is fitted and scored on, in words). Fit and score use
+    one kind of image: a controlled dataset's training images carry its planted shortcut, its test images do not."""
+    if data.description.get("test") == "test_clean":
+        return True, ("fitted on a seeded half of the stamp-free test images, scored on the other half "
+                      "(the training images carry the planted shortcut)")
+    if data.fitted_on_test:
+        return True, "fitted on a seeded half of the evaluation images, scored on the other half (no training images)"
+    return False, "fitted on the training images, scored on the held-out test images"
+
+
 def patch_split(data: EvalData, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fit images, labels, held-out images, labels) for the patch: the training images when the data has them,
-    else the evaluation images halved (seeded), so the patch is never judged on the images it was fitted on."""
-    if not data.fitted_on_test:
+    """(fit images, labels, held-out images, labels) for the patch: the training and test images when they are of
+    one kind, else the evaluation images halved (seeded); never judged on the images it was fitted on."""
+    if not _patch_plan(data)[0]:
         return data.train_images, data.train_labels, data.test_images, data.test_labels
     order = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))
     half = len(order) // 2
     fit, held = order[:half], order[half:]
     return data.test_images[fit], data.test_labels[fit], data.test_images[held], data.test_labels[held]
+
+
+def fit_patch(model: torch.nn.Module, data: EvalData, config: PatchConfig, seed: int) -> PatchResult:
+    """optimize_patch on patch_split's images; the result says which images those were."""
+    result = optimize_patch(model, *patch_split(data, seed), config)
+    result.images = _patch_plan(data)[1]
+    return result
 
 
 def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_id: str, environment: dict[str, Any]) -> Report:

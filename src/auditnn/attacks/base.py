@@ -22,8 +22,12 @@ BOUND_SLACK = 1e-6  # float32 rounding allowed beyond eps when checking the ball
 
 @dataclass
 class AttackResult:
-    """Per-sample outcome. adversarial: (N, C, H, W) in [0, 1]; the rest (N,). `robust` means still correct
-    (untargeted) or target not reached (targeted); points wrong before the attack count as not robust."""
+    """Per-sample outcome. adversarial: (N, C, H, W) in [0, 1]; the rest (N,).
+
+    counted: the points every figure counts; untargeted, all of them; targeted, those whose label is not their
+    target (a point already of the target class cannot be pushed to it). robust: counted, correct before the attack,
+    and still correct (untargeted) or target not reached (targeted); points wrong before the attack are not robust
+    and are not attacked."""
 
     adversarial: torch.Tensor
     labels: torch.Tensor
@@ -31,25 +35,41 @@ class AttackResult:
     robust: torch.Tensor
     adversarial_prediction: torch.Tensor
     perturbation_norm: torch.Tensor  # in the attack's norm, pixel units
-    zero_gradient: torch.Tensor  # bool: the first input gradient was all zero or not finite
+    zero_gradient: torch.Tensor  # bool: the first input gradient was all zero or had a non-finite entry
+    counted: torch.Tensor
     targets: torch.Tensor | None = None
     seconds: float = 0.0
     gradient_evaluations: int = 0  # forward+backward passes over single images, summed
     oom_retries: int = 0  # halvings of batches that ran out of GPU memory (0: none)
 
     @property
+    def attacked(self) -> torch.Tensor:
+        """(N,) bool: the points the attack tried to break (counted and correct before the attack)."""
+        return self.clean_correct & self.counted
+
+    @property
+    def left_out(self) -> int:
+        """Targeted: how many points were left out of the figures because their label is their target."""
+        return int((~self.counted).sum())
+
+    @property
     def clean_accuracy(self) -> float:
-        return float(self.clean_correct.float().mean())
+        return share_of(self.clean_correct, self.counted)
 
     @property
     def robust_accuracy(self) -> float:
-        return float(self.robust.float().mean())
+        return share_of(self.robust, self.counted)
 
     @property
     def success_rate(self) -> float:
-        """Share of the points correct before the attack that the attack broke (reached the target, if targeted)."""
-        attacked = self.clean_correct if self.targets is None else torch.ones_like(self.clean_correct)
-        return float((~self.robust[attacked]).float().mean()) if attacked.any() else 0.0
+        """Share of the attacked points (counted, correct before the attack) that the attack broke (moved off
+        their label, or onto their target if targeted)."""
+        return share_of(~self.robust, self.attacked)
+
+
+def share_of(mask: torch.Tensor, among: torch.Tensor) -> float:
+    """Share of `among` where `mask` holds; 0 when `among` is empty."""
+    return float(mask[among].float().mean()) if among.any() else 0.0
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -66,13 +86,27 @@ def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
 
 def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward+backward with respect to the input. Returns (logits, per-sample loss, d loss / d x) where the
-    loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the batch)."""
+    loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the batch).
+    The gradient may hold NaN or infinite entries (a sqrt or log of a black pixel): pass it through `finite_`
+    before stepping."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x).float()
         losses = per_sample_loss(logits, labels, targets)
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return logits.detach(), losses.detach(), grad
+
+
+def unusable_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the input gradient was all zero or had a NaN or infinite entry (a sign of gradient masking)."""
+    flat = grad.flatten(1)
+    return (flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)
+
+
+def finite_(grad: torch.Tensor) -> torch.Tensor:
+    """Set NaN and infinite gradient entries to 0, in place, so that a step (and an L2 normalization) stays finite;
+    one elementwise pass, cheap next to the forward+backward that made the gradient."""
+    return torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -147,6 +181,9 @@ class Attack:
         if local:  # each process checks the perturbations it made, against its own slice of the images
             self._check_bounds(images[mine[0][1] : mine[-1][2]], local[0])
         result = _concat(gather_parts(local), like=images)
+        if len(result.labels) and not result.counted.any():
+            raise AuditError(f"target {self.target}: every image's label is its target, so no image is left to attack; "
+                             "allowed: a target class that some images do not have")
         result.seconds = time.perf_counter() - start
         return result
 
@@ -162,13 +199,13 @@ class Attack:
         targets = choose_targets(self.target, logits, y, generator) if self.targeted else None
         clean_pred = logits.argmax(1)
         clean_correct = clean_pred == y
-        # Early exit: a point already wrong (or already at its target) needs no attack.
-        done = ~clean_correct if targets is None else clean_pred == targets
+        counted = torch.ones_like(clean_correct) if targets is None else targets != y
         adversarial = x.clone()
         final_pred = clean_pred.clone()
         zero_grad = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         evaluations = len(x)
-        todo = torch.nonzero(~done).view(-1)
+        # Early exit: a point already wrong, or left out (its label is its target), needs no attack.
+        todo = torch.nonzero(clean_correct & counted).view(-1)
         if len(todo) and self.eps > 0:
             t = None if targets is None else targets[todo]
             adv, _, zg, evals = self._perturb(model, x[todo], y[todo], t, generator)
@@ -179,7 +216,7 @@ class Attack:
             evaluations += evals + len(todo)
         reached = final_pred != y if targets is None else final_pred == targets
         # The final forward is authoritative: a point counts as broken only if its kept iterate is adversarial.
-        robust = ~(reached | (~clean_correct if targets is None else torch.zeros_like(reached)))
+        robust = clean_correct & counted & ~reached
         return AttackResult(
             adversarial=adversarial.cpu(),
             labels=y.cpu(),
@@ -188,6 +225,7 @@ class Attack:
             adversarial_prediction=final_pred.cpu(),
             perturbation_norm=lp_norm(adversarial - x, self.norm).cpu(),
             zero_gradient=zero_grad.cpu(),
+            counted=counted.cpu(),
             targets=None if targets is None else targets.cpu(),
             gradient_evaluations=evaluations,
         )
@@ -212,13 +250,14 @@ def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
     if not parts:
         empty = torch.zeros(0, dtype=torch.bool)
         return AttackResult(like[:0], torch.zeros(0, dtype=torch.long), empty, empty, torch.zeros(0, dtype=torch.long),
-                            torch.zeros(0), empty)
+                            torch.zeros(0), empty, empty)
 
     def cat(name: str) -> torch.Tensor | None:
         values = [getattr(p, name) for p in parts]
         return None if values[0] is None else torch.cat(values)
 
-    fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm", "zero_gradient", "targets")
+    fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm",
+              "zero_gradient", "counted", "targets")
     return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts),
                         oom_retries=sum(p.oom_retries for p in parts))
 

@@ -3,17 +3,19 @@ gradient masking and broken attacks (the lesson of AutoAttack): each flag is a n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..errors import AuditError
+from ..errors import AuditError, InvariantError
+from ..inference import eval_mode, model_device
 from ..values import fmt_eps
-from .base import Attack, AttackResult, make_attack
+from .base import Attack, AttackResult, make_attack, share_of
 
-HUGE_LINF_EPS = 0.5  # at this Linf radius any image can be turned into mid-gray: robust accuracy must be ~0
+HUGE_LINF_EPS = 0.5  # at this Linf radius every image can reach mid-gray (all pixels 0.5); no further, as a black
+# pixel reaches only [0, 0.5]
 ZERO_GRADIENT_SHARE = 0.1  # flag when more than this share of attacked points had no usable input gradient
 
 
@@ -48,19 +50,25 @@ class AttackSpec:
 
 @dataclass
 class AttackRow:
+    """One eps. robust_accuracy is the headline: per sample, the worst case over every attack the evaluation ran at
+    this eps and norm (the attack itself and its sanity runs); robust_accuracy_per_attack keeps each run's own
+    figure. Targeted rows count only the points whose label is not their target (left_out: the others)."""
+
     method: str
     norm: str
     eps: float
     steps: int
     clean_accuracy: float
     robust_accuracy: float
-    success_rate: float
-    mean_perturbation: float  # over the points the attack broke (0 when none)
+    success_rate: float  # over the points correct before the attack, broken by any run
+    mean_perturbation: float  # over the points broken (0 when none)
     max_perturbation: float
-    seconds: float
+    seconds: float  # of the attack itself, not its sanity runs
     images_per_second: float
     zero_gradient_share: float
-    n: int
+    n: int  # points counted
+    left_out: int = 0  # targeted: points whose label is their target
+    robust_accuracy_per_attack: dict[str, float] = field(default_factory=dict)  # run label (pgd-10, fgsm) -> own figure
     oom_retries: int = 0  # batches halved after running out of GPU memory
 
 
@@ -79,19 +87,55 @@ def steps_of(attack: Attack) -> int:
     return getattr(attack, "steps", 1)
 
 
-def _row(attack: Attack, result: AttackResult) -> AttackRow:
-    broken = ~result.robust & result.clean_correct
+def run_label(attack: Attack) -> str:
+    """How a run is named beside the headline: fgsm, pgd-10 (steps), with its step size when it is not the default."""
+    if attack.name != "pgd":
+        return attack.name
+    label = f"pgd-{steps_of(attack)}"
+    return label if getattr(attack, "step_size", None) is None else f"{label} step {fmt_eps(attack.step_size)}"
+
+
+def worst_case(results: list[AttackResult]) -> AttackResult:
+    """Per sample, the first run (in the order given) that broke the point: its adversarial image, prediction and
+    perturbation; a point stays robust only if every run left it robust. The runs attacked the same points."""
+    first = results[0]
+    combined = replace(first, robust=first.robust.clone(), adversarial=first.adversarial.clone(),
+                       adversarial_prediction=first.adversarial_prediction.clone(),
+                       perturbation_norm=first.perturbation_norm.clone())
+    for other in results[1:]:
+        same_targets = (other.targets is None) == (first.targets is None) and (
+            other.targets is None or torch.equal(other.targets, first.targets))
+        if not (same_targets and torch.equal(other.counted, first.counted) and torch.equal(other.labels, first.labels)):
+            raise InvariantError("the runs at one eps attacked different points or targets; their worst case is undefined")
+        newly = combined.robust & ~other.robust
+        combined.robust &= other.robust
+        combined.adversarial[newly] = other.adversarial[newly]
+        combined.adversarial_prediction[newly] = other.adversarial_prediction[newly]
+        combined.perturbation_norm[newly] = other.perturbation_norm[newly]
+    return combined
+
+
+def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackRow:
+    """The row of `attack` at its eps; `result` is the worst case over the runs whose own figures are `own`."""
+    broken = ~result.robust & result.attacked
     norms = result.perturbation_norm[broken]
-    attacked = result.clean_correct
     return AttackRow(
         method=attack.name, norm=attack.norm, eps=attack.eps, steps=steps_of(attack),
         clean_accuracy=result.clean_accuracy, robust_accuracy=result.robust_accuracy, success_rate=result.success_rate,
         mean_perturbation=float(norms.mean()) if len(norms) else 0.0,
         max_perturbation=float(norms.max()) if len(norms) else 0.0,
         seconds=result.seconds, images_per_second=len(result.labels) / max(result.seconds, 1e-9),
-        zero_gradient_share=float(result.zero_gradient[attacked].float().mean()) if attacked.any() else 0.0,
-        n=len(result.labels), oom_retries=result.oom_retries,
+        zero_gradient_share=share_of(result.zero_gradient, result.attacked),
+        n=int(result.counted.sum()), left_out=result.left_out, robust_accuracy_per_attack=own,
+        oom_retries=result.oom_retries,
     )
+
+
+def mid_gray_class(model: nn.Module, shape: torch.Size) -> int:
+    """The model's answer on the image whose every pixel is 0.5. shape: (C, H, W)."""
+    gray = torch.full((1, *shape), 0.5, device=model_device(model))
+    with torch.no_grad(), eval_mode(model):
+        return int(model(gray).float().argmax(1))
 
 
 def evaluate_attack(
@@ -103,67 +147,88 @@ def evaluate_attack(
     tolerance: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AttackEvaluation:
-    """Run the attack at every eps, then the sanity checks. tolerance: how far a robust accuracy may move the wrong
-    way before a flag is raised (default: the larger of 1 % and two images' worth)."""
+    """Run the attack at every eps, then the sanity checks; each row's headline is the per-sample worst case over
+    every run at its eps and norm. tolerance: how far a robust accuracy may move the wrong way before a flag is
+    raised (default: the larger of 1 % and two images' worth)."""
     spec.validate()
     tol = tolerance if tolerance is not None else max(0.01, 2.0 / max(1, len(labels)))
-    rows, results = [], {}
-    for eps in sorted(spec.eps):
-        attack = spec.build(eps)
+    attacks: dict[float, Attack] = {}
+    own: dict[float, AttackResult] = {}  # the attack's own result at each eps
+    runs: dict[float, list[tuple[Attack, AttackResult]]] = {}  # every run at each eps of the spec's norm, in order
+
+    def run(attack: Attack) -> AttackResult:
         if progress:
-            progress(f"{attack.name} {attack.norm} eps={fmt_eps(eps)}")
+            progress(f"{attack.name} {attack.norm} eps={fmt_eps(attack.eps)}")
         result = attack.run(model, images, labels)
-        rows.append(_row(attack, result))
-        results[eps] = result
+        if attack.norm == spec.norm and attack.eps in runs:
+            runs[attack.eps].append((attack, result))
+        return result
+
+    for eps in sorted(spec.eps):
+        attacks[eps] = spec.build(eps)
+        runs[eps] = []
+        own[eps] = run(attacks[eps])
     warnings: list[dict[str, str]] = []
     checks: list[dict[str, Any]] = []
 
     def warn(code: str, message: str) -> None:
         warnings.append({"code": code, "message": message})
 
-    for lower, higher in zip(rows, rows[1:]):
-        if higher.robust_accuracy > lower.robust_accuracy + tol:
+    for lower, higher in zip(sorted(own), sorted(own)[1:]):
+        low, high = own[lower].robust_accuracy, own[higher].robust_accuracy
+        if high > low + tol:
             warn("robust_accuracy_rises_with_eps",
-                 f"robust accuracy rose from {lower.robust_accuracy:.3f} at eps {fmt_eps(lower.eps)} to "
-                 f"{higher.robust_accuracy:.3f} at eps {fmt_eps(higher.eps)}: the attack is failing, suspect gradient masking")
-    for row in rows:
-        if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
-            warn("zero_or_nan_gradients",
-                 f"{row.zero_gradient_share:.0%} of attacked points had zero or NaN input gradients at eps {fmt_eps(row.eps)}: "
-                 "gradient-based attacks cannot see them; suspect gradient masking")
-            break
+                 f"robust accuracy rose from {low:.3f} at eps {fmt_eps(lower)} to {high:.3f} at eps {fmt_eps(higher)}: "
+                 "the attack is failing, suspect gradient masking")
     if spec.sanity and spec.method == "pgd":
         top = max(spec.eps)
         if spec.norm == "linf":
-            for row in rows:
-                if row.eps == 0:
+            for eps in sorted(own):
+                if eps == 0:
                     continue
-                fgsm = spec.build(row.eps, method="fgsm").run(model, images, labels)
-                checks.append({"check": "fgsm_same_eps", "eps": row.eps, "robust_accuracy": fgsm.robust_accuracy})
-                if row.robust_accuracy > fgsm.robust_accuracy + tol:
+                fgsm = run(spec.build(eps, method="fgsm"))
+                mine = own[eps].robust_accuracy
+                checks.append({"check": "fgsm_same_eps", "eps": eps, "robust_accuracy": fgsm.robust_accuracy})
+                if mine > fgsm.robust_accuracy + tol:
                     warn("pgd_weaker_than_fgsm",
-                         f"PGD robust accuracy {row.robust_accuracy:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
-                         f"eps {fmt_eps(row.eps)}: PGD is not converging (step size, steps, or gradient masking)")
+                         f"PGD robust accuracy {mine:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
+                         f"eps {fmt_eps(eps)}: PGD is not converging (step size, steps, or gradient masking)")
         if top > 0:
-            doubled = spec.build(top, steps=2 * spec.steps).run(model, images, labels)
-            base = results[top].robust_accuracy
+            doubled = run(spec.build(top, steps=2 * spec.steps))
+            base = own[top].robust_accuracy
             checks.append({"check": "double_steps", "eps": top, "steps": 2 * spec.steps, "robust_accuracy": doubled.robust_accuracy})
             if doubled.robust_accuracy < base - tol:
                 warn("more_steps_lower_robust_accuracy",
                      f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
-                     f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the reported figure overstates robustness")
+                     f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
+                     "(the headline takes the worst case of both)")
             elif doubled.robust_accuracy > base + tol:
                 warn("more_steps_raise_robust_accuracy",
                      f"doubling the steps raised robust accuracy from {base:.3f} to {doubled.robust_accuracy:.3f} "
                      f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking")
         if spec.target is None:
-            huge = spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None).run(model, images, labels)
-            checks.append({"check": "huge_eps", "norm": "linf", "eps": HUGE_LINF_EPS, "robust_accuracy": huge.robust_accuracy})
-            if huge.robust_accuracy > tol:
+            huge = run(spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None))
+            gray = mid_gray_class(model, images.shape[1:])
+            # Every pixel is within 0.5 of 0.5, so the mid-gray image lies in every point's ball: each point whose
+            # label is not the model's answer on it has a known adversarial at this radius.
+            missed = share_of(huge.robust & (huge.labels != gray), huge.counted)
+            checks.append({"check": "huge_eps", "norm": "linf", "eps": HUGE_LINF_EPS,
+                           "robust_accuracy": huge.robust_accuracy, "gray_class": gray, "robust_but_broken_by_gray": missed})
+            if missed > tol:
                 warn("robust_at_huge_eps",
-                     f"robust accuracy is {huge.robust_accuracy:.3f} at Linf eps {HUGE_LINF_EPS}, where every image can "
-                     "be made any other: the attack is failing; suspect gradient masking")
-    strongest = results[max(results)]
+                     f"{missed:.3f} of the points stay robust at Linf eps {HUGE_LINF_EPS} although the mid-gray image "
+                     f"(every pixel 0.5) lies in each of their balls and the model calls it class {gray}: the attack "
+                     "misses adversarials known to exist; suspect gradient masking")
+    rows = [_row(attacks[eps], worst_case([r for _, r in runs[eps]]),
+                 {run_label(a): r.robust_accuracy for a, r in runs[eps]}) for eps in sorted(runs)]
+    for row in rows:
+        if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
+            warn("zero_or_nan_gradients",
+                 f"{row.zero_gradient_share:.0%} of attacked points had an input gradient that was all zero or had "
+                 f"NaN/infinite entries at eps {fmt_eps(row.eps)} (such entries are set to 0 before each step): "
+                 "gradient-based attacks see these points poorly; suspect gradient masking")
+            break
+    strongest = worst_case([r for _, r in runs[max(runs)]])
     pick = torch.arange(min(8, len(labels)))
     examples = {"clean": images[pick], "adversarial": strongest.adversarial[pick], "labels": labels[pick],
                 "predictions": strongest.adversarial_prediction[pick]}

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import AuditError
-from .base import Attack, input_gradient, register_attack
+from .base import Attack, finite_, input_gradient, register_attack, unusable_gradient
 
 
 @register_attack
@@ -23,6 +23,6 @@ class FGSM(Attack):
 
     def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
         _, _, grad = input_gradient(model, x, y, targets)
-        zero = (grad.flatten(1).abs().sum(1) == 0) | ~torch.isfinite(grad.flatten(1)).all(1)
-        adv = (x + self.eps * grad.sign()).clamp_(0.0, 1.0)
+        zero = unusable_gradient(grad)
+        adv = (x + self.eps * finite_(grad).sign()).clamp_(0.0, 1.0)
         return adv, torch.zeros(len(x), dtype=torch.bool, device=x.device), zero, len(x)

@@ -60,6 +60,7 @@ class PatchResult:
     steps: int
     history: list[float] = field(default_factory=list)  # training loss every 10% of the steps
     examples: dict[str, torch.Tensor] = field(default_factory=dict)  # a few patched test images and predictions
+    images: str | None = None  # which images it was fitted and scored on, in words (attacks.audit.fit_patch sets it)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("patch", "mask", "examples")}

@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import AuditError
-from .base import Attack, input_gradient, is_adversarial, per_sample_loss, register_attack
+from .base import (Attack, finite_, input_gradient, is_adversarial, per_sample_loss, register_attack,
+                   unusable_gradient)
 
 
 def random_in_ball(shape: torch.Size, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -88,6 +89,9 @@ class PGD(Attack):
                 last = step == self.steps
                 if not last:
                     logits, loss, grad = input_gradient(model, adv, y0, t0)
+                    if restart == 0 and step == 0:
+                        zero_grad[idx] = unusable_gradient(grad)
+                    finite_(grad)
                 else:
                     with torch.no_grad():
                         logits = model(adv).float()
@@ -99,9 +103,6 @@ class PGD(Attack):
                 run_best = torch.where(better.view(-1, 1, 1, 1), adv, run_best)
                 run_loss = torch.where(better, loss, run_loss)
                 run_hit |= hit
-                if restart == 0 and step == 0:
-                    flat = grad.flatten(1)
-                    zero_grad[idx] = (flat.abs().sum(1) == 0) | ~torch.isfinite(flat).all(1)
                 # Broken points leave in groups (an eighth of the active set at a time): the compaction costs
                 # several gathers, and for small models a few extra steps on broken points cost less.
                 if last or (self.early_exit and int(run_hit.sum()) * 8 >= len(idx)):

@@ -72,22 +72,30 @@ def shortcut_tables(section: dict[str, Any]) -> list[Table]:
 
 def attack_tables(section: dict[str, Any]) -> list[Table]:
     """One table per attack setting (method, norm, steps, target, restarts), one row per eps; an audit's rows also
-    name their check."""
+    name their check. 'robust acc' is the per-sample worst case over every run at that eps; where sanity runs joined
+    it, each run's own figure has a column."""
     tables = []
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in section["rows"]:
         runs.setdefault(attack_setting(r), []).append(r)
     for setting, rows in runs.items():
         named = any("check" in r for r in rows)
-        columns = ["check"] * named + ["eps", "clean acc", "robust acc", "success", "mean |d|", "max |d|", "time s", "img/s"]
+        labels = list(dict.fromkeys(k for r in rows for k in r.get("robust_accuracy_per_attack", {})))
+        own = labels if len(labels) > 1 else []
+        columns = ["check"] * named + ["eps", "clean acc", "robust acc" + (" (worst)" if own else ""), *own,
+                                       "success", "mean |d|", "max |d|", "time s", "img/s"]
         body = [
             [r.get("check", "-")] * named
-            + [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]), fmt(r["success_rate"]),
+            + [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]),
+               *(fmt(r["robust_accuracy_per_attack"].get(k)) for k in own), fmt(r["success_rate"]),
                fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
                "-" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}"]
             for r in rows
         ]
-        title = f"Robust accuracy: {setting} ({section['data']['n_test']} test images, model {section['model']})"
+        left_out = max(r.get("left_out", 0) for r in rows)
+        images = f"{section['data']['n_test']} test images" + (
+            f", {left_out} left out as label = target" if left_out else "")
+        title = f"Robust accuracy: {setting} ({images}, model {section['model']})"
         tables.append(Table(title, columns, body))
     return tables
 
@@ -105,6 +113,8 @@ def patch_tables(section: dict[str, Any]) -> list[Table]:
     ]
     title = (f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
              f"{section['steps']} steps ({section['optimization_seconds']:.1f} s){_of_check(section)}")
+    if section.get("images"):
+        title += f"; {section['images']}"
     return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
 
 
