@@ -150,3 +150,23 @@ def test_a_model_with_infinite_input_gradients_is_attacked_and_flagged(capsys, t
     assert "zero_or_nan_gradients" in {w["code"] for w in report["warnings"]}
     clean, attacked = report["results"]["attack"]["rows"]
     assert clean["robust_accuracy"] == 1.0 and attacked["robust_accuracy"] < 1.0
+
+
+def test_a_targeted_reports_rows_say_so_and_an_untargeted_check_does_not_judge_them(capsys, tmp_path):
+    """The rows of `auditnn attack --target random` carry the target (and restarts): `auditnn gate` with an
+    untargeted check at that eps finds no row of its own, and a targeted check finds the targeted figure."""
+    code, _, err = run_cli(capsys, "attack", "--method", "pgd", "--steps", "3", "--restarts", "2", "--eps", "8/255",
+                           "--target", "random", *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    rows = [r for r in report["metrics"] if r["section"] == "attack"]
+    assert rows and all(r["target"] == "random" and r["restarts"] == 2 for r in rows)
+    assert all(r["target"] == "random" and r["restarts"] == 2 for r in report["results"]["attack"]["rows"])
+    robust = next(r["value"] for r in rows if r["metric"] == "robust_accuracy")
+    check = "[[check]]\nkind = 'attack'\nmethod = 'pgd'\neps = 0.03137254901960784\nsteps = 3\nrestarts = 2\n"
+    (tmp_path / "untargeted.toml").write_text(check + "min_robust_accuracy = 0.0\n")
+    (tmp_path / "targeted.toml").write_text(check + f"target = 'random'\nmin_robust_accuracy = {robust}\n")
+    code, out, err = run_cli(capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "untargeted.toml"))
+    assert code == 1 and "not measured" in out + err
+    code, out, err = run_cli(capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "targeted.toml"))
+    assert code == 0, out + err

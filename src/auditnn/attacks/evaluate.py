@@ -58,6 +58,8 @@ class AttackRow:
     norm: str
     eps: float
     steps: int
+    target: int | str | None  # None: untargeted; a class index, 'random' or 'least-likely' (as given)
+    restarts: int  # random starts per point (1 for FGSM)
     clean_accuracy: float
     robust_accuracy: float
     success_rate: float  # over the points correct before the attack, broken by any run
@@ -120,7 +122,8 @@ def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackR
     broken = ~result.robust & result.attacked
     norms = result.perturbation_norm[broken]
     return AttackRow(
-        method=attack.name, norm=attack.norm, eps=attack.eps, steps=steps_of(attack),
+        method=attack.name, norm=attack.norm, eps=attack.eps, steps=steps_of(attack), target=attack.target,
+        restarts=getattr(attack, "restarts", 1),
         clean_accuracy=result.clean_accuracy, robust_accuracy=result.robust_accuracy, success_rate=result.success_rate,
         mean_perturbation=float(norms.mean()) if len(norms) else 0.0,
         max_perturbation=float(norms.max()) if len(norms) else 0.0,

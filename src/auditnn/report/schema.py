@@ -84,6 +84,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "clean": {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR},
     "attack": {"model": STR, "data": DATA, "rows": [{
         "method": STR, "norm": STR, "eps": NUM, "steps": INT, "check?": STR, "target?": TARGET, "restarts?": INT,
+        "left_out?": INT, "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
         **{k: NUM_OR_NULL for k in ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation",
                                     "max_perturbation", "seconds", "images_per_second")}}]},
     "shortcut": {"rows": [{
@@ -91,9 +92,10 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
         "metrics": {"worst_group": STR, **{k: NUM_OR_NULL for k in (
             "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
-            "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share")}}}]},
+            "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share")},
+            "attribution_chance?": NUM_OR_NULL, "attribution_ratio?": NUM_OR_NULL}}]},
     "patch": {"target": INT_OR_NULL, "shape": STR, "size": NUM, "steps": INT, "optimization_seconds": NUM,
-              "model": STR, "data?": DATA, "check?": STR,
+              "model": STR, "data?": DATA, "check?": STR, "images?": STR,
               **{k: NUM_OR_NULL for k in ("accuracy_clean", "accuracy_with_patch", "accuracy_with_noise_patch",
                                           "target_success_rate", "noise_target_success_rate")}},
     "sensitivity": {"tag": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR,
@@ -101,7 +103,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
                     "variants": [{"tag_class": STR, "top_destination": STR, "flip_rate": NUM_OR_NULL,
                                   "toward_rate": NUM_OR_NULL, "accuracy_with_tag": NUM_OR_NULL}]},
     "groups": {"attribute": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR, "worst_group": STR,
-               "associated_class": {"*": STR}, "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
+               "associated_class": {"*": STR}, "association_source?": STR, "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
                **{k: NUM_OR_NULL for k in ("accuracy", "worst_group_accuracy", "aligned_accuracy",
                                            "conflicting_accuracy", "gap", "agreement_rate")}},
 }
