@@ -288,6 +288,8 @@ def test_two_checks_of_one_kind_keep_their_own_results_and_a_markup_name_keeps_t
     patches = {k: v for k, v in results.items() if k.startswith("patch/")}
     assert sorted(patches) == ["patch/patch 0.3 target=0 steps=5", "patch/patch 0.3 target=1 steps=5"]
     assert [p["target"] for p in patches.values()] == [0, 1]
+    # the audit's patch says which images it was fitted and scored on, as the attack command's does
+    assert all("fitted on" in p["images"] and "scored on" in p["images"] for p in patches.values())
     for name, section in patches.items():
         assert measured[name.removeprefix("patch/")] == section["target_success_rate"]
     assert (tmp_path / "out" / "report.html").read_text().count('alt="learned patch"') == 2

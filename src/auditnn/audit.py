@@ -9,9 +9,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .attacks.audit import AttackAuditConfig, AttackAuditResult, attack_report, patch_split
+from .attacks.audit import AttackAuditConfig, AttackAuditResult, attack_report, fit_patch
 from .attacks.evaluate import AttackSpec, evaluate_attack
-from .attacks.patch import PatchConfig, optimize_patch
+from .attacks.patch import PatchConfig
 from .data.controlled import BuildConfig, ShortcutConfig
 from .data.sources import ImageSet
 from .errors import AuditError
@@ -134,7 +134,7 @@ def _measure(
         return groups_rows(measured), {**measured.to_dict(), "model": source, "data": described}, {}
     config = PatchConfig(size=s["size"], shape=s["shape"], target=s["target"], steps=s["steps"], seed=seed)
     config.validate(data.num_classes)
-    patch = optimize_patch(model, *patch_split(data, seed), config)
+    patch = fit_patch(model, data, config, seed)
     partial = attack_report(AttackAuditResult(None, patch, source, described, str(device), 0.0),
                             AttackAuditConfig(method="patch", patch=config), run_id=run_id, environment={})
     prefix = f"patch/{check.name}"
