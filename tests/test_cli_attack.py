@@ -161,6 +161,7 @@ def test_a_targeted_reports_rows_say_so_and_an_untargeted_check_does_not_judge_t
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     rows = [r for r in report["metrics"] if r["section"] == "attack"]
     assert rows and all(r["target"] == "random" and r["restarts"] == 2 for r in rows)
+    assert all(r["sanity"] is True and "step_size" not in r for r in rows)  # defaults: sanity runs on, default step
     assert all(r["target"] == "random" and r["restarts"] == 2 for r in report["results"]["attack"]["rows"])
     robust = next(r["value"] for r in rows if r["metric"] == "robust_accuracy")
     check = "[[check]]\nkind = 'attack'\nmethod = 'pgd'\neps = 0.03137254901960784\nsteps = 3\nrestarts = 2\n"

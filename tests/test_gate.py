@@ -229,3 +229,33 @@ def test_every_threshold_key_fails_against_a_baseline_when_it_worsens_beyond_the
         verdict = _judge_one(tmp_path, kind, key, measured, baseline=measured - change)
         failed = [(r.metric, r.bound) for r in verdict.rows if not r.passed]
         assert failed == ([] if passes else [(metric, "max drop")]), (key, change)
+
+
+def test_a_target_written_with_a_leading_zero_is_the_same_target(tmp_path):
+    """Review of issue 9: target = "03" ran as class 3 (row target 3) but the gate compared "03" with "3"."""
+    policy = load_policy(_write(tmp_path, TWO_PGD.replace('target = "random"', 'target = "03"')))
+    assert policy.checks[1].settings["target"] == "3"
+    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.95, "targeted", target=3)])
+    assert [r.measured for r in judge(report, policy).rows] == [0.683, 0.95]
+
+
+def test_a_row_measured_with_another_step_size_or_without_sanity_runs_is_not_the_checks(tmp_path):
+    """A single command's rows carry the step size it was given and whether the sanity runs joined the worst-case
+    headline; an audit-file check (default step size, sanity runs on) is judged only by a row measured that way."""
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    for other in ({"step_size": 0.02}, {"sanity": False}):
+        report = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.99, **other)])
+        assert judge(report, policy).rows[0].measured is None, other
+    same = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.6, sanity=True)])
+    assert judge(same, policy).rows[0].measured == 0.6
+
+
+def test_a_renamed_check_is_still_compared_with_its_baseline_row(tmp_path):
+    """Review of issue 9: renaming a check made the baseline comparison pass as 'not in the baseline' although the
+    baseline measured exactly its settings."""
+    policy = load_policy(_write(tmp_path, TWO_PGD))
+    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.60, "untargeted"), _pgd_row(0.95, "targeted", target="random")])
+    baseline = Report("audit", "b", {}, {}, 0, {}, [_pgd_row(0.70, "old name"), _pgd_row(0.95, "targeted", target="random")])
+    rows = judge(report, policy, baseline=baseline, max_drop=0.05).rows
+    drop = next(r for r in rows if r.check == "untargeted" and r.bound == "max drop")
+    assert not drop.passed and "baseline 0.7000" in drop.note and "old name" in drop.note

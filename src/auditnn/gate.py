@@ -83,7 +83,7 @@ class Check:
         if self.kind == "attack":
             steps = 1 if s["method"] == "fgsm" else s["steps"]
             return {"method": s["method"], "norm": s["norm"], "eps": s["eps"], "steps": steps,
-                    "target": s.get("target"), "restarts": s["restarts"]}
+                    "target": s.get("target"), "restarts": s["restarts"], "step_size": None, "sanity": True}
         if self.kind == "shortcut":
             return {"tag": s["tag"], "rho": s["rho"]}
         if self.kind == "patch":
@@ -95,8 +95,9 @@ class Check:
         return {}
 
 
-# What a row that leaves a label out was measured with: an attack row without `target` was untargeted.
-LABEL_DEFAULTS: dict[str, Any] = {"target": None, "restarts": 1}
+# What a row that leaves a label out was measured with: an attack row without `target` was untargeted, one without
+# `step_size` took the default step, one without `sanity` had its sanity runs in the worst-case headline.
+LABEL_DEFAULTS: dict[str, Any] = {"target": None, "restarts": 1, "step_size": None, "sanity": True}
 
 
 @dataclass
@@ -238,6 +239,8 @@ def _parse_check(raw: Any, number: int, where: str) -> Check:
             value = parse_number(value, f"{at} ({kind}) key 'eps'")
         if key == "target" and kind == "attack" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        if key == "target" and kind == "attack" and isinstance(value, str) and value.isdigit():
+            value = str(int(value))  # "03" is class 3, as the attack reads it
         if not _type_ok(value, expected):
             raise AuditError(f"{at} ({kind}) key '{key}' is {value!r}; allowed: {expected}")
         settings[key] = float(value) if expected == NUMBER else value
@@ -287,13 +290,14 @@ def _same(have: Any, want: Any) -> bool:
     return str(have) == str(want)  # a target written as 3 in one file and "3" in another is one target
 
 
-def _fits(row: dict[str, Any], section: str, metric: str, check: Check) -> bool:
+def _fits(row: dict[str, Any], section: str, metric: str, check: Check, *, by_name: bool = True) -> bool:
     """Whether a row measured this check's metric. A row stamped with check names must carry this check's name, and
     the labels it carries must agree (a renamed setting is not the same measurement). A row without check names (a
-    single command's report) is judged by its labels alone, a label it leaves out taking its default."""
+    single command's report), or any row when by_name is False, is judged by its labels alone, a label it leaves out
+    taking its default."""
     if row.get("section") != section or row.get("metric") != metric or "group" in row:
         return False
-    stamped = "check" in row
+    stamped = by_name and "check" in row
     if stamped and row["check"] != check.name:
         return False
     for key, want in check.labels().items():
@@ -305,15 +309,34 @@ def _fits(row: dict[str, Any], section: str, metric: str, check: Check) -> bool:
     return True
 
 
-def find_metric(report: Report, check: Check, metric: str, what: str = "report") -> float | None:
-    """The value the report measured for this check's metric, or None when it did not measure it. Two rows that fit
-    one check are an error: the gate never picks one of them."""
+def find_row(report: Report, check: Check, metric: str, what: str = "report", *,
+             by_name: bool = True) -> dict[str, Any] | None:
+    """The row in which the report measured this check's metric, or None when it did not measure it. Two rows that
+    fit one check are an error: the gate never picks one of them."""
     section = "clean" if check.kind == "clean" else check.kind
-    hits = [r for r in report.metrics if _fits(r, section, metric, check)]
+    hits = [r for r in report.metrics if _fits(r, section, metric, check, by_name=by_name)]
     if len(hits) > 1:
         raise AuditError(f"{len(hits)} rows of {what} '{report.run_id}' fit check '{check.name}' ({metric}); "
                          "allowed: one row per check (re-run with auditnn audit, whose rows carry check names)")
-    return None if not hits or hits[0]["value"] is None else float(hits[0]["value"])
+    return hits[0] if hits else None
+
+
+def find_metric(report: Report, check: Check, metric: str, what: str = "report") -> float | None:
+    """The value the report measured for this check's metric, or None when it did not measure it."""
+    row = find_row(report, check, metric, what)
+    return None if row is None or row["value"] is None else float(row["value"])
+
+
+def _baseline_row(baseline: Report, check: Check, metric: str) -> tuple[dict[str, Any] | None, str]:
+    """The baseline's row for this check: by its name, else (a renamed check) the one row measured with its settings.
+    Returns (row, a note naming the baseline check when it was found by settings)."""
+    row = find_row(baseline, check, metric, "baseline report")
+    if row is not None:
+        return row, ""
+    row = find_row(baseline, check, metric, "baseline report", by_name=False)
+    if row is not None and row.get("check", check.name) != check.name:
+        return row, f" (baseline check '{row['check']}', same settings)"
+    return row, ""
 
 
 def judge(report: Report, policy: Policy, *, baseline: Report | None = None, max_drop: float | None = None) -> Verdict:
@@ -332,12 +355,13 @@ def judge(report: Report, policy: Policy, *, baseline: Report | None = None, max
             ok = measured >= t.value if t.bound == "min" else measured <= t.value
             rows.append(VerdictRow(check.name, check.kind, t.metric, measured, t.bound, t.value, ok))
             if baseline is not None and max_drop is not None:
-                old = find_metric(baseline, check, t.metric, "baseline report")
-                if old is None:
+                old_row, found = _baseline_row(baseline, check, t.metric)
+                if old_row is None or old_row["value"] is None:
                     rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop, True,
                                            "not in the baseline"))
                     continue
+                old = float(old_row["value"])
                 worse = (old - measured) if t.bound == "min" else (measured - old)
                 rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop,
-                                       worse <= max_drop + 1e-12, f"baseline {old:.4f}, change {-worse:+.4f}"))
+                                       worse <= max_drop + 1e-12, f"baseline {old:.4f}{found}, change {-worse:+.4f}"))
     return Verdict(rows)

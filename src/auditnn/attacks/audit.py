@@ -145,7 +145,9 @@ def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_i
     warnings: list[dict[str, str]] = list(result.warnings)
     if result.evaluation is not None:
         for r in result.evaluation.rows:
-            labels = dict(method=r.method, norm=r.norm, eps=r.eps, steps=r.steps, target=r.target, restarts=r.restarts)
+            # every setting that changes the figure is a label: the gate never judges a check by another setting's row
+            labels = dict(method=r.method, norm=r.norm, eps=r.eps, steps=r.steps, target=r.target, restarts=r.restarts,
+                          step_size=config.attack.step_size, sanity=config.attack.sanity)
             for name in ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation", "max_perturbation",
                          "seconds", "images_per_second"):
                 rows.append(metric_row("attack", name, getattr(r, name), **labels))
