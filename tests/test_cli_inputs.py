@@ -37,6 +37,10 @@ BAD = [
     (["data", "build", "--seed", str(2**64)], ["--seed", str(2**64), "4294967295"]),
     ([*ATTACK, "--seed", str(2**70)], ["--seed", str(2**70)]),
     (["shortcut", "--seed", "-1"], ["--seed", "-1"]),
+    # review of issue 10: finite but absurd values overflowed into exit 3
+    (["attack", "--norm", "l2", "--eps", "1e300", "--device", "cpu"], ["eps 1e+300", "at most 10000"]),
+    (["shortcut", "--epochs", "1", "--lr", "1e300", "--device", "cpu"], ["learning rate 1e+300", "at most 1000"]),
+    (["shortcut", "--epochs", "1", "--width", "99999999999999999999", "--device", "cpu"], ["width", "at most 65536"]),
 ]
 
 
@@ -62,3 +66,11 @@ def test_a_folder_name_too_long_is_a_usage_error_for_per_file_outputs_too(tmp_pa
         with output_folder(tmp_path / ("g" * 300)):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mean_and_std_keep_every_value_in_order():
+    """Review of issue 10: --std 0.25,0.25,0.5 lost a value (the list was de-duplicated like an eps list)."""
+    from auditnn.cli.options import user_model
+
+    spec = user_model("cnn", None, "0.5,0.5,0.4", "0.25,0.25,0.5")
+    assert spec.mean == [0.5, 0.5, 0.4] and spec.std == [0.25, 0.25, 0.5]

@@ -60,6 +60,9 @@ BAD = [
     ("[model]\nsource='cnn'", "no [[check]] entries"),
     ("[[check]]\nkind='clean'\nmin_accuracy=0.5\n[[check]]\nkind='clean'\nmin_accuracy=0.6", "two checks are named 'clean accuracy'"),
     ("[run]\nseed = 4294967296\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is 4294967296; allowed: 0 to 4294967295"),
+    ("[model]\nsource = 'cnn'\nstd = [inf]\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'model.std' is [inf]; allowed: a list of finite numbers"),
+    ("[model]\nsource = 'cnn'\nmean = [nan]\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'model.mean' is [nan]"),
+    ("[[check]]\nkind='attack'\neps=nan\nmin_robust_accuracy=0.5", "key 'eps' is nan; allowed: a finite number"),
     ("[run]\nseed = -1\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is -1; allowed: 0 to 4294967295"),
 ]
 

@@ -22,8 +22,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 # Per kind: settings (key -> type), and thresholds (key -> (metric, 'min' or 'max')).
-NUMBER, INTEGER, STRING, BOOLEAN = "a number", "an integer", "a string", "true or false"
-NUMBERS = "a list of numbers"
+NUMBER, INTEGER, STRING, BOOLEAN = "a finite number", "an integer", "a string", "true or false"
+NUMBERS = "a list of finite numbers"
 KIND_SETTINGS: dict[str, dict[str, str]] = {
     "clean": {},
     "attack": {"method": STRING, "norm": STRING, "eps": NUMBER, "steps": INTEGER, "restarts": INTEGER, "target": STRING},
@@ -110,8 +110,8 @@ class Policy:
 
 
 def _type_ok(value: Any, kind: str) -> bool:
-    if kind == NUMBER:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == NUMBER:  # TOML has nan and inf: no setting or threshold takes them
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == INTEGER:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == BOOLEAN:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
+MAX_LR = 1e3  # Adam's step is about lr in parameter units: larger rates only diverge or overflow
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -36,8 +39,8 @@ class TrainConfig:
             raise AuditError(f"epochs {self.epochs}; allowed: at least 1")
         if self.batch_size < 1:
             raise AuditError(f"batch size {self.batch_size}; allowed: at least 1")
-        if not self.lr > 0:
-            raise AuditError(f"learning rate {self.lr}; allowed: > 0")
+        if not 0 < self.lr <= MAX_LR:
+            raise AuditError(f"learning rate {self.lr:g}; allowed: > 0, at most {MAX_LR:g}")
 
 
 @dataclass

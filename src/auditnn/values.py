@@ -32,13 +32,14 @@ def require_finite(value: float, name: str, text: str | None = None) -> float:
     return value
 
 
-def parse_number_list(text: str, name: str) -> list[float]:
-    """'0.5,0.9,0.99' -> [0.5, 0.9, 0.99]; duplicates are dropped, order kept."""
+def parse_number_list(text: str, name: str, *, unique: bool = True) -> list[float]:
+    """'0.5,0.9,0.99' -> [0.5, 0.9, 0.99], order kept. unique: drop repeats (a sweep: eps or rho lists); a
+    per-channel list (mean, std) keeps every value."""
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
         raise AuditError(f"{name} '{text}' is empty; allowed: one or more comma-separated numbers")
     values = [parse_number(p, name) for p in parts]
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(values)) if unique else values
 
 
 def fmt_eps(eps: float) -> str:

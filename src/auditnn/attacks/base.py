@@ -17,6 +17,7 @@ from ..runtime import batch_generator, gather_parts, my_batches, split_on_oom
 
 NORMS = ("linf", "l2")
 TARGET_MODES = ("random", "least-likely")
+MAX_L2_EPS = 1e4  # pixel units; sqrt(3 x 1024 x 1024) = 1774 spans a megapixel RGB image
 BOUND_SLACK = 1e-6  # float32 rounding allowed beyond eps when checking the ball
 
 
@@ -147,9 +148,11 @@ class Attack:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise AuditError(f"norm '{self.norm}' is unknown; allowed: {allowed(NORMS)}")
-        if not self.eps >= 0 or (self.norm == "linf" and self.eps > 1):
-            top = "1" if self.norm == "linf" else "inf"
-            raise AuditError(f"eps {self.eps:g} is outside [0, {top}] for norm {self.norm}; allowed: 0 <= eps <= {top}")
+        # L2: a ball of radius sqrt(C*H*W) already holds every image; radii past MAX_L2_EPS only overflow float32
+        top = 1.0 if self.norm == "linf" else MAX_L2_EPS
+        if not 0 <= self.eps <= top:
+            raise AuditError(f"eps {self.eps:g} is outside [0, {top:g}] for norm {self.norm}; "
+                             f"allowed: 0 <= eps, at most {top:g}")
         if isinstance(self.target, str) and self.target not in TARGET_MODES:
             raise AuditError(f"target '{self.target}' is unknown; allowed: a class index, random or least-likely")
         if self.batch_size < 1:

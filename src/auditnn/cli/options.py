@@ -38,8 +38,8 @@ Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder a
 def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> UserModelSpec:
     return UserModelSpec(
         model, None if weights is None else str(weights),
-        None if mean is None else parse_number_list(mean, "--mean"),
-        None if std is None else parse_number_list(std, "--std"),
+        None if mean is None else parse_number_list(mean, "--mean", unique=False),
+        None if std is None else parse_number_list(std, "--std", unique=False),
     )
 
 

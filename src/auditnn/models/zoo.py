@@ -65,11 +65,14 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, width: int | N
     return net
 
 
+MAX_WIDTH = 65536  # hidden units or channels; wider layers only exhaust memory
+
+
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int, width: int | None = None) -> nn.Module:
     if name not in MODELS:
         raise AuditError(f"model '{name}' is unknown; allowed: {allowed(MODELS)}")
-    if width is not None and width < 1:
-        raise AuditError(f"width {width}; allowed: at least 1")
+    if width is not None and not 1 <= width <= MAX_WIDTH:
+        raise AuditError(f"width {width}; allowed: at least 1, at most {MAX_WIDTH}")
     if num_classes < 2:
         raise AuditError(f"K = {num_classes} classes; allowed: K >= 2")
     return MODELS[name](in_channels, image_size, num_classes, width)
