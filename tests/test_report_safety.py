@@ -279,3 +279,24 @@ def test_json_python_cannot_hold_exits_2(capsys, tmp_path, text):
     (tmp_path / "report.json").write_text(text)
     code, _, err = run_cli(capsys, "report", "show", tmp_path / "report.json")
     assert_usage_error(code, err, str(tmp_path / "report.json"), "is not a JSON file auditnn reads")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("attack/pgd/adversarial", torch.rand(3, 7), "has shape [3, 7]; allowed: 4 dimensions"),
+    ("attack/pgd/adversarial", torch.rand(2, 5, 4, 4), "has 5 channels"),
+    ("attack/pgd/clean", torch.full((1, 1, 4, 4), 2.0), "outside [0, 1]"),
+    ("attack/pgd/clean", torch.full((1, 1, 4, 4), float("nan")), "NaN or infinite"),
+    ("attack/pgd/labels", torch.tensor([-1, 2]), "not class indices"),
+    ("attack/pgd/labels", torch.tensor([0.5]), "not class indices"),
+    ("model/first_layer", torch.zeros(2, 2).to_sparse(), "not a dense real tensor"),
+    ("model/first_layer", torch.zeros(2**12, 2**12 + 1), "more than 16777216"),
+])
+def test_a_pictures_file_with_tensors_the_page_cannot_draw_is_refused(capsys, tmp_path, key, value, needle):
+    """Review of issue 10: a pictures.pt holding a (3, 7) 'adversarial' tensor crashed `report html` with exit 3."""
+    report = _report()
+    report.pictures = PICTURES
+    path = _write(tmp_path, report)
+    torch.save({key: value}, tmp_path / "rep" / PICTURES)
+    code, _, err = run_cli(capsys, "report", "html", path)
+    assert_usage_error(code, err, PICTURES, f"'{key}'", needle)
+    assert not (tmp_path / "rep" / "report.html").exists()

@@ -132,7 +132,46 @@ def load_pictures(report: Report, report_dir: str | Path) -> dict[str, torch.Ten
                                                  for k, v in pictures.items()):
         raise AuditError(f"report pictures '{path}' are not a dict of named tensors; allowed: the pictures.pt "
                          "auditnn wrote beside report.json")
+    for key, value in pictures.items():
+        problem = _picture_problem(key, value)
+        if problem:
+            raise AuditError(f"report pictures '{path}': '{key}' {problem}; allowed: the pictures.pt auditnn wrote "
+                             "beside report.json")
     return pictures
+
+
+# What the page draws, by the last part of a picture's name: (allowed numbers of dimensions, values in [0, 1]?).
+# Images are (N, C, H, W) or a patch (C, H, W) with 1 or 3 channels; labels and predictions (N,) class indices.
+PICTURE_SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
+    "images": ((4,), True), "clean": ((4,), True), "adversarial": ((4,), True), "masks": ((4,), True),
+    "patch": ((3,), True), "mask": ((2, 3), True), "labels": ((1,), False), "predictions": ((1,), False),
+    "shortcut_ids": ((1,), False), "attribution": ((3,), False), "first_layer": ((2, 4), False),
+    "first_layer_kind": ((0,), False),
+}
+MAX_PICTURE_ELEMENTS = 2**24  # the page shows a few dozen small images; 16M values is far beyond any auditnn wrote
+
+
+def _picture_problem(key: str, value: torch.Tensor) -> str | None:
+    """Why a tensor from a pictures file cannot be drawn, or None. Pictures files travel with reports between CI
+    jobs: a tensor of another layout, size or range must be refused here, not crash the page."""
+    if value.layout != torch.strided or value.is_complex():
+        return "is not a dense real tensor"
+    if value.numel() > MAX_PICTURE_ELEMENTS:
+        return f"has {value.numel()} values, more than {MAX_PICTURE_ELEMENTS}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "holds NaN or infinite values"
+    dims, unit = PICTURE_SHAPES.get(key.rsplit("/", 1)[-1], (None, False))
+    if dims is None:
+        return None  # a name the page does not draw
+    if value.dim() not in dims:
+        return f"has shape {list(value.shape)}; allowed: {' or '.join(str(d) for d in dims)} dimensions"
+    if value.dim() in (3, 4) and unit and value.shape[-3] not in (1, 3):
+        return f"has {value.shape[-3]} channels; allowed: 1 or 3"
+    if unit and value.numel() and not (float(value.min()) >= 0 and float(value.max()) <= 1):
+        return "holds values outside [0, 1]"
+    if not unit and dims == (1,) and (value.is_floating_point() or (value.numel() and int(value.min()) < 0)):
+        return "holds values that are not class indices"
+    return None
 
 
 def write_report(
