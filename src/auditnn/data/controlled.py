@@ -266,8 +266,8 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())[:16]
 
 
-def load_controlled(directory: str | Path) -> ControlledDataset:
-    """Read a folder written by save_controlled, verifying every checksum."""
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest.json of a folder written by save_controlled (the split files are not read)."""
     root = Path(directory)
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'")
@@ -276,6 +276,24 @@ def load_controlled(directory: str | Path) -> ControlledDataset:
                          "written by 'auditnn data build'")
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
+    return manifest
+
+
+def check_shortcut_matches(manifest: dict[str, Any], given: dict[str, Any], directory: str | Path) -> None:
+    """Refuse shortcut settings given explicitly (not None) that a built dataset's manifest contradicts: the dataset
+    is used as built, so a differing setting would be silently ignored. Keys: tag, size, opacity, position,
+    target_class."""
+    planted = manifest["shortcut"]
+    for key, value in given.items():
+        if value is not None and planted.get(key) != value:
+            raise AuditError(f"{key} {value!r} differs from the dataset '{directory}', built with {key} "
+                             f"{planted.get(key)!r}; allowed: omit it or give the dataset's value")
+
+
+def load_controlled(directory: str | Path) -> ControlledDataset:
+    """Read a folder written by save_controlled, verifying every checksum."""
+    root = Path(directory)
+    manifest = read_manifest(root)
     splits = {}
     for name in SPLITS:
         path = root / f"{name}.pt"
