@@ -58,7 +58,7 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
     key = "file" if "file" in table.columns else "index" if "index" in table.columns else None
     for needed in (key or "file", "label", attribute):
         if needed not in table.columns:
-            raise AuditError(f"groups file '{path}' has no column {needed!r}; it has: {', '.join(map(repr, table.columns))}; "
+            raise AuditError(f"groups file '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}; "
                              "allowed: file (or index), label and attribute columns")
     names = data.names or [str(i) for i in range(len(data))]
     position = {name: i for i, name in enumerate(names)}
@@ -158,7 +158,7 @@ def association_from_csv(path: str | Path, notes: Annotations, classes: list[str
     table = _read_csv(path, "training CSV", f"give a CSV with label and {notes.attribute!r} columns")
     for needed in ("label", notes.attribute):
         if needed not in table.columns:
-            raise AuditError(f"training CSV '{path}' has no column {needed!r}; it has: {', '.join(map(repr, table.columns))}")
+            raise AuditError(f"training CSV '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}")
     labels, codes = [], []
     for row_number, (label, value) in enumerate(zip(table["label"].tolist(), table[notes.attribute].tolist()), start=2):
         k = _class_index(label, classes)
