@@ -83,7 +83,7 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
             continue
         seen[i] = (row_number, label, value)
         if _class_index(label, data.classes) != int(data.labels[i]):
-            mismatched.append(f"row {row_number} {ref!r} says {label!r}, the data says {data.classes[int(data.labels[i])]}")
+            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[int(data.labels[i])]}")
         codes[i] = values.index(value)
     if unknown:
         raise AuditError(f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
