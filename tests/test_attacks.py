@@ -240,3 +240,12 @@ def test_a_report_row_with_a_bad_target_is_refused_naming_every_allowed_target()
         validate_report(report, "report 'r.json'")
     assert str(caught.value) == ("report 'r.json': key 'metrics[0].target' is 1.5; allowed: a class index, 'random', "
                                  "'least-likely' or null")
+
+
+def test_fgsm_refuses_the_pgd_settings_it_would_ignore():
+    AttackSpec(method="fgsm", eps=[0.1]).validate()
+    AttackSpec(method="pgd", eps=[0.1], steps=5, restarts=3, step_size=0.01).validate()
+    with pytest.raises(AuditError) as caught:
+        AttackSpec(method="fgsm", eps=[0.1], restarts=3, step_size=0.01).validate()
+    assert str(caught.value) == ("method fgsm takes one step from the clean image, so restarts 3, step_size 0.01 would "
+                                 "be ignored; allowed: leave restarts, steps and step_size unset with fgsm, or method pgd")
