@@ -243,3 +243,14 @@ associate_from = "train_meta.csv"\nmax_gap = 0.51\n
     verdict = {row["check"]: row["passed"] for row in report["results"]["verdict"]["rows"]}
     assert verdict == {"given": False, "from training csv": True, "majority": True}
     assert [(w["check"], w["code"]) for w in report["warnings"]] == [("majority", "association_from_evaluated_images")]
+
+
+def test_an_audit_files_bad_association_is_named_without_a_cli_flag(capsys, birds_project):
+    audit = """[model]\nsource = "factory:birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
+[[check]]\nkind = "groups"\nname = "given"\ngroups = "meta.csv"\nattribute = "place"
+associate = "water:99,land:landbird"\nmax_gap = 0.49\n"""
+    (birds_project / "audit.toml").write_text(audit)
+    code, _, err = run_cli(capsys, "audit", "audit.toml", "--out", "gate")
+    assert_usage_error(code, err, "association 'water:99,land:landbird': class '99' is unknown",
+                       "allowed: landbird, waterbird or 0 .. 1")
+    assert "--associate" not in err and files_under(birds_project / "gate") == []
