@@ -45,7 +45,7 @@ class ShortcutConfig:
 class BuildConfig:
     base: str = "digits"
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
-    rho: float = 0.95  # share of train (and val) images whose shortcut agrees with the label: rho * N rounded half up, exactly
+    rho: float = 0.95  # share of train (and val) images whose shortcut agrees with the label: rho * N, rounded half up
     seed: int = 0
     test_per_class: int = 30  # base test images per class; the balanced test split plants every id on each
     val_fraction: float = 0.1
@@ -116,7 +116,8 @@ def aligned_with_label(labels: torch.Tensor, shortcut_ids: torch.Tensor, target_
 def assign_shortcut_ids(
     labels: torch.Tensor, num_classes: int, rho: float, generator: torch.Generator, target_class: int | None = None
 ) -> torch.Tensor:
-    """Shortcut ids for which exactly rho * N rounded half up (int(rho * N + 0.5)) images, drawn at random, are aligned (aligned_with_label).
+    """Shortcut ids for which exactly int(rho * N + 0.5) images (rho * N rounded half up), drawn at random, are
+    aligned (aligned_with_label).
 
     Without a target class a misaligned image gets another class's id, chosen uniformly; rho = 1/K is
     independence. With one, ids are target_class (tagged) or -1: rho of the images are tagged exactly when in
