@@ -107,6 +107,19 @@ def test_a_bad_association_names_the_value_and_what_is_allowed(spec, message):
         parse_association(spec, notes, BIRDS)
 
 
+def test_association_messages_are_one_line_and_say_the_classes_once():
+    """A value with a newline is quoted with its escape (the message stays one line); classes named by their own
+    indices are listed once; the wording names no CLI flag (an audit file gives the same value)."""
+    _, _, notes = waterbirds_split()
+    with pytest.raises(AuditError) as caught:
+        parse_association("water:1\nland:7", notes, BIRDS)
+    assert str(caught.value) == (r"association 'water:1\nland:7': value 'water:1\nland' does not occur in column "
+                                 "'place'; allowed: land or water")
+    with pytest.raises(AuditError) as caught:
+        parse_association("water:1,land:9", notes, ["0", "1"])
+    assert str(caught.value) == "association 'water:1,land:9': class '9' is unknown; allowed: 0 .. 1"
+
+
 def test_class_indices_are_accepted_in_an_association():
     _, _, notes = waterbirds_split()
     assert parse_association("water:1,land:0", notes, BIRDS).classes == {"land": 0, "water": 1}
@@ -195,8 +208,10 @@ def test_the_cli_takes_an_association_and_warns_without_one(capsys, birds_projec
 
 def test_the_cli_refuses_a_bad_association_with_one_line(capsys, birds_project):
     code, _, err = run_cli(capsys, *GROUPS, "--associate", "water:penguin,land:landbird", "--out", "bad")
-    assert_usage_error(code, err, "--associate", "'penguin'", "landbird, waterbird")
+    assert_usage_error(code, err, "association 'water:penguin,land:landbird'", "'penguin'", "landbird, waterbird")
     assert files_under(birds_project / "bad") == []
+    code, _, err = run_cli(capsys, *GROUPS, "--associate", "water:1\nland:7", "--out", "bad")
+    assert_usage_error(code, err, r"association 'water:1\nland:7'", "allowed: land or water")
     code, _, err = run_cli(capsys, "shortcut", "--model", "factory:birds_factory:make", "--data", "tensors:birds.pt",
                            "--associate", "water:waterbird", "--device", "cpu", "--out", "bad")
     assert_usage_error(code, err, "--associate", "--groups")
@@ -228,3 +243,14 @@ associate_from = "train_meta.csv"\nmax_gap = 0.51\n
     verdict = {row["check"]: row["passed"] for row in report["results"]["verdict"]["rows"]}
     assert verdict == {"given": False, "from training csv": True, "majority": True}
     assert [(w["check"], w["code"]) for w in report["warnings"]] == [("majority", "association_from_evaluated_images")]
+
+
+def test_an_audit_files_bad_association_is_named_without_a_cli_flag(capsys, birds_project):
+    audit = """[model]\nsource = "factory:birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
+[[check]]\nkind = "groups"\nname = "given"\ngroups = "meta.csv"\nattribute = "place"
+associate = "water:99,land:landbird"\nmax_gap = 0.49\n"""
+    (birds_project / "audit.toml").write_text(audit)
+    code, _, err = run_cli(capsys, "audit", "audit.toml", "--out", "gate")
+    assert_usage_error(code, err, "association 'water:99,land:landbird': class '99' is unknown",
+                       "allowed: landbird, waterbird or 0 .. 1")
+    assert "--associate" not in err and files_under(birds_project / "gate") == []

@@ -8,6 +8,7 @@ from auditnn.attacks.pgd import random_in_ball
 from auditnn.data.controlled import stratified_split
 from auditnn.errors import AuditError, InvariantError
 from auditnn.models import PixelModel, build_model
+from auditnn.report.schema import metric_row, validate_report
 from auditnn.train import TrainConfig, fit
 
 
@@ -229,3 +230,22 @@ def test_without_early_exit_a_point_broken_mid_run_counts_as_broken_and_keeps_th
         assert not result.robust.item() and result.adversarial.item() == pytest.approx(0.6)
         # clean forward + one restart's iterates + the final scoring forward: the second restart never runs
         assert result.gradient_evaluations == forwards
+
+
+def test_a_report_row_with_a_bad_target_is_refused_naming_every_allowed_target():
+    row = metric_row("robustness", "robust_accuracy", 0.5, method="pgd", target=1.5)
+    report = {"command": "attack", "run_id": "r", "config": {}, "environment": {}, "seed": 0, "results": {},
+              "metrics": [row], "schema": "auditnn.report", "schema_version": 1}
+    with pytest.raises(AuditError) as caught:
+        validate_report(report, "report 'r.json'")
+    assert str(caught.value) == ("report 'r.json': key 'metrics[0].target' is 1.5; allowed: a class index, 'random', "
+                                 "'least-likely' or null")
+
+
+def test_fgsm_refuses_the_pgd_settings_it_would_ignore():
+    AttackSpec(method="fgsm", eps=[0.1]).validate()
+    AttackSpec(method="pgd", eps=[0.1], steps=5, restarts=3, step_size=0.01).validate()
+    with pytest.raises(AuditError) as caught:
+        AttackSpec(method="fgsm", eps=[0.1], restarts=3, step_size=0.01).validate()
+    assert str(caught.value) == ("method fgsm takes one step from the clean image, so restarts 3, step_size 0.01 would "
+                                 "be ignored; allowed: leave restarts, steps and step_size unset with fgsm, or method pgd")

@@ -10,7 +10,8 @@ FAST = ("--epochs", "2", "--test-per-class", "4", "--device", "cpu")
 
 @pytest.mark.parametrize("method,norm", [("fgsm", "linf"), ("pgd", "linf"), ("pgd", "l2")])
 def test_attack_prints_the_table_and_writes_the_report(capsys, tmp_path, method, norm):
-    code, out, err = run_cli(capsys, "attack", "--method", method, "--norm", norm, "--steps", "3", *FAST, "--out", tmp_path)
+    steps = ("--steps", "3") if method == "pgd" else ()  # fgsm refuses PGD's settings
+    code, out, err = run_cli(capsys, "attack", "--method", method, "--norm", norm, *steps, *FAST, "--out", tmp_path)
     assert code == 0, err
     assert f"Robust accuracy: {method.upper()} {norm}" in out
     report = json.loads((tmp_path / "report.json").read_text())
@@ -46,6 +47,21 @@ def test_patch_writes_the_patch_as_png_and_tensor(capsys, tmp_path):
     section = json.loads((tmp_path / "report.json").read_text())["results"]["patch"]
     assert 0 <= section["target_success_rate"] <= 1 and section["target"] == 2
     assert section["images"] == "fitted on the training images, scored on the held-out test images"
+    assert section["n_scored"] == section["data"]["n_test"] == 10 * 4 and f"{10 * 4} held-out images" in out
+
+
+def test_a_patch_on_a_built_dataset_reports_the_images_it_was_fitted_and_scored_on(capsys, tmp_path):
+    """On a controlled dataset the patch is fitted on a seeded half of the 10 x 3 stamp-free test images and
+    scored on the other half: the section and its table say 15 scored, not the 30 test images."""
+    data = tmp_path / "data"
+    code, _, err = run_cli(capsys, "data", "build", "--test-per-class", "3", "--out", data)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "attack", "--method", "patch", "--steps", "5", "--data", data, "--epochs", "1",
+                             "--device", "cpu", "--out", tmp_path / "r")
+    assert code == 0, err
+    section = json.loads((tmp_path / "r" / "report.json").read_text())["results"]["patch"]
+    assert (section["n_fit"], section["n_scored"], section["data"]["n_test"]) == (30 // 2, 30 - 30 // 2, 30 - 30 // 2)
+    assert "15 held-out images" in out and "seeded half" in section["images"]
 
 
 BAD = [
@@ -60,6 +76,9 @@ BAD = [
     (["--method", "patch", "--target", "11"], ["target class 11", "0 .. 9"]),
     (["--target", "everyone"], ["target 'everyone'", "random, least-likely"]),
     (["--method", "fgsm", "--norm", "l2"], ["fgsm", "linf"]),
+    (["--method", "fgsm", "--restarts", "3"], ["method fgsm", "restarts 3 would be ignored", "method pgd"]),
+    (["--method", "fgsm", "--steps", "5"], ["method fgsm", "steps 5 would be ignored"]),
+    (["--method", "fgsm", "--step-size", "0.01"], ["method fgsm", "step_size 0.01 would be ignored"]),
 ]
 
 

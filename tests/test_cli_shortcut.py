@@ -58,6 +58,23 @@ def test_built_data_and_trained_model_are_reused(capsys, tmp_path):
     assert rows[0]["rho"] == 0.9 and rows[0]["training"] is None
 
 
+def test_shortcut_settings_that_contradict_a_built_dataset_exit_2_naming_both(capsys, tmp_path):
+    data = tmp_path / "data"
+    code, _, err = run_cli(capsys, "data", "build", "--tag", "boat", "--test-per-class", "3", "--out", data)
+    assert code == 0, err
+    size = json.loads((data / "manifest.json").read_text())["shortcut"]["size"]
+    for extra, needles in ((["--tag", "background"], ["'background'", "'boat'"]),
+                           (["--size", str(size + 1)], [f"size {size + 1}", f"size {size}"]),
+                           (["--target-class", "3"], ["target_class 3", "None"])):
+        code, _, err = run_cli(capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", *extra, "--out", tmp_path / "o")
+        assert_usage_error(code, err, str(data), *needles)
+        assert files_under(tmp_path / "o") == []
+    code, out, err = run_cli(capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", "--size", str(size),
+                             "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "Shortcut reliance: boat on digits" in out
+
+
 BAD_INPUTS = [
     (["--tag", "logo"], ["'logo'", "watermark, boat or background"]),
     (["--base", "pictures"], ["'pictures'", "digits, shapes"]),

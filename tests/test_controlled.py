@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,8 +53,16 @@ def test_the_share_of_aligned_training_images_is_rho_in_both_modes(digits_base, 
                 aligned += shortcut_id == label
             else:  # aligned: tagged and of the target class, or untagged and of another
                 aligned += (shortcut_id == target_class) == (label == target_class)
-        assert aligned == int(rho * len(split) + 0.5), name  # exactly round(rho * N), not rho on average
+        assert aligned == int(rho * len(split) + 0.5), name  # exactly rho * N rounded half up, not rho on average
         assert data.manifest["aligned_share"][name] == pytest.approx(aligned / len(split))
+
+
+def test_the_aligned_count_is_rho_n_rounded_half_up_as_the_readme_says():
+    """N = 150, rho = 0.95: rho x N = 142.5 exactly (in binary too); half up gives 143, Python's round 142."""
+    ids = assign_shortcut_ids(torch.arange(150) % 10, 10, 0.95, torch.Generator().manual_seed(0))
+    assert int((ids == torch.arange(150) % 10).sum()) == 143 != round(0.95 * 150)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "rho x N rounded half up" in readme and "round(rho x N)" not in readme
 
 
 def test_same_seed_same_bytes_and_checksums_are_verified(tmp_path, digits_base):

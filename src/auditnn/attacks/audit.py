@@ -159,7 +159,7 @@ def attack_report(result: AttackAuditResult, config: AttackAuditConfig, *, run_i
                      "noise_target_success_rate", "optimization_seconds"):
             rows.append(metric_row("patch", name, summary[name], method="patch"))
         results["patch"] = {**summary, "size": config.patch.size, "shape": config.patch.shape,
-                            "model": result.model_source, "data": result.data}
+                            "model": result.model_source, "data": {**result.data, "n_test": result.patch.n_scored}}
     return Report(
         command="attack", run_id=run_id, config=asdict(config), environment=environment, seed=config.seed,
         results=results, metrics=rows, timings={"total": result.seconds}, warnings=warnings,

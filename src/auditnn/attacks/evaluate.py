@@ -19,12 +19,15 @@ HUGE_LINF_EPS = 0.5  # at this Linf radius every image can reach mid-gray (all p
 ZERO_GRADIENT_SHARE = 0.1  # flag when more than this share of attacked points had no usable input gradient
 
 
+PGD_STEPS = 10  # the default number of PGD steps
+
+
 @dataclass
 class AttackSpec:
     method: str = "pgd"  # fgsm or pgd
     norm: str = "linf"
     eps: list[float] = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255])
-    steps: int = 10
+    steps: int = PGD_STEPS
     restarts: int = 1
     step_size: float | None = None
     target: int | str | None = None
@@ -44,6 +47,13 @@ class AttackSpec:
     def validate(self) -> None:
         if not self.eps:
             raise AuditError("eps list is empty; allowed: one or more radii, e.g. 0,2/255,4/255,8/255")
+        if self.method == "fgsm":  # one step from the clean image: PGD's settings would be recorded but never used
+            ignored = [f"{name} {value:g}" for name, value, default in (
+                ("restarts", self.restarts, 1), ("steps", self.steps, PGD_STEPS), ("step_size", self.step_size, None))
+                if value != default]
+            if ignored:
+                raise AuditError(f"method fgsm takes one step from the clean image, so {', '.join(ignored)} would be "
+                                 "ignored; allowed: leave restarts, steps and step_size unset with fgsm, or method pgd")
         for eps in self.eps:
             self.build(eps)  # each attack checks its own settings
 

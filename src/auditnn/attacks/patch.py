@@ -61,6 +61,8 @@ class PatchResult:
     history: list[float] = field(default_factory=list)  # training loss every 10% of the steps
     examples: dict[str, torch.Tensor] = field(default_factory=dict)  # a few patched test images and predictions
     images: str | None = None  # which images it was fitted and scored on, in words (attacks.audit.fit_patch sets it)
+    n_fit: int | None = None  # images the patch was optimized on (optimize_patch sets it)
+    n_scored: int | None = None  # held-out images the accuracies and rates above are over (optimize_patch sets it)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("patch", "mask", "examples")}
@@ -183,6 +185,7 @@ def optimize_patch(
         target_success_rate=rate(adv_pred),
         accuracy_with_noise_patch=float((noise_pred == y_test).float().mean()),
         noise_target_success_rate=rate(noise_pred),
-        optimization_seconds=seconds, steps=config.steps, history=history,
+        optimization_seconds=seconds, steps=config.steps, n_fit=len(train_labels), n_scored=len(y_test),
+        history=history,
         examples={"images": shown.cpu(), "predictions": adv_pred[:8].cpu(), "labels": test_labels[:8].cpu()},
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..data.controlled import ShortcutConfig
+from ..data.controlled import ShortcutConfig, check_shortcut_matches, read_manifest
 from ..errors import AuditError
 from ..report.tables import report_tables
 from ..report.writers import write_report
@@ -74,6 +74,11 @@ def shortcut(
             strict=strict, device=device, seed=seed,
         ), out)
         return
+    if data is not None:  # a built dataset is used as built: its tag, not a default, names the run
+        manifest = read_manifest(data)
+        check_shortcut_matches(manifest, {"tag": tag, "size": size, "opacity": opacity, "position": position,
+                                          "target_class": target_class}, data)
+        tag = manifest["shortcut"]["tag"]
     tag = tag or "watermark"
     rhos = parse_number_list(rho, "--rho")
     config = ShortcutAuditConfig(

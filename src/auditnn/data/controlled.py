@@ -45,7 +45,7 @@ class ShortcutConfig:
 class BuildConfig:
     base: str = "digits"
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
-    rho: float = 0.95  # share of train (and val) images whose shortcut agrees with the label: round(rho * N) exactly
+    rho: float = 0.95  # share of train (and val) images whose shortcut agrees with the label: rho * N, rounded half up
     seed: int = 0
     test_per_class: int = 30  # base test images per class; the balanced test split plants every id on each
     val_fraction: float = 0.1
@@ -116,7 +116,8 @@ def aligned_with_label(labels: torch.Tensor, shortcut_ids: torch.Tensor, target_
 def assign_shortcut_ids(
     labels: torch.Tensor, num_classes: int, rho: float, generator: torch.Generator, target_class: int | None = None
 ) -> torch.Tensor:
-    """Shortcut ids for which exactly round(rho * N) images, drawn at random, are aligned (aligned_with_label).
+    """Shortcut ids for which exactly int(rho * N + 0.5) images (rho * N rounded half up), drawn at random, are
+    aligned (aligned_with_label).
 
     Without a target class a misaligned image gets another class's id, chosen uniformly; rho = 1/K is
     independence. With one, ids are target_class (tagged) or -1: rho of the images are tagged exactly when in
@@ -227,7 +228,7 @@ def build_controlled(config: BuildConfig, base: BaseData | None = None) -> Contr
         "image_shape": list(splits["train"].images.shape[1:]),
         "shortcut": {"tag": config.shortcut.tag, **_salience(shortcut), "target_class": target},
         "rho": config.rho,
-        "aligned_share": {  # measured: round(rho * N) / N
+        "aligned_share": {  # measured: (rho * N rounded half up) / N
             name: float(aligned_with_label(splits[name].labels, splits[name].shortcut_ids, target).float().mean())
             for name in ("train", "val")
         },
@@ -266,8 +267,8 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())[:16]
 
 
-def load_controlled(directory: str | Path) -> ControlledDataset:
-    """Read a folder written by save_controlled, verifying every checksum."""
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest.json of a folder written by save_controlled (the split files are not read)."""
     root = Path(directory)
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'")
@@ -276,6 +277,24 @@ def load_controlled(directory: str | Path) -> ControlledDataset:
                          "written by 'auditnn data build'")
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
+    return manifest
+
+
+def check_shortcut_matches(manifest: dict[str, Any], given: dict[str, Any], directory: str | Path) -> None:
+    """Refuse shortcut settings given explicitly (not None) that a built dataset's manifest contradicts: the dataset
+    is used as built, so a differing setting would be silently ignored. Keys: tag, size, opacity, position,
+    target_class."""
+    planted = manifest["shortcut"]
+    for key, value in given.items():
+        if value is not None and planted.get(key) != value:
+            raise AuditError(f"{key} {value!r} differs from the dataset '{directory}', built with {key} "
+                             f"{planted.get(key)!r}; allowed: omit it or give the dataset's value")
+
+
+def load_controlled(directory: str | Path) -> ControlledDataset:
+    """Read a folder written by save_controlled, verifying every checksum."""
+    root = Path(directory)
+    manifest = read_manifest(root)
     splits = {}
     for name in SPLITS:
         path = root / f"{name}.pt"

@@ -69,7 +69,8 @@ def metric_row(section: str, metric: str, value: float | None, **labels: Any) ->
 # anything renders it. A spec is a type name below, a one-item list (a list of that spec), or a dict of key -> spec
 # (a key ending in '?' may be absent; keys the spec does not name are allowed, as later versions add fields).
 STR, INT, NUM, NUM_OR_NULL, BOOL, ANY = "a string", "an integer", "a number", "a number or null", "true or false", "any"
-STR_OR_NULL, INT_OR_NULL, TARGET = "a string or null", "an integer or null", "a class index, 'random' or null"
+STR_OR_NULL, INT_OR_NULL, TARGET = ("a string or null", "an integer or null",
+                                   "a class index, 'random', 'least-likely' or null")
 SCALAR = "a string, a number, true, false or null"
 TABLE = "a table of names to values"
 BOUNDS = ("min", "max", "max drop")

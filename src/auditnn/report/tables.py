@@ -115,7 +115,8 @@ def patch_tables(section: dict[str, Any]) -> list[Table]:
              f"{section['steps']} steps ({section['optimization_seconds']:.1f} s){_of_check(section)}")
     if section.get("images"):
         title += f"; {section['images']}"
-    return [Table(title, ["held-out images", "adversarial patch", "noise patch (control)"], rows)]
+    held_out = f"{section['n_scored']} held-out images" if "n_scored" in section else "held-out images"
+    return [Table(title, [held_out, "adversarial patch", "noise patch (control)"], rows)]
 
 
 def sensitivity_tables(section: dict[str, Any]) -> list[Table]:

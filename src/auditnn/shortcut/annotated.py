@@ -43,7 +43,10 @@ def _class_index(text: str, classes: list[str]) -> int | None:
 
 
 def _classes_allowed(classes: list[str]) -> str:
-    return f"{', '.join(classes)} or 0 .. {len(classes) - 1}"
+    indices = f"0 .. {len(classes) - 1}"
+    if classes == [str(k) for k in range(len(classes))]:  # the names are the indices: say them once
+        return indices
+    return f"{', '.join(classes)} or {indices}"
 
 
 def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations:
@@ -55,7 +58,7 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
     key = "file" if "file" in table.columns else "index" if "index" in table.columns else None
     for needed in (key or "file", "label", attribute):
         if needed not in table.columns:
-            raise AuditError(f"groups file '{path}' has no column '{needed}'; it has: {', '.join(table.columns)}; "
+            raise AuditError(f"groups file '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}; "
                              "allowed: file (or index), label and attribute columns")
     names = data.names or [str(i) for i in range(len(data))]
     position = {name: i for i, name in enumerate(names)}
@@ -70,17 +73,17 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
     for row_number, (ref, label, value) in enumerate(rows, start=2):
         i = position.get(ref)
         if i is None:
-            unknown.append(f"row {row_number} '{ref}'")
+            unknown.append(f"row {row_number} {ref!r}")
             continue
         if i in seen:
             first, first_label, first_value = seen[i]
             if (first_label, first_value) != (label, value):
-                raise AuditError(f"groups file '{path}' gives image '{names[i]}' twice with different values: "
+                raise AuditError(f"groups file '{path}' gives image {names[i]!r} twice with different values: "
                                  f"rows {first} and {row_number}; allowed: one row per image")
             continue
         seen[i] = (row_number, label, value)
         if _class_index(label, data.classes) != int(data.labels[i]):
-            mismatched.append(f"row {row_number} '{ref}' says {label}, the data says {data.classes[int(data.labels[i])]}")
+            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[int(data.labels[i])]}")
         codes[i] = values.index(value)
     if unknown:
         raise AuditError(f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
@@ -102,30 +105,30 @@ class Association:
 def parse_association(spec: str, notes: Annotations, classes: list[str]) -> Association:
     """--associate 'water:waterbird,land:landbird' (optionally prefixed 'place='): one class, by name or index, for
     every attribute value of the evaluated images."""
-    where = f"--associate '{spec}'"
+    where = f"association {spec!r}"
     text = spec
     head, sep, rest = spec.partition("=")
     if sep and ":" not in head and "," not in head:
         if head != notes.attribute:
-            raise AuditError(f"{where} is for attribute '{head}'; the groups use '{notes.attribute}'")
+            raise AuditError(f"{where} is for attribute {head!r}; the groups use {notes.attribute!r}")
         text = rest
     mapping: dict[str, int] = {}
     for item in text.split(","):
         value, colon, name = item.strip().rpartition(":")
         if not colon or not value:
-            raise AuditError(f"{where}: '{item}' is not VALUE:CLASS; allowed: e.g. water:waterbird,land:landbird")
+            raise AuditError(f"{where}: {item!r} is not VALUE:CLASS; allowed: e.g. water:waterbird,land:landbird")
         if value not in notes.values:
-            raise AuditError(f"{where}: value '{value}' does not occur in column '{notes.attribute}'; "
+            raise AuditError(f"{where}: value {value!r} does not occur in column {notes.attribute!r}; "
                              f"allowed: {allowed(notes.values)}")
         if value in mapping:
-            raise AuditError(f"{where} names '{value}' twice; allowed: one class per value")
+            raise AuditError(f"{where} names {value!r} twice; allowed: one class per value")
         k = _class_index(name, classes)
         if k is None:
-            raise AuditError(f"{where}: class '{name}' is unknown; allowed: {_classes_allowed(classes)}")
+            raise AuditError(f"{where}: class {name!r} is unknown; allowed: {_classes_allowed(classes)}")
         mapping[value] = k
     missing = [v for v in notes.values if v not in mapping]
     if missing:
-        raise AuditError(f"{where} gives no class for '{missing[0]}'; allowed: a class for each of {allowed(notes.values)}")
+        raise AuditError(f"{where} gives no class for {missing[0]!r}; allowed: a class for each of {allowed(notes.values)}")
     return Association({v: mapping[v] for v in notes.values}, "given")
 
 
@@ -137,13 +140,13 @@ def majority_association(labels: torch.Tensor, codes: torch.Tensor, notes: Annot
     for v, value in enumerate(notes.values):
         counts = torch.bincount(labels[codes == v], minlength=len(classes))
         if counts.sum() == 0:
-            raise AuditError(f"value '{value}' never occurs in column '{notes.attribute}' of {source}; "
+            raise AuditError(f"value {value!r} never occurs in column {notes.attribute!r} of {source}; "
                              "give its class with --associate")
         tied = torch.nonzero(counts == counts.max()).view(-1).tolist()
         association[value] = tied[0]
         if len(tied) > 1:
             warnings.append({"code": "association_tie", "message": (
-                f"'{value}' co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
+                f"{value!r} co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
                 f"took {classes[tied[0]]}; give the right one with --associate")})
     return Association(association, source, warnings)
 
@@ -152,15 +155,15 @@ def association_from_csv(path: str | Path, notes: Annotations, classes: list[str
     """The majority class of each attribute value over a training split's metadata CSV (label and attribute
     columns; its images are not needed)."""
     path = Path(path)
-    table = _read_csv(path, "training CSV", f"give a CSV with label and '{notes.attribute}' columns")
+    table = _read_csv(path, "training CSV", f"give a CSV with label and {notes.attribute!r} columns")
     for needed in ("label", notes.attribute):
         if needed not in table.columns:
-            raise AuditError(f"training CSV '{path}' has no column '{needed}'; it has: {', '.join(table.columns)}")
+            raise AuditError(f"training CSV '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}")
     labels, codes = [], []
     for row_number, (label, value) in enumerate(zip(table["label"].tolist(), table[notes.attribute].tolist()), start=2):
         k = _class_index(label, classes)
         if k is None:
-            raise AuditError(f"training CSV '{path}' row {row_number} has label '{label}'; "
+            raise AuditError(f"training CSV '{path}' row {row_number} has label {label!r}; "
                              f"allowed: {_classes_allowed(classes)}")
         if value in notes.values:  # values the evaluated images lack need no class
             labels.append(k)
@@ -212,7 +215,7 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
     not depend on it."""
     keep = notes.codes >= 0
     if not keep.any():
-        raise AuditError(f"no image of the data is annotated with '{notes.attribute}'")
+        raise AuditError(f"no image of the data is annotated with {notes.attribute!r}")
     preds, labels, codes = preds[keep], labels[keep], notes.codes[keep]
     correct = preds == labels
     k = len(classes)
@@ -220,7 +223,7 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
         association = majority_association(labels, codes, notes, classes, "evaluated images")
         used = ", ".join(f"{value}: {classes[c]}" for value, c in association.classes.items())
         association.warnings.insert(0, {"code": "association_from_evaluated_images", "message": (
-            f"each '{notes.attribute}' value's class is its majority class among the evaluated images ({used}); "
+            f"each {notes.attribute!r} value's class is its majority class among the evaluated images ({used}); "
             "the aligned/conflicting split and the gap depend on it: give --associate VALUE:CLASS,... "
             "or --associate-from a training split's CSV")})
     associated = torch.tensor([association.classes[value] for value in notes.values], dtype=torch.long)
