@@ -73,14 +73,17 @@ class _WithConstant(nn.Module):
 
 
 def _rewrite_archive(src: Path, dst: Path, edit) -> None:
-    """Copy the zip member by member; edit(name, data) returns new bytes, or None to keep them; edit(None, None)
-    returns extra (name, bytes) members to add."""
+    """Copy the zip member by member; edit(name, data) returns new bytes, a (new name, bytes) pair, or None to keep
+    them; edit(None, None) returns extra (name, bytes) members to add."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         root = zin.namelist()[0].split("/")[0]
         for info in zin.infolist():
             data = zin.read(info.filename)
             new = edit(info.filename[len(root) + 1 :], data)
-            zout.writestr(info, data if new is None else new)
+            if isinstance(new, tuple):
+                zout.writestr(f"{root}/{new[0]}", new[1])
+            else:
+                zout.writestr(info, data if new is None else new)
         for name, data in edit(None, None) or []:
             zout.writestr(f"{root}/{name}", data)
 
@@ -108,6 +111,22 @@ def _mark_pickled(config_name: str, payload: bytes, extra_entry: dict | None = N
     return edit
 
 
+def _legacy_under_blob_name(folder: str, blob: str, payload: bytes):
+    """An edit that renames the program 'model' to `blob` (a name the old prefix check let through under data/) and
+    adds `folder`/`blob`.pt, which torch reads as a legacy pickled state dict, falling back to its full unpickler."""
+    def edit(name, data):
+        if name is None:
+            return [(f"data/{folder}/{blob}.pt", payload)]
+        for old, new in (("models/model.json", f"models/{blob}.json"), ("data/sample_inputs/model.pt", f"data/sample_inputs/{blob}.pt"),
+                         ("data/weights/model_weights_config.json", f"data/weights/{blob}_weights_config.json"),
+                         ("data/constants/model_constants_config.json", f"data/constants/{blob}_constants_config.json")):
+            if name == old:
+                return new, data
+        return None
+
+    return edit
+
+
 def _evil_archives(tmp_path: Path) -> dict[str, Path]:
     good = tmp_path / "good.pt2"
     torch.export.save(torch.export.export(_WithConstant(), (torch.zeros(2, 1, 2, 2),)), good)
@@ -126,6 +145,8 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
         "sample-inputs-pickle": lambda name, data: torch_pickle if name and name.startswith("data/sample_inputs/") else None,
         "legacy-weights-file": lambda name, data: [("data/weights/model.pt", torch_pickle)] if name is None else None,
         "legacy-format-file": lambda name, data: [("serialized_state_dict.pt", torch_pickle)] if name is None else None,
+        "legacy-weights-under-a-blob-name": _legacy_under_blob_name("weights", "weight_x", torch_pickle),
+        "legacy-constants-under-a-blob-name": _legacy_under_blob_name("constants", "tensor_x", torch_pickle),
     }
     paths = {}
     for case, edit in edits.items():
@@ -135,7 +156,8 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
 
 
 EVIL_ARCHIVES = ("weight-use-pickle", "weight-use-pickle-torch-save", "constant-use-pickle", "opaque-object-constant",
-                 "custom-object-constant", "sample-inputs-pickle", "legacy-weights-file", "legacy-format-file")
+                 "custom-object-constant", "sample-inputs-pickle", "legacy-weights-file", "legacy-format-file",
+                 "legacy-weights-under-a-blob-name", "legacy-constants-under-a-blob-name")
 
 
 def test_the_untouched_archive_loads_and_answers_like_the_module(tmp_path):
