@@ -111,6 +111,11 @@ def _mark_pickled(config_name: str, payload: bytes, extra_entry: dict | None = N
     return edit
 
 
+def _member(archive: Path, name: str) -> bytes:
+    with zipfile.ZipFile(archive) as z:
+        return z.read(f"{z.namelist()[0].split('/')[0]}/{name}")
+
+
 def _legacy_under_blob_name(folder: str, blob: str, payload: bytes):
     """An edit that renames the program 'model' to `blob` (a name the old prefix check let through under data/) and
     adds `folder`/`blob`.pt, which torch reads as a legacy pickled state dict, falling back to its full unpickler."""
@@ -145,6 +150,8 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
         "sample-inputs-pickle": lambda name, data: torch_pickle if name and name.startswith("data/sample_inputs/") else None,
         "legacy-weights-file": lambda name, data: [("data/weights/model.pt", torch_pickle)] if name is None else None,
         "legacy-format-file": lambda name, data: [("serialized_state_dict.pt", torch_pickle)] if name is None else None,
+        "duplicate-sample-inputs": lambda name, data: (torch_pickle if name == "data/sample_inputs/model.pt" else None) if name
+        else [("data/sample_inputs/model.pt", _member(good, "data/sample_inputs/model.pt"))],
         "legacy-weights-under-a-blob-name": _legacy_under_blob_name("weights", "weight_x", torch_pickle),
         "legacy-constants-under-a-blob-name": _legacy_under_blob_name("constants", "tensor_x", torch_pickle),
     }
@@ -156,7 +163,7 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
 
 
 EVIL_ARCHIVES = ("weight-use-pickle", "weight-use-pickle-torch-save", "constant-use-pickle", "opaque-object-constant",
-                 "custom-object-constant", "sample-inputs-pickle", "legacy-weights-file", "legacy-format-file",
+                 "custom-object-constant", "sample-inputs-pickle", "duplicate-sample-inputs", "legacy-weights-file", "legacy-format-file",
                  "legacy-weights-under-a-blob-name", "legacy-constants-under-a-blob-name")
 
 
@@ -174,6 +181,14 @@ def test_an_export_archive_that_would_run_code_is_refused_before_torch_reads_it(
     evil = _evil_archives(tmp_path)[case]
     run_refused(capsys, tmp_path, "--model", f"export:{evil}", "--data", f"tensors:{good_data}",
                 needles=(str(evil), "refused"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["legacy-weights-under-a-blob-name", "legacy-constants-under-a-blob-name"])
+def test_a_renamed_program_is_named_as_what_is_refused(capsys, tmp_path, marker, good_data, case):
+    evil = _evil_archives(tmp_path)[case]
+    run_refused(capsys, tmp_path, "--model", f"export:{evil}", "--data", f"tensors:{good_data}",
+                needles=(str(evil), "models/weight_x.json" if "weights" in case else "models/tensor_x.json", "refused"))
     assert not marker.exists()
 
 

@@ -168,7 +168,8 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
     not plain tensors. torch.export.load is then given these same bytes, so what was checked is what it reads."""
     def refuse(reason: str) -> AuditError:
         return AuditError(f"export file '{path}' {reason}: refused, since loading it could run code; "
-                          "allowed: a program saved by torch.export.save with plain tensor weights")
+                          "allowed: one program ('models/model.json') saved by torch.export.save with plain tensor "
+                          "weights")
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
@@ -184,6 +185,9 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
         # the zip reader checked here and torch's may pick different members of one name (torch's ignores case)
         raise refuse("holds two members of one name")
     members = {name.split("/", 1)[1]: name for name in names}
+    programs = sorted(member for member in members if member.startswith("models/"))
+    if programs != ["models/model.json"]:
+        raise refuse(f"holds programs {programs} (torch loads each, reading its own weights files)")
     try:
         listed = {config: _check_payload_config(config, json.loads(archive.read(members[config])), pattern, refuse)
                   for _, config, pattern in _EXPORT_BLOBS if config in members}
