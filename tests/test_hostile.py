@@ -18,7 +18,7 @@ import torch.nn as nn
 from PIL import Image
 
 from auditnn.data.sources import load_source
-from auditnn.errors import AuditError
+from auditnn.errors import AuditError, Interrupted
 from auditnn.models.user import UserModelSpec, load_user_model
 from helpers import assert_usage_error, files_under, run_cli
 
@@ -215,6 +215,18 @@ FACTORY_BODIES = {
     "returns-a-string": ("def make():\n    return 'a model'\n", "returned str", "torch.nn.Module"),
     "exit-in-forward": ("import sys\nimport torch.nn as nn\nclass Quits(nn.Module):\n    def forward(self, x):\n"
                         "        sys.exit(0)\ndef make():\n    return Quits()\n", "SystemExit(0)", "forward"),
+    "base-exception-at-import": ("class Boom(BaseException):\n    pass\nraise Boom('no GPU')\n", "importing module",
+                                 "Boom: no GPU"),
+    "base-exception-in-factory": ("class Boom(BaseException):\n    pass\ndef make():\n    raise Boom('bad config')\n",
+                                  "calling", "Boom: bad config"),
+    "generator-exit-in-factory": ("def make():\n    raise GeneratorExit\n", "calling", "GeneratorExit"),
+    "keyboard-interrupt-in-factory": ("def make():\n    raise KeyboardInterrupt\n", "calling", "KeyboardInterrupt"),
+    "base-exception-in-forward": ("import torch.nn as nn\nclass Boom(BaseException):\n    pass\nclass Raises(nn.Module):\n"
+                                  "    def forward(self, x):\n        raise Boom('mid-batch')\ndef make():\n    return Raises()\n",
+                                  "forward", "Boom: mid-batch"),
+    "keyboard-interrupt-in-forward": ("import torch.nn as nn\nclass Raises(nn.Module):\n    def forward(self, x):\n"
+                                      "        raise KeyboardInterrupt\ndef make():\n    return Raises()\n",
+                                      "forward", "KeyboardInterrupt"),
 }
 
 
@@ -248,10 +260,12 @@ def test_argparse_usage_printed_by_user_code_is_kept_out_of_the_terminal_but_quo
     assert "[-h]" not in err  # argparse's usage line
 
 
-def test_ctrl_c_in_user_code_still_interrupts(tmp_path, monkeypatch):
-    (tmp_path / "hostile_interrupt.py").write_text("def make():\n    raise KeyboardInterrupt\n")
+def test_a_signal_that_lands_in_user_code_still_interrupts(tmp_path, monkeypatch):
+    """auditnn's SIGINT handler raises Interrupted wherever the main thread is, the user's factory included."""
+    (tmp_path / "hostile_interrupt.py").write_text("import signal\nfrom auditnn.errors import Interrupted\n"
+                                                   "def make():\n    raise Interrupted(signal.SIGINT)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         load_user_model(UserModelSpec("factory:hostile_interrupt:make"), num_classes=3, channels=1)
 
 
