@@ -18,7 +18,7 @@ import torch.nn as nn
 from PIL import Image
 
 from auditnn.data.sources import load_source
-from auditnn.errors import AuditError
+from auditnn.errors import AuditError, Interrupted
 from auditnn.models.user import UserModelSpec, load_user_model
 from helpers import assert_usage_error, files_under, run_cli
 
@@ -73,14 +73,17 @@ class _WithConstant(nn.Module):
 
 
 def _rewrite_archive(src: Path, dst: Path, edit) -> None:
-    """Copy the zip member by member; edit(name, data) returns new bytes, or None to keep them; edit(None, None)
-    returns extra (name, bytes) members to add."""
+    """Copy the zip member by member; edit(name, data) returns new bytes, a (new name, bytes) pair, or None to keep
+    them; edit(None, None) returns extra (name, bytes) members to add."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         root = zin.namelist()[0].split("/")[0]
         for info in zin.infolist():
             data = zin.read(info.filename)
             new = edit(info.filename[len(root) + 1 :], data)
-            zout.writestr(info, data if new is None else new)
+            if isinstance(new, tuple):
+                zout.writestr(f"{root}/{new[0]}", new[1])
+            else:
+                zout.writestr(info, data if new is None else new)
         for name, data in edit(None, None) or []:
             zout.writestr(f"{root}/{name}", data)
 
@@ -108,6 +111,27 @@ def _mark_pickled(config_name: str, payload: bytes, extra_entry: dict | None = N
     return edit
 
 
+def _member(archive: Path, name: str) -> bytes:
+    with zipfile.ZipFile(archive) as z:
+        return z.read(f"{z.namelist()[0].split('/')[0]}/{name}")
+
+
+def _legacy_under_blob_name(folder: str, blob: str, payload: bytes):
+    """An edit that renames the program 'model' to `blob` (a name the old prefix check let through under data/) and
+    adds `folder`/`blob`.pt, which torch reads as a legacy pickled state dict, falling back to its full unpickler."""
+    def edit(name, data):
+        if name is None:
+            return [(f"data/{folder}/{blob}.pt", payload)]
+        for old, new in (("models/model.json", f"models/{blob}.json"), ("data/sample_inputs/model.pt", f"data/sample_inputs/{blob}.pt"),
+                         ("data/weights/model_weights_config.json", f"data/weights/{blob}_weights_config.json"),
+                         ("data/constants/model_constants_config.json", f"data/constants/{blob}_constants_config.json")):
+            if name == old:
+                return new, data
+        return None
+
+    return edit
+
+
 def _evil_archives(tmp_path: Path) -> dict[str, Path]:
     good = tmp_path / "good.pt2"
     torch.export.save(torch.export.export(_WithConstant(), (torch.zeros(2, 1, 2, 2),)), good)
@@ -126,6 +150,10 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
         "sample-inputs-pickle": lambda name, data: torch_pickle if name and name.startswith("data/sample_inputs/") else None,
         "legacy-weights-file": lambda name, data: [("data/weights/model.pt", torch_pickle)] if name is None else None,
         "legacy-format-file": lambda name, data: [("serialized_state_dict.pt", torch_pickle)] if name is None else None,
+        "duplicate-sample-inputs": lambda name, data: (torch_pickle if name == "data/sample_inputs/model.pt" else None) if name
+        else [("data/sample_inputs/model.pt", _member(good, "data/sample_inputs/model.pt"))],
+        "legacy-weights-under-a-blob-name": _legacy_under_blob_name("weights", "weight_x", torch_pickle),
+        "legacy-constants-under-a-blob-name": _legacy_under_blob_name("constants", "tensor_x", torch_pickle),
     }
     paths = {}
     for case, edit in edits.items():
@@ -135,7 +163,8 @@ def _evil_archives(tmp_path: Path) -> dict[str, Path]:
 
 
 EVIL_ARCHIVES = ("weight-use-pickle", "weight-use-pickle-torch-save", "constant-use-pickle", "opaque-object-constant",
-                 "custom-object-constant", "sample-inputs-pickle", "legacy-weights-file", "legacy-format-file")
+                 "custom-object-constant", "sample-inputs-pickle", "duplicate-sample-inputs", "legacy-weights-file", "legacy-format-file",
+                 "legacy-weights-under-a-blob-name", "legacy-constants-under-a-blob-name")
 
 
 def test_the_untouched_archive_loads_and_answers_like_the_module(tmp_path):
@@ -152,6 +181,14 @@ def test_an_export_archive_that_would_run_code_is_refused_before_torch_reads_it(
     evil = _evil_archives(tmp_path)[case]
     run_refused(capsys, tmp_path, "--model", f"export:{evil}", "--data", f"tensors:{good_data}",
                 needles=(str(evil), "refused"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["legacy-weights-under-a-blob-name", "legacy-constants-under-a-blob-name"])
+def test_a_renamed_program_is_named_as_what_is_refused(capsys, tmp_path, marker, good_data, case):
+    evil = _evil_archives(tmp_path)[case]
+    run_refused(capsys, tmp_path, "--model", f"export:{evil}", "--data", f"tensors:{good_data}",
+                needles=(str(evil), "models/weight_x.json" if "weights" in case else "models/tensor_x.json", "refused"))
     assert not marker.exists()
 
 
@@ -178,6 +215,18 @@ FACTORY_BODIES = {
     "returns-a-string": ("def make():\n    return 'a model'\n", "returned str", "torch.nn.Module"),
     "exit-in-forward": ("import sys\nimport torch.nn as nn\nclass Quits(nn.Module):\n    def forward(self, x):\n"
                         "        sys.exit(0)\ndef make():\n    return Quits()\n", "SystemExit(0)", "forward"),
+    "base-exception-at-import": ("class Boom(BaseException):\n    pass\nraise Boom('no GPU')\n", "importing module",
+                                 "Boom: no GPU"),
+    "base-exception-in-factory": ("class Boom(BaseException):\n    pass\ndef make():\n    raise Boom('bad config')\n",
+                                  "calling", "Boom: bad config"),
+    "generator-exit-in-factory": ("def make():\n    raise GeneratorExit\n", "calling", "GeneratorExit"),
+    "keyboard-interrupt-in-factory": ("def make():\n    raise KeyboardInterrupt\n", "calling", "KeyboardInterrupt"),
+    "base-exception-in-forward": ("import torch.nn as nn\nclass Boom(BaseException):\n    pass\nclass Raises(nn.Module):\n"
+                                  "    def forward(self, x):\n        raise Boom('mid-batch')\ndef make():\n    return Raises()\n",
+                                  "forward", "Boom: mid-batch"),
+    "keyboard-interrupt-in-forward": ("import torch.nn as nn\nclass Raises(nn.Module):\n    def forward(self, x):\n"
+                                      "        raise KeyboardInterrupt\ndef make():\n    return Raises()\n",
+                                      "forward", "KeyboardInterrupt"),
 }
 
 
@@ -211,10 +260,12 @@ def test_argparse_usage_printed_by_user_code_is_kept_out_of_the_terminal_but_quo
     assert "[-h]" not in err  # argparse's usage line
 
 
-def test_ctrl_c_in_user_code_still_interrupts(tmp_path, monkeypatch):
-    (tmp_path / "hostile_interrupt.py").write_text("def make():\n    raise KeyboardInterrupt\n")
+def test_a_signal_that_lands_in_user_code_still_interrupts(tmp_path, monkeypatch):
+    """auditnn's SIGINT handler raises Interrupted wherever the main thread is, the user's factory included."""
+    (tmp_path / "hostile_interrupt.py").write_text("import signal\nfrom auditnn.errors import Interrupted\n"
+                                                   "def make():\n    raise Interrupted(signal.SIGINT)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         load_user_model(UserModelSpec("factory:hostile_interrupt:make"), num_classes=3, channels=1)
 
 

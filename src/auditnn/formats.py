@@ -147,20 +147,29 @@ def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- torch.export archives
 
-# What torch.export.save writes for a program with plain tensor weights, relative to the archive's top folder.
-# Everything else (AOTInductor libraries, pickled custom or opaque objects, the legacy pre-2.7 layout) is refused.
-_EXPORT_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
-_EXPORT_PREFIXES = ("models/", "extra/", "data/sample_inputs/", "data/weights/weight_", "data/constants/tensor_")
-_EXPORT_CONFIGS = (("data/weights/", "_weights_config.json"), ("data/constants/", "_constants_config.json"))
+# What torch.export.save writes for one program with plain tensor weights, relative to the archive's top folder; each
+# name is matched exactly. torch.export.load loads every models/<name>.json (and returns the one named 'model'), and for
+# each <name> reads data/weights/<name>.pt or data/constants/<name>.pt, when present, as a legacy pickled state dict that
+# falls back to torch's full unpickler (torch/export/pt2_archive/_package.py _load_state_dict, _load_constants;
+# torch/_export/serde/serialize.py deserialize_torch_artifact). So the one program allowed is 'model', and a blob is
+# only weight_<n> or tensor_<n> listed in its folder's config. Everything else (AOTInductor libraries, pickled custom or
+# opaque objects, the legacy layouts, other programs) is refused.
+_EXPORT_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+_EXPORT_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
+                 "models/model.json", _EXPORT_SAMPLE_INPUTS}
+# (blob folder, its config, the blob names torch.export.save writes there)
+_EXPORT_BLOBS = (("data/weights/", "data/weights/model_weights_config.json", re.compile(r"weight_\d+")),
+                 ("data/constants/", "data/constants/model_constants_config.json", re.compile(r"tensor_\d+")))
 
 
 def check_export_archive(raw: bytes, path: str | Path) -> None:
     """Refuse a torch.export archive whose loading would unpickle with torch's full unpickler: weights or constants
-    flagged use_pickle, custom/opaque object constants, legacy .pt members, sample inputs that are not plain
-    tensors. torch.export.load is then given these same bytes, so what was checked is what it reads."""
+    flagged use_pickle, custom/opaque object constants, legacy .pt members, a second program, sample inputs that are
+    not plain tensors. torch.export.load is then given these same bytes, so what was checked is what it reads."""
     def refuse(reason: str) -> AuditError:
         return AuditError(f"export file '{path}' {reason}: refused, since loading it could run code; "
-                          "allowed: a program saved by torch.export.save with plain tensor weights")
+                          "allowed: one program ('models/model.json') saved by torch.export.save with plain tensor "
+                          "weights")
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
@@ -172,28 +181,37 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
     if len(roots) != 1 or any("/" not in name for name in names):
         raise AuditError(f"export file '{path}' is not a torch.export archive (members {sorted(names)[:3]} are not "
                          "under one top folder); give a file written by torch.export.save")
+    if len({name.lower() for name in names}) != len(names):
+        # the zip reader checked here and torch's may pick different members of one name (torch's ignores case)
+        raise refuse("holds two members of one name")
     members = {name.split("/", 1)[1]: name for name in names}
+    programs = sorted(member for member in members if member.startswith("models/"))
+    if programs != ["models/model.json"]:
+        raise refuse(f"holds programs {programs} (torch loads each, reading its own weights files)")
     try:
+        listed = {config: _check_payload_config(config, json.loads(archive.read(members[config])), pattern, refuse)
+                  for _, config, pattern in _EXPORT_BLOBS if config in members}
+        blobs = {folder + name for folder, config, _ in _EXPORT_BLOBS for name in listed.get(config, ())}
         for member, full in members.items():
-            is_config = any(member.startswith(folder) and member.endswith(suffix) for folder, suffix in _EXPORT_CONFIGS)
-            if not (is_config or member in _EXPORT_FIXED or member.startswith(_EXPORT_PREFIXES)):
+            if not (member in _EXPORT_FIXED or member in listed or member in blobs or member.startswith("extra/")):
                 raise refuse(f"holds member '{member}', which torch.export.save does not write for plain tensors")
-            if is_config:
-                _check_payload_config(member, json.loads(archive.read(full)), refuse)
-            if member.startswith("data/sample_inputs/"):
-                torch.load(io.BytesIO(archive.read(full)), map_location="cpu", weights_only=True)
+            if member == _EXPORT_SAMPLE_INPUTS and (data := archive.read(full)):
+                torch.load(io.BytesIO(data), weights_only=True)  # torch's first call; an empty file it never unpickles
     except AuditError:
         raise
     except Exception as exc:  # zip, JSON and the weights-only unpickler each raise their own types
         raise refuse(f"cannot be checked ({load_failure(exc)})") from None
 
 
-def _check_payload_config(member: str, config: object, refuse: Callable[[str], AuditError]) -> None:
+def _check_payload_config(member: str, config: object, pattern: re.Pattern[str],
+                          refuse: Callable[[str], AuditError]) -> set[str]:
+    """The blob names a weights or constants config lists, each a plain tensor stored as raw bytes."""
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise refuse(f"has a malformed '{member}'")
     for name, entry in entries.items():
         if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
             raise refuse(f"stores '{name}' as a pickle (use_pickle in '{member}')")
-        if not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
+        if not pattern.fullmatch(str(entry.get("path_name", ""))):
             raise refuse(f"stores '{name}' as an object ('{entry.get('path_name')}' in '{member}')")
+    return {entry["path_name"] for entry in entries.values()}

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import AuditError, allowed
+from ..errors import AuditError, Interrupted, allowed
 from ..formats import check_export_archive, read_bytes, read_safetensors, regular_file
 from ..io import safe_torch_load
 from .load import PixelModel, load_model_dir
@@ -99,21 +99,27 @@ def _raised(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def user_code(spec: str, action: str) -> Iterator[None]:
-    """Run the user's own code so that nothing it does decides auditnn's exit code: SystemExit and every Exception
-    become an AuditError naming `action` and what was raised (KeyboardInterrupt still interrupts). What the code
-    prints is kept off the terminal, whose stdout may carry JSON; its last line is quoted when the code fails."""
+    """Run the user's own code so that nothing it raises decides auditnn's exit code: every BaseException
+    (SystemExit, KeyboardInterrupt, GeneratorExit, its own subclasses) becomes an AuditError naming `action` and what
+    was raised. Only Interrupted passes: a real SIGINT or SIGTERM, which auditnn's handler raises wherever the main
+    thread is; a KeyboardInterrupt is code's, not a signal's. What the code prints is kept off the terminal, whose
+    stdout may carry JSON; its last line is quoted when the code fails."""
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             yield
-    except (SystemExit, Exception) as exc:
+    except Interrupted:
+        raise
+    except BaseException as exc:
         lines = [line.strip() for line in printed.getvalue().splitlines() if line.strip()]
         said = f"; its last output: '{lines[-1]}'" if lines else ""
         raise AuditError(f"model '{spec}': {action} raised {_raised(exc)}{said}") from None
 
 
 class _ExitGuard(nn.Module):
-    """A factory-built network whose forward may call sys.exit: that becomes an AuditError, not auditnn's exit."""
+    """A factory-built network whose forward may call sys.exit or raise another BaseException (a KeyboardInterrupt,
+    its own subclass): that becomes an AuditError, not auditnn's exit code. Its Exceptions keep their meaning (a
+    shape mismatch is reported by the code that understands it), and Interrupted, a real signal, still interrupts."""
 
     def __init__(self, net: nn.Module, spec: str) -> None:
         super().__init__()
@@ -123,7 +129,9 @@ class _ExitGuard(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         try:
             return self.net(images)
-        except SystemExit as exc:
+        except (Exception, Interrupted):
+            raise
+        except BaseException as exc:
             raise AuditError(f"model '{self.spec}': its forward raised {_raised(exc)}") from None
 
 
