@@ -99,12 +99,35 @@ def test_an_error_while_rendering_html_leaves_no_folder(capsys, project, monkeyp
 
 
 def test_a_rerun_replaces_an_earlier_report_as_a_whole(capsys, project):
-    (project / "out").mkdir()
-    (project / "out" / "patch.png").write_bytes(b"from an earlier patch run")
+    from auditnn.io import OUTPUT_MARKER, staged_folder
+
+    with staged_folder(project / "out") as staging:  # an earlier run of another command, through the same path
+        (staging / "patch.png").write_bytes(b"from an earlier patch run")
     exit_code, _, err = attack(capsys, project / "out")
     assert exit_code == 0, err
-    assert sorted(snapshot(project / "out")) == ["metrics.csv", "pictures.pt", "report.html", "report.json", "summary.md"]
+    assert sorted(snapshot(project / "out")) == sorted([OUTPUT_MARKER, "metrics.csv", "pictures.pt", "report.html",
+                                                        "report.json", "summary.md"])
     assert leftovers(project) == []
+
+
+def test_an_empty_folder_is_used(capsys, project):
+    (project / "out").mkdir()
+    exit_code, _, err = attack(capsys, project / "out")
+    assert exit_code == 0, err
+    assert (project / "out" / "report.json").is_file() and leftovers(project) == []
+
+
+@pytest.mark.parametrize("files", [
+    {"model.pt": b"precious", "models/my_weights.safetensors": b"x"},  # the reviewer's: names auditnn also writes
+    {"report.json": b"{}", "metrics.csv": b"a,b"},  # a report an auditnn without the marker wrote, or a user copied
+], ids=["users-model-files", "no-marker"])
+def test_a_folder_auditnn_did_not_write_is_refused_and_kept(capsys, project, files):
+    for name, data in files.items():
+        (project / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / "out" / name).write_bytes(data)
+    exit_code, _, err = attack(capsys, project / "out")
+    assert_usage_error(exit_code, err, f"'{project / 'out'}'", "was not written by auditnn", "remove it")
+    assert snapshot(project / "out") == files and leftovers(project) == []
 
 
 def test_a_folder_holding_other_files_is_refused_and_kept(capsys, project):
@@ -181,11 +204,12 @@ def test_a_signal_while_torch_loads_exits_with_one_line(tmp_path, name, code):
 
 
 def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_base):
-    """A rerun replaces a folder holding only OUTPUT_NAMES and refuses any other: each writer's names must be there."""
+    """A rerun replaces a folder holding the marker and only OUTPUT_NAMES, and refuses any other: each writer's
+    names must be there. Each writes through staged_folder, as every command does."""
     from auditnn.attacks.audit import save_patch
     from auditnn.attacks.patch import PatchResult
     from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled, save_controlled
-    from auditnn.io import OUTPUT_NAMES
+    from auditnn.io import OUTPUT_NAMES, staged_folder
     from auditnn.models import save_model_dir
     from auditnn.report import write_report
     from auditnn.report.schema import Report
@@ -195,12 +219,14 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     verdict = {"passed": False, "rows": [row], "failed_checks": ["clean"]}
     report = Report(command="audit", run_id="r", config={}, environment={}, seed=0, results={"verdict": verdict},
                     metrics=[{"section": "accuracy", "metric": "accuracy", "value": 0.5}])
-    write_report(report, tmp_path / "report", pictures={"x": torch.zeros(1, 2, 2)})
-    save_patch(PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1),
-               tmp_path / "report")
-    save_model_dir(torch.nn.Linear(2, 2), {}, tmp_path / "model")
+    with staged_folder(tmp_path / "report") as staging:
+        write_report(report, staging, pictures={"x": torch.zeros(1, 2, 2)})
+        save_patch(PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1), staging)
+    with staged_folder(tmp_path / "model") as staging:
+        save_model_dir(torch.nn.Linear(2, 2), {}, staging)
     config = BuildConfig(base="digits", shortcut=ShortcutConfig(tag="watermark"), rho=0.9, seed=0, test_per_class=1)
-    save_controlled(build_controlled(config, digits_base), tmp_path / "data")
+    with staged_folder(tmp_path / "data") as staging:
+        save_controlled(build_controlled(config, digits_base), staging)
     written = {p.name for folder in tmp_path.iterdir() for p in folder.iterdir()}
     assert written == OUTPUT_NAMES - {"models"}  # models/ is the shortcut command's folder of model folders
 
@@ -225,21 +251,22 @@ def test_the_folder_gets_the_mode_of_a_plain_mkdir_and_the_working_folder_is_ref
 def test_an_earlier_folder_set_aside_by_a_killed_run_is_put_back(tmp_path):
     """A run killed between its two renames leaves the earlier folder aside and no folder in place: the next run
     puts it back, so that its own failure leaves the earlier files where they were."""
-    from auditnn.io import sibling, staged_folder
+    from auditnn.io import MARKER_TEXT, OUTPUT_MARKER, sibling, staged_folder
 
     aside = Path(f"{sibling(tmp_path / 'out', 'old')}-killed")
     aside.mkdir()
+    (aside / OUTPUT_MARKER).write_text(MARKER_TEXT)
     (aside / "report.json").write_text("earlier")
     with pytest.raises(RuntimeError):
         with staged_folder(tmp_path / "out") as staging:
             (staging / "report.json").write_text("new")
             raise RuntimeError("failed")
-    assert snapshot(tmp_path / "out") == {"report.json": b"earlier"}
+    assert snapshot(tmp_path / "out") == {OUTPUT_MARKER: MARKER_TEXT.encode(), "report.json": b"earlier"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     os.rename(tmp_path / "out", aside)  # killed again; this time the next run succeeds and replaces the earlier files
     with staged_folder(tmp_path / "out") as staging:
         (staging / "report.json").write_text("new")
-    assert snapshot(tmp_path / "out") == {"report.json": b"new"}
+    assert snapshot(tmp_path / "out") == {OUTPUT_MARKER: MARKER_TEXT.encode(), "report.json": b"new"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -3,6 +3,7 @@ import os
 import pytest
 
 from auditnn.io import atomic_write_bytes, atomic_write_text, output_folder
+from helpers import assert_usage_error, run_cli
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
@@ -59,3 +60,13 @@ def test_a_successful_write_replaces_the_contents_and_leaves_only_the_target(tmp
     target.write_bytes(b"a much longer old content")
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+@pytest.mark.parametrize("command", ["show", "html"])
+@pytest.mark.parametrize("kind,says", [("folder", "is a directory"), ("fifo", "is not a regular file")])
+def test_a_report_that_is_not_a_file_is_named_for_what_it_is(capsys, tmp_path, command, kind, says):
+    path = tmp_path / "run"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)  # a FIFO would block a reader that opened it
+    code, _, err = run_cli(capsys, "report", command, path)
+    assert_usage_error(code, err, f"report '{path}' {says}", "give a report.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

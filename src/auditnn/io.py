@@ -22,13 +22,19 @@ from .formats import load_failure, regular_file
 from .interrupts import deferred
 from .runtime import is_main_process
 
+# The file staged_folder puts in every output folder it writes. Names alone cannot tell auditnn's folder from a
+# user's (a user's own model.pt or models/), so only a folder holding this file may be replaced as a whole.
+OUTPUT_MARKER = ".auditnn-output"
+MARKER_TEXT = "Written by auditnn. A rerun with this folder as --out replaces the whole folder.\n"
+
 # Every name auditnn writes at the top of an output folder: report/writers.py, attacks/audit.py (patch.*), the
-# shortcut command (models/), models/load.py (a model folder), data/controlled.py (a dataset folder). A folder that
-# holds only these was written by an earlier run and may be replaced as a whole; any other entry is the user's, and
-# the folder is refused rather than removed.
+# shortcut command (models/), models/load.py (a model folder), data/controlled.py (a dataset folder), and the
+# marker. A folder that holds the marker and only these was written by an earlier run and may be replaced as a
+# whole; any other folder is refused rather than removed.
 OUTPUT_NAMES = frozenset({
     "report.json", "report.html", "metrics.csv", "summary.md", "junit.xml", "pictures.pt", "patch.png", "patch.pt",
     "models", "model.pt", "model.json", "manifest.json", "train.pt", "val.pt", "test.pt", "test_clean.pt",
+    OUTPUT_MARKER,
 })
 
 
@@ -153,8 +159,9 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
 
     A lock file beside `path` keeps a second run off the same folder (AuditError naming the first run's pid). The
     kernel drops the lock when its process dies, so the next run takes over a killed run's lock and removes its
-    staging folder. A folder holding entries auditnn does not write (OUTPUT_NAMES) is refused, never removed. Under
-    torchrun the other processes write nothing: they get a private temporary folder."""
+    staging folder. The staging folder starts with OUTPUT_MARKER in it; an existing folder that lacks the marker or
+    holds entries auditnn does not write (OUTPUT_NAMES) is refused, never removed. Under torchrun the other
+    processes write nothing: they get a private temporary folder."""
     shown = Path(path)
     if not is_main_process():  # its writes are no-ops, but a folder it makes would land in the commit's way
         with tempfile.TemporaryDirectory(prefix="auditnn-rank-") as scratch:
@@ -199,6 +206,7 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
                 made_target = True
             staging = Path(tempfile.mkdtemp(prefix=sibling(target, "new").name + "-", dir=target.parent))
             os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes folders private; give the mode a plain mkdir would
+            (staging / OUTPUT_MARKER).write_text(MARKER_TEXT)
     except OSError as exc:
         with deferred():
             undo()
@@ -266,7 +274,7 @@ def _release_lock(target: Path, fd: int) -> None:
 
 def _earlier_run(target: Path, shown: Path, what: str) -> bool:
     """True when `target` holds an earlier run's files (to be replaced as a whole); AuditError when it holds
-    anything else."""
+    anything else, or lacks the marker that says auditnn wrote it."""
     if not target.exists():
         return False
     entries = sorted(p.name for p in target.iterdir())
@@ -274,6 +282,9 @@ def _earlier_run(target: Path, shown: Path, what: str) -> bool:
     if foreign:
         raise AuditError(f"{what} '{shown}' holds '{foreign[0]}', which auditnn does not write; give a new or empty "
                          "folder (one from an earlier auditnn run is replaced as a whole)")
+    if entries and not (target / OUTPUT_MARKER).is_file():
+        raise AuditError(f"{what} '{shown}' was not written by auditnn (it has no {OUTPUT_MARKER} file) and is left "
+                         "alone; give a new or empty folder (an older auditnn wrote no marker either: remove it first)")
     return bool(entries)
 
 
@@ -306,10 +317,9 @@ def _commit(staging: Path, target: Path, earlier: bool) -> None:
 
 
 def read_json(path: str | Path, what: str, hint: str) -> Any:
-    """A JSON file, or an AuditError naming it: missing (with `hint`, what to give instead) or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"{what} '{path}' does not exist; {hint}")
+    """A JSON file, or an AuditError naming it: missing or not a regular file (with `hint`, what to give instead),
+    or malformed."""
+    path = regular_file(path, what, hint)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
