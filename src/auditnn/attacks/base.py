@@ -152,7 +152,7 @@ class Attack:
         top = 1.0 if self.norm == "linf" else MAX_L2_EPS
         if not 0 <= self.eps <= top:
             raise AuditError(f"eps {self.eps:g} is outside [0, {top:g}] for norm {self.norm}; "
-                             f"allowed: 0 <= eps, at most {top:g}")
+                             f"allowed: 0 <= eps <= {top:g}")
         if isinstance(self.target, str) and self.target not in TARGET_MODES:
             raise AuditError(f"target '{self.target}' is unknown; allowed: a class index, random or least-likely")
         if self.batch_size < 1:
