@@ -307,14 +307,6 @@ SAFETENSORS_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", SAFETENSORS_CASES)
-def test_a_malformed_safetensors_file_is_named(capsys, tmp_path, case):
-    content, needle = SAFETENSORS_CASES[case]
-    (tmp_path / "bad.safetensors").write_bytes(content)
-    run_refused(capsys, tmp_path, "--model", "mlp", "--data", f"tensors:{tmp_path / 'bad.safetensors'}",
-                needles=(str(tmp_path / "bad.safetensors"), needle))
-
-
 def _npz_bytes(**arrays) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -335,12 +327,16 @@ NPZ_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", NPZ_CASES)
-def test_a_bad_npz_file_is_named(capsys, tmp_path, case):
-    content, needle = NPZ_CASES[case]
-    (tmp_path / "bad.npz").write_bytes(content)
-    run_refused(capsys, tmp_path, "--model", "mlp", "--data", f"tensors:{tmp_path / 'bad.npz'}",
-                needles=(str(tmp_path / "bad.npz"), needle))
+TENSORS_FILE_CASES = {**{f"safetensors-{k}": (".safetensors", *v) for k, v in SAFETENSORS_CASES.items()},
+                      **{f"npz-{k}": (".npz", *v) for k, v in NPZ_CASES.items()}}
+
+
+@pytest.mark.parametrize("case", TENSORS_FILE_CASES)
+def test_a_malformed_safetensors_or_npz_file_is_named(capsys, tmp_path, case):
+    suffix, content, needle = TENSORS_FILE_CASES[case]
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(content)
+    run_refused(capsys, tmp_path, "--model", "mlp", "--data", f"tensors:{bad}", needles=(str(bad), needle))
 
 
 IMAGES = torch.zeros(4, 1, 2, 2)
