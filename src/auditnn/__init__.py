@@ -2,9 +2,9 @@
 
 The library's entry points (the CLI calls the same functions):
 
-    from auditnn import PGD, evaluate_attack, AttackSpec       # robust accuracy in pixel space [0, 1]
-    from auditnn import run_shortcut_audit, ShortcutAuditConfig  # planted-shortcut reliance
-    from auditnn import load_policy, run_audit, judge            # audit files and the gate
+    from auditnn import PGD, evaluate_attack, AttackSpec    # robust accuracy in pixel space [0, 1]
+    from auditnn import Plan, Check, SubjectSpec, run_plan  # any check (auditnn.checks.KINDS), as the CLI runs it
+    from auditnn import load_plan, judge                    # audit files and the gate
 
 They are imported on first use (PEP 562), so that `python -m auditnn` installs its signal handlers before torch
 loads: a Ctrl-C in the first seconds is then an interrupt, not a traceback.
@@ -19,22 +19,23 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "FGSM": ".attacks", "PGD": ".attacks", "AttackSpec": ".attacks.evaluate", "evaluate_attack": ".attacks.evaluate",
-    "run_audit": ".audit", "AuditError": ".errors", "judge": ".gate", "load_policy": ".gate",
-    "load_report": ".report", "ShortcutAuditConfig": ".shortcut.audit", "run_shortcut_audit": ".shortcut.audit",
+    "AuditError": ".errors", "judge": ".gate", "Check": ".plan", "Plan": ".plan", "load_plan": ".plan",
+    "load_report": ".report", "run_plan": ".runner", "SubjectSpec": ".subject",
 }
 
 if TYPE_CHECKING:
     from .attacks import FGSM, PGD
     from .attacks.evaluate import AttackSpec, evaluate_attack
-    from .audit import run_audit
     from .errors import AuditError
-    from .gate import judge, load_policy
+    from .gate import judge
+    from .plan import Check, Plan, load_plan
     from .report import load_report
-    from .shortcut.audit import ShortcutAuditConfig, run_shortcut_audit
+    from .runner import run_plan
+    from .subject import SubjectSpec
 
 __all__ = [
-    "FGSM", "PGD", "AttackSpec", "AuditError", "ShortcutAuditConfig", "__version__", "evaluate_attack", "judge",
-    "load_policy", "load_report", "run_audit", "run_shortcut_audit",
+    "FGSM", "PGD", "AttackSpec", "AuditError", "Check", "Plan", "SubjectSpec", "__version__", "evaluate_attack",
+    "judge", "load_plan", "load_report", "run_plan",
 ]
 
 

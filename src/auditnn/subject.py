@@ -1,14 +1,14 @@
-"""What an audit looks at: evaluation data (with training images for what must be fitted) and the model, trained,
-reused from the cache, or loaded from a folder auditnn wrote."""
+"""The subject of an audit: evaluation data (with training images for what must be fitted) and the model, trained,
+reused from the cache, or loaded from the user's spec; with a fingerprint of both that keys cached results."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,9 @@ from .errors import AuditError, InvariantError
 from .inference import check_logits, eval_mode, model_device
 from .models import PixelModel, load_model_dir, save_model_dir
 from .models.load import CARD
-from .models.user import UserModelSpec, load_user_model, split_model_spec
+from .models.user import load_user_model
 from .runtime import is_main_process, object_from_first, share_weights_from_first
+from .spec import DataSpec, ModelSpec
 from .train import ProgressFn, TrainConfig, new_classifier, train_classifier
 
 
@@ -43,19 +44,15 @@ class EvalData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-
-def is_source_spec(text: str) -> bool:
-    return text.split(":", 1)[0] in ("digits", "shapes", "torchvision", "imagefolder", "tensors")
-
-
-def is_architecture(spec: str) -> bool:
-    """True for a model spec that names an architecture auditnn trains (mlp, cnn, resnet18)."""
-    return split_model_spec(spec)[0] == "arch"
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test images and labels in order, batch_size at a time: what a check reads when it needs one pass."""
+        for begin in range(0, len(self.test_labels), batch_size):
+            yield self.test_images[begin : begin + batch_size], self.test_labels[begin : begin + batch_size]
 
 
 def load_eval_data(
-    *, base: str = "digits", data: str | None = None, data_root: str | None = None, download: bool = False,
-    test_per_class: int = 30, seed: int = 0, strict: bool = False, trains_model: bool = False,
+    *, base: str | DataSpec = "digits", data: str | DataSpec | None = None, data_root: str | None = None,
+    download: bool = False, test_per_class: int = 30, seed: int = 0, strict: bool = False, trains_model: bool = False,
 ) -> EvalData:
     """What an audit measures:
     - data = a controlled dataset folder: its train split, and its test images without any shortcut;
@@ -64,33 +61,80 @@ def load_eval_data(
     - otherwise (the base source, or the user's images when `trains_model`: an architecture will be fitted on
       train_*): test_per_class images of every class held out (from the official test split when there is one),
       the rest to train on, so a model is never scored on the images it was fitted on."""
-    if data is not None and not is_source_spec(data):
-        ds = load_controlled(data)
+    given = DataSpec.parse(data) if isinstance(data, str) else data
+    if given is not None and not given.is_source:
+        ds = load_controlled(given.arg)
         return EvalData(ds.train.images, ds.train.labels, ds.test_clean.images, ds.test_clean.labels, ds.classes,
-                        {"data": data, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"})
-    if data is not None and not trains_model:
-        source = load_source(data, data_root=data_root, download=download, seed=seed, strict=strict)
+                        {"data": given.text, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"})
+    if given is not None and not trains_model:
+        source = load_source(given, data_root=data_root, download=download, seed=seed, strict=strict)
         test = source.train if source.test is None else source.test
-        validate_images(test.images, test.labels, test.num_classes, f"data '{data}'")
+        validate_images(test.images, test.labels, test.num_classes, f"data '{given.text}'")
         return EvalData(source.train.images, source.train.labels, test.images, test.labels, test.classes,
-                        {"data": data, **source.notes, "n_images": len(test)}, test.names, source.test is None)
-    spec = base if data is None else data
+                        {"data": given.text, **source.notes, "n_images": len(test)}, test.names, source.test is None)
+    spec = given or (DataSpec.source(base) if isinstance(base, str) else base)
     source = load_source(spec, data_root=data_root, download=download, seed=seed, strict=strict)
-    validate_images(source.train.images, source.train.labels, source.train.num_classes, f"data source '{spec}'")
+    where = f"data source '{spec.text}'"
+    validate_images(source.train.images, source.train.labels, source.train.num_classes, where)
     counts = torch.bincount(source.train.labels, minlength=source.train.num_classes)
     if source.test is None and int(counts.min()) <= test_per_class:
         k = int(counts.argmin())
-        raise AuditError(f"data source '{spec}': class {k} has {int(counts[k])} image(s), so holding out "
-                         f"test_per_class = {test_per_class} leaves none to train on; allowed: test_per_class < "
-                         f"{int(counts[k])}")
+        raise AuditError(f"{where}: class {k} has {int(counts[k])} image(s), so holding out test_per_class = "
+                         f"{test_per_class} leaves none to train on; allowed: test_per_class < {int(counts[k])}")
     train, test = stratified_split(source, test_per_class, seed)
     return EvalData(train.images, train.labels, test.images, test.labels, train.classes,
-                    {"base": spec, "seed": seed, "test_per_class": test_per_class, **source.notes,
+                    {"base": spec.text, "seed": seed, "test_per_class": test_per_class, **source.notes,
                      "n_train": len(train), "n_test": len(test)}, test.names)
 
 
-def training_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the training data as fitted: the shape, then the float32 pixel bytes and the int64 label bytes
+@dataclass(frozen=True)
+class SubjectSpec:
+    """How to obtain the subject, as an audit file's [model] and [data] tables or a command's options say it.
+    base: the source an architecture trains on (test_per_class of each class held out); data: the user's images or
+    a built dataset folder, measured instead; width and train: for an architecture."""
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("cnn"))
+    base: DataSpec = field(default_factory=lambda: DataSpec.source("digits"))
+    data: DataSpec | None = None
+    data_root: str | None = None
+    download: bool = False
+    test_per_class: int = 30
+    strict: bool = False
+    width: int | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Subject:
+    """The model (on `device`, eval mode, taking [0, 1] pixels), its card, the data it is measured on, where the
+    model came from ('trained', 'cache' or the user's spec) and a fingerprint: sha256 over the model's weights, the
+    evaluation images and labels, and the settings that made them."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    data: EvalData
+    device: torch.device
+    source: str
+    fingerprint: str
+
+    @property
+    def described(self) -> dict[str, Any]:
+        """The data as a report section records it."""
+        return {**self.data.description, "classes": self.data.classes, "n_test": len(self.data.test_labels)}
+
+
+def load_subject(spec: SubjectSpec, device: torch.device, seed: int, progress: ProgressFn | None = None) -> Subject:
+    """The evaluation data, then the model: an architecture is trained (or read from the cache) on the training
+    images, never scored on them."""
+    data = load_eval_data(
+        base=spec.base, data=spec.data, data_root=spec.data_root, download=spec.download,
+        test_per_class=spec.test_per_class, seed=seed, strict=spec.strict, trains_model=spec.model.is_architecture,
+    )
+    return resolve_subject(spec.model, data, spec.train, device, width=spec.width, progress=progress)
+
+
+def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of images and labels as measured or fitted: the shape, then the float32 pixel bytes and the int64 label bytes
     (images (N, C, H, W) in [0, 1], labels (N,)). About 1 s per GB, far below the cost of training."""
     digest = hashlib.sha256(str(list(images.shape)).encode())
     digest.update(images.detach().cpu().float().contiguous().numpy())
@@ -112,10 +156,6 @@ def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: in
         raise AuditError(f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data")
     if len(card["classes"]) != num_classes:
         raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {num_classes}; use matching data")
-
-
-def check_model_spec(spec: str) -> None:
-    split_model_spec(spec)
 
 
 def conform_data(data: EvalData, shape: list[int | None]) -> EvalData:
@@ -148,46 +188,67 @@ def probe_model(model: nn.Module, data: EvalData, where: str) -> None:
                          "use data with the model's classes")
 
 
-def resolve_model(
-    spec: str | UserModelSpec, data: EvalData, train: TrainConfig, device: torch.device, *, width: int | None = None,
-    progress: ProgressFn | None = None,
-) -> tuple[PixelModel, dict[str, Any], str, EvalData]:
-    """Returns (model on device in eval mode, model card, where it came from: 'trained', 'cache' or the spec, and
-    the data, converted to the model's declared input shape when it has one).
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the model's state: every entry's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{name} {value.dtype} {list(value.shape)}".encode())
+            digest.update(value.view(torch.uint8).numpy() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def resolve_subject(
+    spec: ModelSpec, data: EvalData, train: TrainConfig, device: torch.device, *, width: int | None = None,
+    progress: ProgressFn | None = None, conform: bool = True, check_card: Callable[[dict[str, Any]], None] | None = None,
+) -> Subject:
+    """The model a spec names, on `device` in eval mode, with the data it is measured on: converted to the model's
+    declared input shape when it has one (with `conform`; without, a model that does not take the images as they
+    are is an error); `check_card(card)` may refuse a trained model by its card before it is tried on the data.
 
     An architecture name trains on data.train_* (never on data that holds no images apart from the test images);
     the result is cached under cache_dir(), keyed by everything that determines it (the training images and labels
     by their sha256, which the returned data's description records as train_sha256), so a second run with the same
     settings and data reuses it. Under torchrun only the first process trains or reads the cache; every other
     process receives its weights, so all of them hold the same model whether or not the cache can be written."""
-    user = spec if isinstance(spec, UserModelSpec) else UserModelSpec(spec)
-    kind, _ = split_model_spec(user.spec)
-    if kind != "arch":
-        model, card = load_user_model(user, num_classes=data.num_classes, channels=data.test_images.shape[1])
-        if card.get("input_shape"):
-            data = conform_data(data, list(card["input_shape"]))
-        if kind == "auditnn":
-            check_model_fits(card, data.test_images, data.num_classes, f"'{user.spec}'")
+    if not spec.is_architecture:
+        model, card = load_user_model(spec, num_classes=data.num_classes, channels=data.test_images.shape[1])
+        if check_card is not None:
+            check_card(card)
+        declared = card.get("input_shape")
+        if declared and conform:
+            data = conform_data(data, list(declared))
+        if declared and (spec.kind == "auditnn" or not conform):
+            check_model_fits({**card, "classes": card["classes"] or data.classes}, data.test_images,
+                             data.num_classes, f"'{spec.text}'")
         model = model.to(device).eval()
-        probe_model(model, data, f"'{user.spec}'")
-        return model, card, user.spec, data
+        probe_model(model, data, f"'{spec.text}'")
+        described = json.dumps({"model": asdict(spec), "card": card}, sort_keys=True, default=str)
+        fingerprint = _fingerprint(described, weights_digest(model), data_digest(data.test_images, data.test_labels))
+        return Subject(model, card, data, device, spec.text, fingerprint)
     if data.fitted_on_test:
-        raise InvariantError(f"architecture '{user.spec}' would be scored on the images it is trained on; "
-                             "load the data with trains_model=True")
+        raise InvariantError(f"architecture '{spec.text}' would be scored on the images it is trained on; "
+                         "load the data with trains_model=True")
     data = replace(data, description={**data.description,
-                                      "train_sha256": training_digest(data.train_images, data.train_labels)})
+                                      "train_sha256": data_digest(data.train_images, data.train_labels)})
     key_source = json.dumps(
-        {"arch": user.spec, "width": width, "train": asdict(train), "data": data.description, "classes": data.classes,
+        {"arch": spec.text, "width": width, "train": asdict(train), "data": data.description, "classes": data.classes,
          "auditnn": __version__, "torch": torch.__version__, "device": device.type}, sort_keys=True)
     folder = cache_dir() / "models" / hashlib.sha256(key_source.encode()).hexdigest()[:16]
     if is_main_process():
-        model, card, source = _cached_or_trained(folder, user.spec, data, train, device, width, progress)
+        model, card, source = _cached_or_trained(folder, spec.text, data, train, device, width, progress)
     else:  # the first process trains (or reads the cache); this one only needs the shape to receive its weights
-        model, card, source = new_classifier(data.train_images, data.classes, user.spec, width), None, None
+        model, card, source = new_classifier(data.train_images, data.classes, spec.text, width), None, None
     model = model.to(device)
     share_weights_from_first(model)
     card, source = object_from_first((card, source))
-    return model.eval(), card, source, data
+    fingerprint = _fingerprint(key_source, weights_digest(model), data_digest(data.test_images, data.test_labels))
+    return Subject(model.eval(), card, data, device, source, fingerprint)
 
 
 def _cached_or_trained(

@@ -3,18 +3,25 @@ random location, rotation and scale; evaluated on held-out images beside a rando
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import check_logits, eval_mode, frozen_parameters, model_device
+from ..io import atomic_torch_save, atomic_write_bytes
 from .base import per_sample_loss
+
+if TYPE_CHECKING:
+    from ..subject import EvalData
 
 SHAPES = ("square", "circle")
 
@@ -60,7 +67,7 @@ class PatchResult:
     steps: int
     history: list[float] = field(default_factory=list)  # training loss every 10% of the steps
     examples: dict[str, torch.Tensor] = field(default_factory=dict)  # a few patched test images and predictions
-    images: str | None = None  # which images it was fitted and scored on, in words (attacks.audit.fit_patch sets it)
+    images: str | None = None  # which images it was fitted and scored on, in words (fit_patch sets it)
     n_fit: int | None = None  # images the patch was optimized on (optimize_patch sets it)
     n_scored: int | None = None  # held-out images the accuracies and rates above are over (optimize_patch sets it)
 
@@ -189,3 +196,54 @@ def optimize_patch(
         history=history,
         examples={"images": shown.cpu(), "predictions": adv_pred[:8].cpu(), "labels": test_labels[:8].cpu()},
     )
+
+
+def _patch_plan(data: EvalData) -> tuple[bool, str]:
+    """(halve the evaluation images?, which images the patch is fitted and scored on, in words). Fit and score use
+    one kind of image: a controlled dataset's training images carry its planted shortcut, its test images do not."""
+    if data.description.get("test") == "test_clean":
+        return True, ("fitted on a seeded half of the stamp-free test images, scored on the other half "
+                      "(the training images carry the planted shortcut)")
+    if data.fitted_on_test:
+        return True, "fitted on a seeded half of the evaluation images, scored on the other half (no training images)"
+    return False, "fitted on the training images, scored on the held-out test images"
+
+
+def patch_split(data: EvalData, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fit images, labels, held-out images, labels) for the patch: the training and test images when they are of
+    one kind, else the evaluation images halved (seeded); never judged on the images it was fitted on."""
+    if not _patch_plan(data)[0]:
+        return data.train_images, data.train_labels, data.test_images, data.test_labels
+    order = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))
+    half = len(order) // 2
+    fit, held = order[:half], order[half:]
+    return data.test_images[fit], data.test_labels[fit], data.test_images[held], data.test_labels[held]
+
+
+def fit_patch(model: nn.Module, data: EvalData, config: PatchConfig, seed: int) -> PatchResult:
+    """optimize_patch on patch_split's images; the result says which images those were."""
+    result = optimize_patch(model, *patch_split(data, seed), config)
+    result.images = _patch_plan(data)[1]
+    return result
+
+
+def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG bytes, nearest-neighbour upscaled by `scale`."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_patch_png(result: PatchResult, path: Path) -> Path:
+    """The patch as a picture (8x upscaled; outside a circle's mask, black)."""
+    return atomic_write_bytes(path, png_bytes(result.patch * result.mask, scale=8))
+
+
+def save_patch_tensors(result: PatchResult, path: Path) -> Path:
+    """The patch and mask tensors and the target, for applying the patch elsewhere."""
+    return atomic_torch_save(path, {"patch": result.patch, "mask": result.mask, "target": result.target})

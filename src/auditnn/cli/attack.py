@@ -6,17 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..attacks.audit import AttackAuditConfig, attack_report, run_attack_audit, save_patch
-from ..attacks.evaluate import AttackSpec
-from ..attacks.patch import PatchConfig
+from ..attacks.evaluate import PGD_STEPS
+from ..checks.attack import AttackSettings
+from ..checks.patch import PatchSettings
 from ..errors import AuditError
-from ..io import staged_folder
-from ..report.tables import report_tables
-from ..report.writers import write_report
-from ..runtime import environment, resolve_device
+from ..plan import Check, Plan
 from ..values import parse_number, parse_number_list
 from . import options as o
-from .common import Consoles, epoch_progress, output_dir, render_table, run_id
+from .common import Consoles
+from .run import run_and_render
 
 DEFAULT_EPS = {"linf": "0,1/255,2/255,4/255,8/255", "l2": "0,0.25,0.5,1"}
 
@@ -64,44 +62,26 @@ def attack(
     download: o.Download = False,
     out: o.Out = None,
     quiet: o.Quiet = False,
-) -> None:
+) -> int:
     """Robust accuracy under FGSM or PGD at each eps (with gradient-masking flags), or a universal patch's success."""
-    consoles = Consoles(quiet)
-    is_patch = method == "patch"
-    user = o.user_model(model, weights, mean, std)
-    config = AttackAuditConfig(
-        method=method,
-        attack=AttackSpec(
-            method=method, norm=norm, eps=parse_number_list(eps or DEFAULT_EPS.get(norm, DEFAULT_EPS["linf"]), "--eps"),
-            steps=10 if steps is None else steps, restarts=restarts,
-            step_size=None if step_size is None else parse_number(step_size, "--step-size"),
-            target=None if is_patch else parse_target(target, None), batch_size=batch_size, seed=seed, sanity=sanity,
-        ),
-        patch=PatchConfig(size=patch_size, shape=patch_shape, target=parse_target(target, 0) if is_patch else 0,
-                          steps=300 if steps is None else steps, seed=seed),
-        base=base, data_dir=data, data_root=None if data_root is None else str(data_root), download=download,
-        test_per_class=test_per_class, model=model, width=width, strict=strict,
-        weights=user.weights, mean=user.mean, std=user.std,
-        train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed), device=device, seed=seed,
-        compile=compile,
+    subject = o.subject_spec(
+        model=o.user_model(model, weights, mean, std), base=base, data=data, data_root=data_root, download=download,
+        test_per_class=test_per_class, strict=strict, width=width,
+        train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
     )
-    if is_patch and isinstance(config.patch.target, str):
-        raise AuditError(f"patch target '{config.patch.target}' is not allowed; allowed: a class index or none")
-    config.validate()
-    resolved = resolve_device(device)
-    rid = run_id("attack", method if is_patch else f"{method}-{norm}")
-    out_dir = output_dir(out, rid)
-    with staged_folder(out_dir) as staging:
-        with epoch_progress(consoles, f"training {model} ({resolved})") as update:
-            result = run_attack_audit(config, train_progress=lambda e, n, row: update("", e, n, row))
-        report = attack_report(result, config, run_id=rid, environment=environment(resolved))
-        if result.patch is not None:
-            save_patch(result.patch, staging)
-        write_report(report, staging, pictures=result.pictures)
-    for table in report_tables(report):
-        consoles.out.print(render_table(table))
-    for warning in report.warnings:
-        consoles.err.print(f"[bold yellow]warning[/] {warning['code']}: {warning['message']}")
-    extra = ", patch.png, patch.pt" if result.patch is not None else ""
-    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md{extra}) "
-                  f"in {result.seconds:.1f} s")
+    if method == "patch":
+        patch_target = parse_target(target, 0)
+        if isinstance(patch_target, str):
+            raise AuditError(f"patch target '{patch_target}' is not allowed; allowed: a class index or none")
+        check = Check("patch", None, PatchSettings(size=patch_size, shape=patch_shape, target=patch_target,
+                                                   steps=300 if steps is None else steps))
+    else:
+        check = Check("attack", None, AttackSettings(
+            eps=parse_number_list(eps or DEFAULT_EPS.get(norm, DEFAULT_EPS["linf"]), "--eps"), method=method,
+            norm=norm, steps=PGD_STEPS if steps is None else steps, restarts=restarts,
+            target=parse_target(target, None),
+            step_size=None if step_size is None else parse_number(step_size, "--step-size"), sanity=sanity,
+            batch_size=batch_size, compile=compile,
+        ))
+    plan = Plan("attack", [check], subject, seed, device)
+    return run_and_render(plan, out, Consoles(quiet), method if method == "patch" else f"{method}-{norm}")

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.controlled import BuildConfig, ShortcutConfig
-from ..models.user import UserModelSpec
+from ..errors import AuditError
+from ..spec import DataSpec, ModelSpec
+from ..subject import SubjectSpec
 from ..train import TrainConfig
 from ..values import MAX_SEED, parse_number_list, require_finite
 
@@ -35,11 +37,26 @@ Std = Annotated[Optional[str], typer.Option(help="Per-channel std the model expe
 Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder are an error, not skipped.")]
 
 
-def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> UserModelSpec:
-    return UserModelSpec(
+def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> ModelSpec:
+    return ModelSpec(
         model, None if weights is None else str(weights),
         None if mean is None else parse_number_list(mean, "--mean", unique=False),
         None if std is None else parse_number_list(std, "--std", unique=False),
+    )
+
+
+def subject_spec(
+    *, model: ModelSpec, base: str = "digits", data: str | None = None, data_root: Path | None = None,
+    download: bool = False, test_per_class: int = 30, strict: bool = False, width: int | None = None,
+    train: TrainConfig | None = None,
+) -> SubjectSpec:
+    """The options every measuring command shares, as the plan's subject."""
+    if test_per_class < 1:
+        raise AuditError(f"--test-per-class {test_per_class}; allowed: at least 1")
+    return SubjectSpec(
+        model=model, base=DataSpec.source(base), data=None if data is None else DataSpec.parse(data),
+        data_root=None if data_root is None else str(data_root), download=download, test_per_class=test_per_class,
+        strict=strict, width=width, train=train or TrainConfig(),
     )
 
 

@@ -6,21 +6,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-
-from ..data.controlled import ShortcutConfig, check_shortcut_matches, read_manifest
+from ..checks.groups import GroupsSettings
+from ..checks.sensitivity import SensitivitySettings
+from ..checks.shortcut import ShortcutSettings
+from ..data.controlled import check_shortcut_matches, read_manifest
 from ..errors import AuditError
-from ..report.tables import report_tables
-from ..report.writers import write_report
-from ..runtime import environment, resolve_device
-from ..shortcut.audit import ShortcutAuditConfig, run_shortcut_audit, shortcut_report
-from ..shortcut.user import UserShortcutConfig, run_user_shortcut_audit, user_shortcut_report
-from ..models.user import split_model_spec
-from ..subject import is_source_spec
-from ..io import staged_folder
+from ..plan import Check, Plan
+from ..spec import DataSpec, ModelSpec
 from ..values import parse_number_list
 from . import options as o
-from .common import Consoles, epoch_progress, output_dir, render_table, run_id
+from .common import Consoles
+from .run import run_and_render
 
 
 def shortcut(
@@ -54,84 +50,59 @@ def shortcut(
     out: o.Out = None,
     save_models: Annotated[bool, typer.Option(help="Keep each trained model under OUT/models/.")] = True,
     quiet: o.Quiet = False,
-) -> None:
+) -> int:
     """Measure how much a model relies on a planted shortcut: group and worst-group accuracy, counterfactual flips,
     reliance and attribution inside the shortcut's pixels."""
-    consoles = Consoles(quiet)
-    user = o.user_model(model, weights, mean, std)
+    spec = o.user_model(model, weights, mean, std)
+    train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
-    if wants_groups or (data is not None and is_source_spec(data)):
-        if data is None or not is_source_spec(data):
-            raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
-        planted = None
-        if tag is not None or groups is None:  # with --groups alone, no tag is planted
-            planted = ShortcutConfig(tag=tag or "watermark", size=size, opacity=opacity, position=position,
-                                     target_class=target_class)
-        _user_audit(consoles, UserShortcutConfig(
-            model=user, data=data, shortcut=planted, groups=None if groups is None else str(groups),
-            attribute=attribute, associate=associate, associate_from=None if associate_from is None else str(associate_from),
-            data_root=None if data_root is None else str(data_root), download=download,
-            strict=strict, device=device, seed=seed,
-        ), out)
-        return
+    if wants_groups or (data is not None and DataSpec.parse(data).is_source):
+        plan, detail = _your_images_plan(spec, data, tag, groups, attribute, associate, associate_from, size, opacity,
+                                         position, target_class)
+        subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
+        plan.subject, plan.seed, plan.device = subject, seed, device
+        return run_and_render(plan, out, Consoles(quiet), detail)
     if data is not None:  # a built dataset is used as built: its tag, not a default, names the run
         manifest = read_manifest(data)
         check_shortcut_matches(manifest, {"tag": tag, "size": size, "opacity": opacity, "position": position,
                                           "target_class": target_class}, data)
         tag = manifest["shortcut"]["tag"]
     tag = tag or "watermark"
-    rhos = parse_number_list(rho, "--rho")
-    config = ShortcutAuditConfig(
-        build=o.build_config(
-            base=base, tag=tag, rho=rhos[0], size=size, opacity=opacity, position=position, target_class=target_class,
-            seed=seed, test_per_class=test_per_class, data_root=data_root, download=download,
-        ),
-        rhos=rhos,
-        model=model,
-        weights=user.weights,
-        mean=user.mean,
-        std=user.std,
-        width=width,
-        train=o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-        device=device,
-        data_dir=data,
-        attribution=attribution,
+    settings = ShortcutSettings(
+        tag=tag, rho=parse_number_list(rho, "--rho"), size=size, opacity=opacity, position=position,
+        target_class=target_class, attribution=attribution, data=data,
+        save_models=save_models and spec.is_architecture,
     )
-    config.validate()
-    resolved = resolve_device(device)
-    rid = run_id("shortcut", tag)
-    out_dir = output_dir(out, rid)
-    with staged_folder(out_dir) as staging:
-        if save_models and split_model_spec(model)[0] == "arch":
-            config.save_models_to = str(staging / "models")
-        with epoch_progress(consoles, f"training {model} ({tag}, {resolved})") as update:
-            result = run_shortcut_audit(config, progress=lambda r, e, n, row: update(f"rho={r:g}", e, n, row))
-        if config.save_models_to is not None:  # the report names where the models are once the folder is in place
-            config.save_models_to = str(out_dir / "models")
-            for row in result.rows:
-                row.model_dir = str(out_dir / Path(row.model_dir).relative_to(staging))
-        report = shortcut_report(result, config, run_id=rid, environment=environment(resolved))
-        write_report(report, staging, pictures=result.pictures)
-    for table in report_tables(report):
-        consoles.out.print(render_table(table))
-    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")
+    subject = o.subject_spec(model=spec, base=base, data_root=data_root, download=download,
+                             test_per_class=test_per_class, width=width, train=train)
+    plan = Plan("shortcut", [Check("shortcut", None, settings)], subject, seed, device)
+    return run_and_render(plan, out, Consoles(quiet), tag)
 
 
-def _user_audit(consoles: Consoles, config: UserShortcutConfig, out: Path | None) -> None:
-    """A trained model on the user's images: planted-tag sensitivity and/or per-group accuracy."""
-    config.validate()
-    resolved = resolve_device(config.device)
-    rid = run_id("shortcut", config.shortcut.tag if config.shortcut else f"groups-{config.attribute}")
-    out_dir = output_dir(out, rid)
-    with staged_folder(out_dir) as staging:
-        result = run_user_shortcut_audit(config)
-        report = user_shortcut_report(result, config, run_id=rid, environment=environment(resolved))
-        write_report(report, staging)
-    for table in report_tables(report):
-        consoles.out.print(render_table(table))
-    for warning in report.warnings:
-        consoles.err.print(f"[bold yellow]warning[/] {escape(warning['code'])}: {escape(warning['message'])}")
-    skipped = result.data.get("skipped_files")
-    if skipped:
-        consoles.note(f"{skipped} non-image file(s) in the folder were skipped (--strict makes them an error)")
-    consoles.note(f"report written to {out_dir}/ (report.json, report.html, metrics.csv, summary.md) in {result.seconds:.1f} s")
+def _your_images_plan(
+    spec: ModelSpec, data: str | None, tag: str | None, groups: Path | None, attribute: str | None,
+    associate: str | None, associate_from: Path | None, size: int | None, opacity: float | None,
+    position: str | None, target_class: int | None,
+) -> tuple[Plan, str]:
+    """A trained model on the user's images: planted-tag sensitivity (--tag, the default without --groups) and/or
+    per-group accuracy (--groups with --attribute). Returns the plan (its subject still to set) and the run's name."""
+    if data is None or not DataSpec.parse(data).is_source:
+        raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
+    if spec.is_architecture:
+        raise AuditError(f"model '{spec.text}' is an architecture; auditing your images needs a trained model "
+                         "(factory:, torchvision:, export:, torchscript: or auditnn:)")
+    if (groups is None) != (attribute is None):
+        raise AuditError("--groups and --attribute go together: the CSV and the column to group by")
+    if (associate is not None or associate_from is not None) and groups is None:
+        raise AuditError("--associate and --associate-from say which class each attribute value stands for; "
+                         "they need --groups and --attribute")
+    checks = []
+    if tag is not None or groups is None:  # with --groups alone, no tag is planted
+        checks.append(Check("sensitivity", None, SensitivitySettings(
+            tag=tag or "watermark", size=size, opacity=opacity, position=position, target_class=target_class)))
+    if groups is not None and attribute is not None:
+        checks.append(Check("groups", None, GroupsSettings(
+            groups=str(groups), attribute=attribute, associate=associate,
+            associate_from=None if associate_from is None else str(associate_from))))
+    detail = tag if tag is not None or groups is None else f"groups-{attribute}"
+    return Plan("shortcut", checks), detail or "watermark"

@@ -4,7 +4,7 @@ group labels, a group-balanced test split, and the same test images without any 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ from .. import __version__
 from ..errors import AuditError
 from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, read_json, safe_torch_load, sha256_file
 from .shortcuts import Shortcut, make_shortcut
-from .sources import BaseData, ImageSet, check_source_spec, load_source, validate_images
+from ..spec import DataSpec
+from .sources import BaseData, ImageSet, load_source, validate_images
 
 SPLITS = ("train", "val", "test", "test_clean")
 
@@ -55,7 +56,7 @@ class BuildConfig:
     download: bool = False
 
     def validate(self) -> None:
-        check_source_spec(self.base)
+        DataSpec.source(self.base)
         self.shortcut.validate()
         if not 0.0 <= self.rho <= 1.0:
             raise AuditError(f"rho {self.rho} is outside [0, 1]; allowed: 0 <= rho <= 1")
@@ -304,7 +305,3 @@ def load_controlled(directory: str | Path) -> ControlledDataset:
         data = safe_torch_load(path, "dataset file")
         splits[name] = Split(**{k: data[k] for k in ("images", "labels", "shortcut_ids", "masks", "source_index")})
     return ControlledDataset(**splits, classes=list(manifest["classes"]), manifest=manifest)
-
-
-def build_config_dict(config: BuildConfig) -> dict[str, Any]:
-    return asdict(config)

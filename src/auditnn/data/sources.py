@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AuditError, allowed
+from ..spec import DataSpec
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
-TORCHVISION_SOURCES = ("mnist", "fashionmnist", "cifar10", "svhn")
-SOURCE_FORMS = ("digits", "shapes", *(f"torchvision:{n}" for n in TORCHVISION_SOURCES), "imagefolder:DIR", "tensors:FILE")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -86,21 +85,8 @@ def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int
         raise AuditError(f"labels from {where} fall outside [0, {num_classes}); allowed: 0 .. K-1")
 
 
-def check_source_spec(spec: str) -> tuple[str, str]:
-    """Split a source spec into (kind, argument), or say which forms exist. Loading is separate (it is slow)."""
-    kind, _, arg = spec.partition(":")
-    kind, arg = kind.strip().lower(), arg.strip()
-    if (kind in ("digits", "shapes") and not arg) or (kind in ("torchvision", "imagefolder", "tensors") and arg):
-        if kind == "torchvision" and arg.lower() not in TORCHVISION_SOURCES:
-            raise AuditError(
-                f"data source '{spec}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}"
-            )
-        return kind, arg
-    raise AuditError(f"data source '{spec}' is unknown; allowed: {allowed(SOURCE_FORMS)}")
-
-
 def load_source(
-    spec: str,
+    spec: str | DataSpec,
     *,
     data_root: str | Path | None = None,
     download: bool = False,
@@ -108,15 +94,16 @@ def load_source(
     size: int | None = None,
     strict: bool = False,
 ) -> BaseData:
-    """Parse a source spec and load it. `size` is the number of images for generated sources; `strict` makes
-    non-image files in an image folder an error instead of skipped and counted."""
-    kind, arg = check_source_spec(spec)
+    """Load a source (a spec string is parsed by spec.DataSpec.source). `size` is the number of images for generated
+    sources; `strict` makes non-image files in an image folder an error instead of skipped and counted."""
+    parsed = spec if isinstance(spec, DataSpec) else DataSpec.source(spec)
+    kind, arg, spec = parsed.kind, parsed.arg, parsed.text
     if kind == "digits":
         return BaseData(spec, load_digits(seed=seed))
     if kind == "shapes":
         return BaseData(spec, make_shapes(size or 3000, seed=seed))
     if kind == "torchvision":
-        return load_torchvision(arg.lower(), data_root=data_root, download=download)
+        return load_torchvision(arg, data_root=data_root, download=download)
     if kind == "tensors":
         return BaseData(spec, load_tensors(arg))
     images, skipped = load_imagefolder(arg, strict=strict)

@@ -76,17 +76,3 @@ def load_model_dir(directory: str | Path) -> tuple[PixelModel, dict[str, Any]]:
         )
     model.eval()
     return model, card
-
-
-def first_layer_pictures(model: nn.Module, input_shape: torch.Size) -> dict[str, torch.Tensor]:
-    """What the network learned first: an MLP's hidden units as input-sized maps (N, C, H, W), or a CNN's first
-    convolution filters (N, C, k, k). Empty when the first learned layer is neither."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            weight = module.weight.detach().cpu()
-            if weight.shape[1] == int(torch.tensor(input_shape).prod()):
-                return {"first_layer": weight.view(-1, *input_shape)[:64], "first_layer_kind": torch.tensor(0)}
-            return {}
-        if isinstance(module, nn.Conv2d):
-            return {"first_layer": module.weight.detach().cpu()[:64], "first_layer_kind": torch.tensor(1)}
-    return {}

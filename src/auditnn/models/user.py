@@ -1,4 +1,4 @@
-"""The user's own models, named by a spec parsed here only:
+"""The user's own models (the spec is parsed by spec.ModelSpec):
 
   factory:pkg.module:function   a function returning an nn.Module (weights from --weights, or its own)
   torchvision:NAME              a torchvision architecture with the user's weights (--weights)
@@ -17,42 +17,17 @@ import io
 import logging
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..errors import AuditError, Interrupted, allowed
+from ..errors import AuditError, Interrupted
 from ..formats import check_export_archive, read_bytes, read_safetensors, regular_file
 from ..io import safe_torch_load
+from ..spec import ModelSpec
 from .load import PixelModel, load_model_dir
-from .zoo import MODELS
-
-USER_FORMS = ("factory:pkg.module:function", "torchvision:NAME", "export:FILE.pt2", "torchscript:FILE", "auditnn:DIR")
-MODEL_FORMS = (*MODELS, *USER_FORMS)
-
-
-@dataclass
-class UserModelSpec:
-    spec: str
-    weights: str | None = None
-    mean: list[float] | None = None  # per channel, pixel units; default: the model card's, else none (0 and 1)
-    std: list[float] | None = None
-
-
-def split_model_spec(spec: str) -> tuple[str, str]:
-    """(kind, argument); an architecture name is ('arch', name). Anything else names the forms that exist."""
-    if spec in MODELS:
-        return "arch", spec
-    kind, _, arg = spec.partition(":")
-    if kind in ("factory", "torchvision", "export", "torchscript", "auditnn") and arg.strip():
-        if kind == "factory" and arg.count(":") != 1:
-            raise AuditError(f"model '{spec}' is not factory:pkg.module:function (module and function separated by ':')")
-        return kind, arg.strip()
-    raise AuditError(f"model '{spec}' is unknown; allowed: {allowed(MODEL_FORMS)}")
-
 
 class ExportedModel(nn.Module):
     """A torch.export program as a module: its mode was fixed at export (train() is not supported on it), and a
@@ -221,12 +196,12 @@ def _normalization(values: Sequence[float] | None, channels: int, name: str, def
     return values
 
 
-def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> tuple[PixelModel, dict[str, Any]]:
+def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tuple[PixelModel, dict[str, Any]]:
     """Build or load the model a spec names, wrapped so that it takes [0, 1] pixels. Returns (model, card); the
     card's input_shape is the model's declared input (C, H, W) when it has one, else None."""
-    kind, arg = split_model_spec(spec.spec)
+    kind, arg = spec.kind, spec.arg
     if kind == "arch":
-        raise AuditError(f"model '{spec.spec}' is an architecture to train, not a model to load")
+        raise AuditError(f"model '{spec.text}' is an architecture to train, not a model to load")
     if kind == "auditnn":
         model, card = load_model_dir(arg)
         if spec.mean is not None or spec.std is not None:
@@ -234,33 +209,33 @@ def load_user_model(spec: UserModelSpec, *, num_classes: int, channels: int) -> 
         return model, card
     input_shape = None
     if kind == "factory":
-        net = _import_factory(arg, spec.spec)
+        net = _import_factory(arg, spec.text)
     elif kind == "torchvision":
         if spec.weights is None:
-            raise AuditError(f"model '{spec.spec}' needs --weights FILE (a state_dict for that architecture)")
-        net = _torchvision(arg, spec.spec, num_classes)
+            raise AuditError(f"model '{spec.text}' needs --weights FILE (a state_dict for that architecture)")
+        net = _torchvision(arg, spec.text, num_classes)
     elif kind == "export":
-        net = _load_export(arg, spec.spec)
+        net = _load_export(arg, spec.text)
         input_shape = net.input_shape
     else:
-        regular_file(arg, f"model '{spec.spec}': file", "give a TorchScript file written by torch.jit.save")
+        regular_file(arg, f"model '{spec.text}': file", "give a TorchScript file written by torch.jit.save")
         try:
             with warnings.catch_warnings():  # torch deprecates TorchScript; a user who names it has older models
                 warnings.simplefilter("ignore", FutureWarning)
                 net = torch.jit.load(arg, map_location="cpu")
         except Exception as exc:  # RuntimeError for a file that is not TorchScript
-            raise AuditError(f"model '{spec.spec}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
+            raise AuditError(f"model '{spec.text}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
     if spec.weights is not None:
         if kind in ("export", "torchscript"):
-            raise AuditError(f"model '{spec.spec}' carries its own weights; drop --weights")
-        load_weights(net, spec.weights, spec.spec)
+            raise AuditError(f"model '{spec.text}' carries its own weights; drop --weights")
+        load_weights(net, spec.weights, spec.text)
     if kind == "factory":
-        net = _ExitGuard(net, spec.spec)
+        net = _ExitGuard(net, spec.text)
     mean = _normalization(spec.mean, channels, "mean", 0.0)
     std = _normalization(spec.std, channels, "std", 1.0)
     card = {
         "format": "auditnn.model", "format_version": 1,
-        "architecture": {"name": spec.spec, "weights": spec.weights},
+        "architecture": {"name": spec.text, "weights": spec.weights},
         "classes": None, "input_shape": input_shape, "normalization": {"mean": mean, "std": std},
     }
     return PixelModel(net, mean, std).eval(), card

@@ -11,7 +11,7 @@ import torch
 from ..values import fmt_eps
 from . import plots
 from .schema import Report
-from .tables import Table, attack_setting, bound_symbol, fmt, report_tables
+from .tables import Table, bound_symbol, fmt, report_tables
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;padding:0 1rem}
@@ -89,6 +89,8 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
 
 
 def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    from ..checks.attack import attack_setting  # the check kinds import the report package
+
     out = []
     rows = report.results.get("attack", {}).get("rows", [])
     series: dict[str, tuple[list[float], list[float]]] = {}

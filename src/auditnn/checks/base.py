@@ -1,0 +1,192 @@
+"""The check contract: a kind declares its typed settings, thresholds, needs and naming, measures a subject and
+returns data; the registry maps kind names to kinds. The runner (runner.py) is the only caller of `measure`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Generic, TypeVar
+
+import torch
+import torch.nn as nn
+
+from ..data.controlled import ShortcutConfig
+from ..errors import AuditError, allowed
+from ..report.tables import Table
+from ..subject import Subject, SubjectSpec
+
+# How an audit file writes a setting (the words appear in error messages: "allowed: a finite number").
+NUMBER, INTEGER, STRING, BOOLEAN = "a finite number", "an integer", "a string", "true or false"
+NUMBERS = "a list of finite numbers"
+_FILE_TYPES = {"float": NUMBER, "int": INTEGER, "str": STRING, "bool": BOOLEAN}
+
+S = TypeVar("S")
+
+
+def cli_only() -> dict[str, Any]:
+    """Field metadata of a setting a command's options set and an audit file does not take."""
+    return {"file": None}
+
+
+@dataclass
+class CheckResult:
+    """What one measurement returns. rows: tidy metric rows (report.schema.metric_row), without the check's name;
+    section: its results section; pictures: tensors for the HTML page, keyed relative to the check; warnings:
+    {"code", "message"}; files: output name -> a function writing that file or folder at the path it is given."""
+
+    rows: list[dict[str, Any]]
+    section: dict[str, Any]
+    pictures: dict[str, torch.Tensor] = field(default_factory=dict)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What a measurement may use besides its settings. subject: the model and data (None for kinds that build
+    their own); out_dir: the final output folder (for paths a report records), None when nothing is kept."""
+
+    subject: Subject | None
+    subject_spec: SubjectSpec
+    device: torch.device
+    seed: int
+    out_dir: Path | None = None
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None  # (task, epoch, epochs, row)
+
+
+class CheckKind(Generic[S]):
+    """One kind of measurement. Subclasses set the class attributes and write `measure` and `tables`."""
+
+    name: ClassVar[str]
+    settings: ClassVar[type]  # a dataclass; its fields with defaults are optional, the others required
+    thresholds: ClassVar[dict[str, tuple[str, str]]]  # audit-file key -> (metric, 'min' or 'max')
+    needs_subject: ClassVar[bool] = True  # False: it builds its own data and model
+    merged: ClassVar[bool] = False  # True: one results section holds the rows of every check of this kind
+
+    # ------------------------------------------------------------ settings
+    @classmethod
+    def file_keys(cls) -> dict[str, str]:
+        """Audit-file key -> how it is written (NUMBER, INTEGER, ...), from the settings' fields."""
+        keys = {}
+        for f in dataclasses.fields(cls.settings):
+            written = f.metadata.get("file", _FILE_TYPES.get(str(f.type).split(" | ")[0].removeprefix("list[")
+                                                             .removesuffix("]")))
+            if written is not None:
+                keys[f.name] = written
+        return keys
+
+    @classmethod
+    def required(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.settings)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        fields = dataclasses.fields(cls.settings)
+        return {**{f.name: f.default_factory() for f in fields if f.default_factory is not dataclasses.MISSING},
+                **{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}}
+
+    @classmethod
+    def from_file(cls, key: str, value: Any, at: str) -> Any:
+        """An audit file's value for `key`, converted to the setting's value (after its type was checked)."""
+        return value
+
+    def validate(self, settings: S, spec: SubjectSpec) -> None:
+        """Every check that needs no data, before anything is trained or attacked."""
+
+    # ------------------------------------------------------------ naming
+    def title(self, settings: S) -> tuple[str, tuple[str, ...]]:
+        """(the name's main part, the settings it shows)."""
+        raise NotImplementedError
+
+    def default_name(self, settings: S) -> str:
+        """The main part, then every audit-file setting that differs from its default, so two checks that differ
+        in one setting get two names."""
+        main, shown = self.title(settings)
+        defaults = self.defaults()
+        extras = []
+        for key in self.file_keys():
+            value = _single(getattr(settings, key))
+            if key in shown or value is None or value == _single(defaults.get(key)):
+                continue
+            extras.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        return " ".join([main, *extras])
+
+    def labels(self, settings: S) -> dict[str, Any]:
+        """The labels of the metric rows this check's thresholds judge (see gate.find_row)."""
+        return {}
+
+    # ------------------------------------------------------------ measuring and describing
+    def measure(self, settings: S, ctx: Context) -> CheckResult:
+        raise NotImplementedError
+
+    def section_key(self, name: str) -> str:
+        """Where a named check's section goes in the report's results (a command's goes under the kind's name)."""
+        return f"{self.name}/{name}"
+
+    def picture_key(self, key: str, name: str | None, settings: S, ctx: Context) -> str | None:
+        """Where a picture of this check goes in pictures.pt (None: not kept)."""
+        return f"{self.name}/{name}/{key}" if name else f"{self.name}/{key}"
+
+    def merge(self, into: dict[str, Any] | None, section: dict[str, Any], name: str) -> dict[str, Any]:
+        """For a merged kind: the shared section with this named check's rows added (each stamped with the name)."""
+        merged = into if into is not None else {"rows": []}
+        merged["rows"] += [{**row, "check": name} for row in section["rows"]]
+        return merged
+
+    def tables(self, section: dict[str, Any]) -> list[Table]:
+        raise NotImplementedError
+
+
+def planted(settings: Any) -> ShortcutConfig:
+    """The tag a check plants, from its settings' tag, size, opacity, position and target_class."""
+    return ShortcutConfig(tag=settings.tag, size=settings.size, opacity=settings.opacity, position=settings.position,
+                          target_class=settings.target_class)
+
+
+def path_setting() -> dict[str, Any]:
+    """Field metadata of a setting that names a file: an audit file's relative path is read from its folder."""
+    return {"path": True}
+
+
+def of_check(section: dict[str, Any]) -> str:
+    """A table title's suffix naming the check whose section it draws (an audit's), or nothing (a command's)."""
+    return f" (check '{section['check']}')" if "check" in section else ""
+
+
+def _single(value: Any) -> Any:
+    """A one-item list (an audit file's eps or rho) shown as its item."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+KINDS: dict[str, CheckKind[Any]] = {}
+K = TypeVar("K", bound=type)
+
+
+def register(cls: K) -> K:
+    """Class decorator: add the kind to KINDS; a duplicate name is an error."""
+    if cls.name in KINDS:
+        raise ValueError(f"check kind '{cls.name}' is registered twice")
+    KINDS[cls.name] = cls()
+    return cls
+
+
+def kind_of(name: str) -> CheckKind[Any]:
+    if name not in KINDS:
+        raise AuditError(f"check kind '{name}' is unknown; allowed: {allowed(KINDS)}")
+    return KINDS[name]
+
+
+def first_layer_pictures(model: nn.Module, input_shape: torch.Size) -> dict[str, torch.Tensor]:
+    """What the network learned first: an MLP's hidden units as input-sized maps (N, C, H, W), or a CNN's first
+    convolution filters (N, C, k, k). Empty when the first learned layer is neither."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.detach().cpu()
+            if weight.shape[1] == int(torch.tensor(input_shape).prod()):
+                return {"first_layer": weight.view(-1, *input_shape)[:64], "first_layer_kind": torch.tensor(0)}
+            return {}
+        if isinstance(module, nn.Conv2d):
+            return {"first_layer": module.weight.detach().cpu()[:64], "first_layer_kind": torch.tensor(1)}
+    return {}

@@ -1,0 +1,127 @@
+"""The one runner: a Plan in, a Report out. It validates every check, resolves the subject once, measures each check
+once, stamps an audit file's rows with their check's name, places each result in the report, and judges the
+report when the plan has thresholds."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .checks import KINDS, CheckResult, Context
+from .checks.base import first_layer_pictures
+from .errors import AuditError
+from .gate import Verdict, judge
+from .plan import Check, Plan
+from .report.schema import Report
+from .report.writers import write_report
+from .runtime import resolve_device, seed_everything
+from .subject import Subject, load_subject
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (task, epoch, epochs, row), after each epoch
+
+
+@dataclass
+class Outcome:
+    """A measured plan: its report (judged when the plan has thresholds), the pictures for the HTML page, and the
+    files its checks keep (output name -> writer), written beside the report by write_outcome."""
+
+    report: Report
+    pictures: dict[str, torch.Tensor] = field(default_factory=dict)
+    files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
+    verdict: Verdict | None = None
+
+
+@contextmanager
+def _naming(plan: Plan, check: Check) -> Iterator[None]:
+    """An error in an audit file's check (a target class the data lacks) names the file and the check."""
+    try:
+        yield
+    except AuditError as exc:
+        if plan.path is None:
+            raise
+        raise AuditError(f"{plan.path}: check '{check.name}': {exc}") from None
+
+
+def validate_plan(plan: Plan) -> None:
+    """Every setting that can be checked without data, before anything is trained or attacked."""
+    resolve_device(plan.device)
+    for check in plan.checks:
+        with _naming(plan, check):
+            KINDS[check.kind].validate(check.settings, plan.subject)
+
+
+class _Collector:
+    """Places each check's result in the report's parts: rows, results sections, warnings, pictures, files."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+        self.merged: dict[str, dict[str, Any]] = {}  # kinds whose checks share one section, placed last
+        self.warnings: list[dict[str, str]] = []
+        self.pictures: dict[str, torch.Tensor] = {}
+        self.files: dict[str, Callable[[Path], Any]] = {}
+
+    def add(self, check: Check, result: CheckResult, ctx: Context) -> None:
+        kind, name = KINDS[check.kind], check.name
+        stamp = {} if name is None else {"check": name}
+        self.rows += [{**row, **stamp} for row in result.rows]
+        self.warnings += [{**w, **stamp} for w in result.warnings]
+        if name is None:  # a command's check: its section as measured, its files kept
+            self.results[check.kind] = result.section
+            self.files.update(result.files)
+        elif kind.merged:
+            self.merged[check.kind] = kind.merge(self.merged.get(check.kind), result.section, name)
+        else:
+            self.results[kind.section_key(name)] = {**result.section, "check": name}
+        for key, value in result.pictures.items():
+            where = kind.picture_key(key, name, check.settings, ctx)
+            if where is not None:
+                self.pictures[where] = value
+
+
+def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: Path | None = None,
+             progress: ProgressFn | None = None) -> Outcome:
+    """Measure every check of the plan: those that share the subject first (it is resolved once), then those that
+    build their own data. out_dir: the folder the report will be in (for paths it records)."""
+    validate_plan(plan)
+    start = time.perf_counter()
+    device = resolve_device(plan.device)
+    subject: Subject | None = None
+    if any(KINDS[c.kind].needs_subject for c in plan.checks):
+        trained = None if progress is None else (lambda e, n, row: progress("model", e, n, row))
+        subject = load_subject(plan.subject, device, plan.seed, trained)
+    seed_everything(plan.seed)
+    ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress)
+    collected, timings = _Collector(), {}
+    for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
+        began = time.perf_counter()
+        with _naming(plan, check):
+            collected.add(check, KINDS[check.kind].measure(check.settings, ctx), ctx)
+        timings[check.name or check.kind] = time.perf_counter() - began
+    if subject is not None:
+        shape = subject.data.test_images.shape[1:]
+        collected.pictures.update({f"model/{k}": v for k, v in first_layer_pictures(subject.model, shape).items()})
+    timings["total"] = time.perf_counter() - start
+    report = Report(command=plan.command, run_id=run_id, config=plan.config(), environment=environment,
+                    seed=plan.seed, results={**collected.results, **collected.merged}, metrics=collected.rows,
+                    timings=timings, warnings=collected.warnings)
+    verdict = None
+    if any(c.thresholds for c in plan.checks):
+        verdict = judge(report, plan)
+        report.results["verdict"] = verdict.to_dict()
+    return Outcome(report, collected.pictures, collected.files, verdict)
+
+
+def write_outcome(outcome: Outcome, folder: Path) -> list[str]:
+    """The report's files, then the files the checks keep, into `folder` (a staging folder: io.staged_folder).
+    Returns the names written, in order."""
+    write_report(outcome.report, folder, pictures=outcome.pictures)
+    for name, write in outcome.files.items():
+        write(folder / name)
+    written = ["report.json", "report.html"] + (["junit.xml"] if outcome.verdict is not None else [])
+    return [*written, "metrics.csv", "summary.md", *outcome.files]
