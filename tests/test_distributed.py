@@ -43,7 +43,8 @@ WORKER = """
 import json, sys
 import torch
 from auditnn.runtime import gather_parts, init_distributed, rank_and_world
-from auditnn.subject import EvalData, resolve_model
+from auditnn.spec import ModelSpec
+from auditnn.subject import EvalData, resolve_subject
 from auditnn.train import TrainConfig
 
 init_distributed("cpu")
@@ -52,8 +53,9 @@ images = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(0))
 labels = (torch.arange(40) + rank) % 2  # every process holds other labels: a process that trains gets other weights
 epochs = []
 data = EvalData(images[:32], labels[:32], images[32:], labels[32:], ["a", "b"], {})
-model, card, source, _ = resolve_model("mlp", data, TrainConfig(epochs=2), torch.device("cpu"),
-                                       progress=lambda epoch, total, row: epochs.append(epoch))
+subject = resolve_subject(ModelSpec("mlp"), data, TrainConfig(epochs=2), torch.device("cpu"),
+                          progress=lambda epoch, total, row: epochs.append(epoch))
+model, card, source = subject.model, subject.card, subject.source
 weights = torch.cat([t.flatten() for t in model.state_dict().values()]).tolist()
 everyone = gather_parts([{"epochs": epochs, "source": source, "weights": weights, "dataset": card["dataset"]}])
 if rank == 0:

@@ -3,7 +3,14 @@ import json
 import pytest
 
 from auditnn.errors import AuditError
-from auditnn.gate import INTEGER, KIND_SETTINGS, KIND_THRESHOLDS, NUMBER, REQUIRED, judge, load_policy
+from auditnn.checks import KINDS
+from auditnn.checks.base import INTEGER, NUMBER
+from auditnn.gate import judge
+from auditnn.plan import load_plan
+
+KIND_THRESHOLDS = {name: kind.thresholds for name, kind in KINDS.items()}
+KIND_SETTINGS = {name: kind.file_keys() for name, kind in KINDS.items()}
+REQUIRED = {name: kind.required() for name, kind in KINDS.items()}
 from auditnn.report.schema import Report, load_report, metric_row
 
 GOOD = """
@@ -41,9 +48,9 @@ def _report(accuracy=0.9, robust=0.5, reliance=0.2):
 
 
 def test_the_shipped_example_audit_file_is_valid():
-    policy = load_policy("examples/audit.toml")
+    policy = load_plan("examples/audit.toml")
     assert [c.kind for c in policy.checks] == ["clean", "attack", "attack", "shortcut"]
-    assert policy.checks[1].settings["eps"] == pytest.approx(2 / 255)
+    assert policy.checks[1].settings.eps == [pytest.approx(2 / 255)]
 
 
 BAD = [
@@ -71,18 +78,18 @@ BAD = [
 def test_bad_audit_files_name_the_file_and_the_key(tmp_path, text, needle):
     path = _write(tmp_path, text)
     with pytest.raises(AuditError) as info:
-        load_policy(path)
+        load_plan(path)
     assert str(path) in str(info.value) and needle in str(info.value)
 
 
 def test_a_missing_audit_file_is_named(tmp_path):
     with pytest.raises(AuditError, match="audit file '.*nope.toml' does not exist"):
-        load_policy(tmp_path / "nope.toml")
+        load_plan(tmp_path / "nope.toml")
 
 
 @pytest.mark.parametrize("delta,passes", [(0.0, True), (1e-9, True), (-1e-3, False)])
 def test_thresholds_at_their_boundaries(tmp_path, delta, passes):
-    policy = load_policy(_write(tmp_path, GOOD))
+    policy = load_plan(_write(tmp_path, GOOD))
     # min thresholds pass at equality; max thresholds (reliance) pass at equality too.
     verdict = judge(_report(accuracy=0.9 + delta, robust=0.5 + delta, reliance=0.2 - delta), policy)
     assert verdict.passed is passes
@@ -90,14 +97,14 @@ def test_thresholds_at_their_boundaries(tmp_path, delta, passes):
 
 
 def test_a_check_the_report_did_not_measure_fails_and_says_so(tmp_path):
-    policy = load_policy(_write(tmp_path, GOOD.replace('eps = "8/255"', 'eps = "4/255"')))
+    policy = load_plan(_write(tmp_path, GOOD.replace('eps = "8/255"', 'eps = "4/255"')))
     verdict = judge(_report(), policy)
     assert not verdict.passed and verdict.failed_checks() == ["pgd linf eps=4/255 10 steps"]
     assert verdict.rows[1].note == "not measured in this report"
 
 
 def test_baseline_regression_beyond_the_allowed_drop_fails(tmp_path):
-    policy = load_policy(_write(tmp_path, GOOD))
+    policy = load_plan(_write(tmp_path, GOOD))
     old = _report(accuracy=0.95, robust=0.60, reliance=0.10)
     within = judge(_report(accuracy=0.94, robust=0.59, reliance=0.11), policy, baseline=old, max_drop=0.02)
     assert within.passed
@@ -139,7 +146,7 @@ def _pgd_row(value, check=None, **extra):
 
 def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tmp_path):
     """Reproduction of issue 9 item 1: the targeted check measured 0.910 but was judged with the untargeted 0.683."""
-    policy = load_policy(_write(tmp_path, TWO_PGD))
+    policy = load_plan(_write(tmp_path, TWO_PGD))
     report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.910, "targeted")])
     verdict = judge(report, policy)
     assert [(r.check, r.measured, r.passed) for r in verdict.rows] == [
@@ -149,7 +156,7 @@ def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tm
 
 
 def test_a_row_of_the_checks_name_but_other_settings_is_not_its_measurement(tmp_path):
-    policy = load_policy(_write(tmp_path, TWO_PGD))
+    policy = load_plan(_write(tmp_path, TWO_PGD))
     other_eps = metric_row("attack", "robust_accuracy", 0.95, method="pgd", norm="linf", eps=4 / 255, steps=10,
                            check="targeted")
     verdict = judge(Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), other_eps]), policy)
@@ -157,7 +164,7 @@ def test_a_row_of_the_checks_name_but_other_settings_is_not_its_measurement(tmp_
 
 
 def test_rows_without_check_names_match_by_labels_and_an_ambiguous_match_is_an_error(tmp_path):
-    policy = load_policy(_write(tmp_path, TWO_PGD))
+    policy = load_plan(_write(tmp_path, TWO_PGD))
     # A single command's report: rows carry the target setting, not a check name.
     single = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683), _pgd_row(0.910, target="random")])
     assert [r.measured for r in judge(single, policy).rows] == [0.683, 0.910]
@@ -168,7 +175,7 @@ def test_rows_without_check_names_match_by_labels_and_an_ambiguous_match_is_an_e
 
 def test_default_names_tell_targeted_and_restarted_attacks_apart(tmp_path):
     text = TWO_PGD.replace('name = "untargeted"\n', "").replace('name = "targeted"\n', "restarts = 3\n")
-    names = [c.name for c in load_policy(_write(tmp_path, text)).checks]
+    names = [c.name for c in load_plan(_write(tmp_path, text)).checks]
     assert names == ["pgd linf eps=8/255 10 steps", "pgd linf eps=8/255 10 steps restarts=3 target=random"]
 
 
@@ -183,7 +190,7 @@ def _one_check(tmp_path, kind):
     lines = ["[[check]]", f'kind = "{kind}"', 'name = "the check"']
     lines += [f"{k} = {PLACEHOLDER.get(KIND_SETTINGS[kind][k], repr('x'))}" for k in REQUIRED.get(kind, ())]
     lines += [f"{k} = 0.5" for k in KIND_THRESHOLDS[kind]]
-    return load_policy(_write(tmp_path, "\n".join(lines)))
+    return load_plan(_write(tmp_path, "\n".join(lines)))
 
 
 def _bound_of(key):
@@ -236,8 +243,8 @@ def test_every_threshold_key_fails_against_a_baseline_when_it_worsens_beyond_the
 
 def test_a_target_written_with_a_leading_zero_is_the_same_target(tmp_path):
     """Review of issue 9: target = "03" ran as class 3 (row target 3) but the gate compared "03" with "3"."""
-    policy = load_policy(_write(tmp_path, TWO_PGD.replace('target = "random"', 'target = "03"')))
-    assert policy.checks[1].settings["target"] == "3"
+    policy = load_plan(_write(tmp_path, TWO_PGD.replace('target = "random"', 'target = "03"')))
+    assert policy.checks[1].settings.target == "3"
     report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.95, "targeted", target=3)])
     assert [r.measured for r in judge(report, policy).rows] == [0.683, 0.95]
 
@@ -245,7 +252,7 @@ def test_a_target_written_with_a_leading_zero_is_the_same_target(tmp_path):
 def test_a_row_measured_with_another_step_size_or_without_sanity_runs_is_not_the_checks(tmp_path):
     """A single command's rows carry the step size it was given and whether the sanity runs joined the worst-case
     headline; an audit-file check (default step size, sanity runs on) is judged only by a row measured that way."""
-    policy = load_policy(_write(tmp_path, TWO_PGD))
+    policy = load_plan(_write(tmp_path, TWO_PGD))
     for other in ({"step_size": 0.02}, {"sanity": False}):
         report = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.99, **other)])
         assert judge(report, policy).rows[0].measured is None, other
@@ -256,7 +263,7 @@ def test_a_row_measured_with_another_step_size_or_without_sanity_runs_is_not_the
 def test_a_renamed_check_is_still_compared_with_its_baseline_row(tmp_path):
     """Review of issue 9: renaming a check made the baseline comparison pass as 'not in the baseline' although the
     baseline measured exactly its settings."""
-    policy = load_policy(_write(tmp_path, TWO_PGD))
+    policy = load_plan(_write(tmp_path, TWO_PGD))
     report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.60, "untargeted"), _pgd_row(0.95, "targeted", target="random")])
     baseline = Report("audit", "b", {}, {}, 0, {}, [_pgd_row(0.70, "old name"), _pgd_row(0.95, "targeted", target="random")])
     rows = judge(report, policy, baseline=baseline, max_drop=0.05).rows

@@ -19,7 +19,8 @@ from PIL import Image
 
 from auditnn.data.sources import load_source
 from auditnn.errors import AuditError, Interrupted
-from auditnn.models.user import UserModelSpec, load_user_model
+from auditnn.models.user import load_user_model
+from auditnn.spec import ModelSpec
 from helpers import assert_usage_error, files_under, run_cli
 
 UNSAFE_ADVICE = ("weights_only=False", "weights_only set to False", "unsafely", "allow_pickle=True", "trust the source")
@@ -171,7 +172,7 @@ def test_the_untouched_archive_loads_and_answers_like_the_module(tmp_path):
     torch.manual_seed(0)
     net = _WithConstant().eval()
     torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 2, 2),)), tmp_path / "ok.pt2")
-    model, _ = load_user_model(UserModelSpec(f"export:{tmp_path / 'ok.pt2'}"), num_classes=3, channels=1)
+    model, _ = load_user_model(ModelSpec(f"export:{tmp_path / 'ok.pt2'}"), num_classes=3, channels=1)
     x = torch.rand(5, 1, 2, 2)
     assert torch.allclose(model(x), net(x), atol=1e-6)
 
@@ -266,7 +267,7 @@ def test_a_signal_that_lands_in_user_code_still_interrupts(tmp_path, monkeypatch
                                                    "def make():\n    raise Interrupted(signal.SIGINT)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(Interrupted):
-        load_user_model(UserModelSpec("factory:hostile_interrupt:make"), num_classes=3, channels=1)
+        load_user_model(ModelSpec("factory:hostile_interrupt:make"), num_classes=3, channels=1)
 
 
 # ---------------------------------------------------------------- items 7 and 8: data files

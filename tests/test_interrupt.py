@@ -164,7 +164,7 @@ def test_an_eof_error_is_an_internal_error_not_an_interrupt(capsys, project, mon
     def truncated(*args, **kwargs):
         raise EOFError("Ran out of input")
 
-    monkeypatch.setattr("auditnn.cli.attack.run_attack_audit", truncated)
+    monkeypatch.setattr("auditnn.cli.run.run_plan", truncated)
     exit_code, _, err = attack(capsys, project / "out")
     assert exit_code == 3 and "EOFError: Ran out of input" in err and "interrupted" not in err
 
@@ -206,8 +206,7 @@ def test_a_signal_while_torch_loads_exits_with_one_line(tmp_path, name, code):
 def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_base):
     """A rerun replaces a folder holding the marker and only OUTPUT_NAMES, and refuses any other: each writer's
     names must be there. Each writes through staged_folder, as every command does."""
-    from auditnn.attacks.audit import save_patch
-    from auditnn.attacks.patch import PatchResult
+    from auditnn.attacks.patch import PatchResult, save_patch_png, save_patch_tensors
     from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled, save_controlled
     from auditnn.io import OUTPUT_NAMES, staged_folder
     from auditnn.models import save_model_dir
@@ -221,7 +220,9 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
                     metrics=[{"section": "accuracy", "metric": "accuracy", "value": 0.5}])
     with staged_folder(tmp_path / "report") as staging:
         write_report(report, staging, pictures={"x": torch.zeros(1, 2, 2)})
-        save_patch(PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1), staging)
+        patch = PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1)
+        save_patch_png(patch, staging / "patch.png")
+        save_patch_tensors(patch, staging / "patch.pt")
     with staged_folder(tmp_path / "model") as staging:
         save_model_dir(torch.nn.Linear(2, 2), {}, staging)
     config = BuildConfig(base="digits", shortcut=ShortcutConfig(tag="watermark"), rho=0.9, seed=0, test_per_class=1)

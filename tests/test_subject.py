@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
-from auditnn.attacks.audit import AttackAuditConfig, run_attack_audit
-from auditnn.attacks.evaluate import AttackSpec
 from auditnn.data import sources
 from auditnn.errors import AuditError, InvariantError
-from auditnn.subject import load_eval_data, resolve_model
+from auditnn.checks.attack import AttackSettings
+from auditnn.plan import Check, Plan
+from auditnn.runner import run_plan
+from auditnn.spec import DataSpec, ModelSpec
+from auditnn.subject import SubjectSpec, load_eval_data, resolve_subject
 from auditnn.train import TrainConfig
 from helpers import assert_usage_error, files_under, run_cli
 
@@ -60,14 +62,16 @@ def test_an_architecture_is_never_trained_on_the_images_it_is_scored_on(tmp_path
     write_tensors(tmp_path / "d.pt", torch.tensor([0, 1, 2] * 5))
     data = load_eval_data(data=f"tensors:{tmp_path / 'd.pt'}")
     with pytest.raises(InvariantError, match="scored on"):
-        resolve_model("mlp", data, TrainConfig(epochs=1), CPU)
+        resolve_subject(ModelSpec("mlp"), data, TrainConfig(epochs=1), CPU)
 
 
-def _fgsm_audit(path, **kw):
-    config = AttackAuditConfig(method="fgsm", attack=AttackSpec(method="fgsm", eps=[0.0], sanity=False),
-                               model="mlp", data_dir=f"tensors:{path}", test_per_class=10, device="cpu",
-                               train=TrainConfig(epochs=5), **kw)
-    return run_attack_audit(config)
+def _fgsm_audit(path):
+    """The attack section of an FGSM run at eps 0 (its rows and where the model came from)."""
+    subject = SubjectSpec(ModelSpec("mlp"), data=DataSpec.parse(f"tensors:{path}"), test_per_class=10,
+                          train=TrainConfig(epochs=5))
+    plan = Plan("attack", [Check("attack", None, AttackSettings(eps=[0.0], method="fgsm", sanity=False))], subject,
+                device="cpu")
+    return run_plan(plan, run_id="r", environment={}).report.results["attack"]
 
 
 def test_a_rewritten_tensors_file_with_new_labels_trains_a_fresh_model(tmp_path, monkeypatch):
@@ -78,21 +82,21 @@ def test_a_rewritten_tensors_file_with_new_labels_trains_a_fresh_model(tmp_path,
     torch.save({"images": images, "labels": (group + 1) % 3}, path)
     monkeypatch.setenv("AUDITNN_CACHE_DIR", str(tmp_path / "cache"))
     first = _fgsm_audit(path)
-    assert first.model_source == "trained"
-    assert _fgsm_audit(path).model_source == "cache"
+    assert first["model"] == "trained"
+    assert _fgsm_audit(path)["model"] == "cache"
     torch.save({"images": images, "labels": group}, path)  # same images, same N, every label changed
     second = _fgsm_audit(path)
-    assert second.model_source == "trained"
+    assert second["model"] == "trained"
     monkeypatch.setenv("AUDITNN_CACHE_DIR", str(tmp_path / "fresh"))
     fresh = _fgsm_audit(path)
-    assert second.evaluation.rows[0].clean_accuracy == fresh.evaluation.rows[0].clean_accuracy
-    assert fresh.evaluation.rows[0].clean_accuracy > 0.5  # learnt; the stale model scores ~0 (labels rotated)
-    assert first.data["train_sha256"] != second.data["train_sha256"]
+    assert second["rows"][0]["clean_accuracy"] == fresh["rows"][0]["clean_accuracy"]
+    assert fresh["rows"][0]["clean_accuracy"] > 0.5  # learnt; the stale model scores ~0 (labels rotated)
+    assert first["data"]["train_sha256"] != second["data"]["train_sha256"]
     data = load_eval_data(data=f"tensors:{path}", test_per_class=10, trains_model=True)
     digest = hashlib.sha256(str(list(data.train_images.shape)).encode())
     digest.update(data.train_images.numpy().tobytes())
     digest.update(data.train_labels.numpy().tobytes())
-    assert second.data["train_sha256"] == digest.hexdigest()
+    assert second["data"]["train_sha256"] == digest.hexdigest()
 
 
 def test_attacking_random_labels_with_a_trained_architecture_scores_chance(capsys, tmp_path):

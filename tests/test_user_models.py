@@ -14,7 +14,8 @@ from PIL import Image
 
 from auditnn.data.sources import load_source
 from auditnn.errors import AuditError
-from auditnn.models.user import UserModelSpec, load_user_model
+from auditnn.models.user import load_user_model
+from auditnn.spec import ModelSpec
 from auditnn.train import TrainConfig, fit
 from helpers import assert_usage_error, files_under, run_cli
 
@@ -107,7 +108,7 @@ def test_an_exported_program_gets_planted_tag_sensitivity(capsys, project, monke
 def test_torchscript_and_exported_programs_agree_with_the_module(project):
     root, net, images, *_ = project
     for spec in (f"export:{root / 'model.pt2'}", f"torchscript:{root / 'model.ts'}"):
-        model, _ = load_user_model(UserModelSpec(spec), num_classes=3, channels=1)
+        model, _ = load_user_model(ModelSpec(spec), num_classes=3, channels=1)
         assert torch.allclose(model(images[:10]), net(images[:10]), atol=1e-5)  # 10 = 4 + 4 + 2 padded chunks
 
 

@@ -2,17 +2,22 @@
 
 
 
-from auditnn.data.controlled import BuildConfig, ShortcutConfig
-from auditnn.shortcut.audit import ShortcutAuditConfig, run_shortcut_audit
+from types import SimpleNamespace
+
+from auditnn.checks.shortcut import ShortcutSettings
+from auditnn.plan import Check, Plan
+from auditnn.runner import run_plan
+from auditnn.spec import ModelSpec
+from auditnn.subject import SubjectSpec
 from auditnn.train import TrainConfig
 
 
 def _audit(rho: float, tag: str = "watermark", epochs: int = 8, **kwargs) -> object:
-    config = ShortcutAuditConfig(
-        build=BuildConfig(shortcut=ShortcutConfig(tag=tag, **kwargs), test_per_class=20),
-        rhos=[rho], model="cnn", train=TrainConfig(epochs=epochs), device="cpu",
-    )
-    return run_shortcut_audit(config).rows[0].metrics
+    """The reliance metrics of a cnn trained on the digits with `tag` planted at `rho` (20 test images a class)."""
+    subject = SubjectSpec(ModelSpec("cnn"), test_per_class=20, train=TrainConfig(epochs=epochs))
+    plan = Plan("shortcut", [Check("shortcut", None, ShortcutSettings(tag=tag, rho=[rho], **kwargs))], subject,
+                device="cpu")
+    return SimpleNamespace(**run_plan(plan, run_id="r", environment={}).report.results["shortcut"]["rows"][0]["metrics"])
 
 
 def test_an_uninformative_shortcut_is_not_relied_on():
