@@ -141,6 +141,8 @@ def runs(tmp_path_factory) -> tuple[str, dict[str, tuple[int, str, Path | None]]
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         TORCH_FILE.write_text(torch.__version__ + "\n")
+    elif recorded is None:
+        pytest.fail(f"{TORCH_FILE} is missing; write the golden files with AUDITNN_UPDATE_GOLDEN=1")
     elif recorded != torch.__version__:
         pytest.skip(f"golden outputs were written with torch {recorded}, this is torch {torch.__version__}: numbers "
                     "differ across torch builds (CI pins torch in constraints.txt)")
