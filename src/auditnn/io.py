@@ -33,7 +33,7 @@ MARKER_TEXT = "Written by auditnn. A rerun with this folder as --out replaces th
 # whole; any other folder is refused rather than removed.
 OUTPUT_NAMES = frozenset({
     "report.json", "report.html", "metrics.csv", "summary.md", "junit.xml", "pictures.pt", "patch.png", "patch.pt",
-    "models", "model.pt", "model.json", "manifest.json", "train.pt", "val.pt", "test.pt", "test_clean.pt",
+    "models", "checks", "model.pt", "model.json", "manifest.json", "train.pt", "val.pt", "test.pt", "test_clean.pt",
     OUTPUT_MARKER,
 })
 

@@ -1,20 +1,29 @@
 """The one runner: a Plan in, a Report out. It validates every check, resolves the subject once, measures each check
-once, stamps an audit file's rows with their check's name, places each result in the report, and judges the
-report when the plan has thresholds."""
+once (or reuses its record from an earlier run), stamps an audit file's rows with their check's name, places each
+result in the report, and judges the report when the plan has thresholds.
+
+Each check's result is kept as a record under the output folder (checks/<key>.json and .pt), keyed by everything
+that determines it: its kind, name and settings, the seed, the device type, auditnn's version, and the subject's
+fingerprint (the model's weights and the evaluation data), or for a check that builds its own data, the subject's
+settings. A re-run with the same key reuses the record instead of measuring (`auditnn audit --resume`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
+from . import __version__
 from .checks import KINDS, CheckResult, Context
 from .checks.base import first_layer_pictures
 from .errors import AuditError
+from .io import atomic_torch_save, atomic_write_text, read_json, safe_torch_load
 from .gate import Verdict, judge
 from .plan import Check, Plan
 from .report.schema import Report
@@ -23,6 +32,7 @@ from .runtime import resolve_device, seed_everything
 from .subject import Subject, load_subject
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (task, epoch, epochs, row), after each epoch
+RECORDS = "checks"  # the output folder's folder of per-check records
 
 
 @dataclass
@@ -34,6 +44,8 @@ class Outcome:
     pictures: dict[str, torch.Tensor] = field(default_factory=dict)
     files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     verdict: Verdict | None = None
+    records: dict[str, CheckResult] = field(default_factory=dict)  # key -> the check's result, as kept
+    reused: int = 0  # checks whose record came from an earlier run
 
 
 @contextmanager
@@ -84,10 +96,19 @@ class _Collector:
                 self.pictures[where] = value
 
 
+def check_key(plan: Plan, check: Check, subject: Subject | None, device: torch.device) -> str:
+    """What a check's result depends on, hashed: the record key (module docstring)."""
+    made_by = subject.fingerprint if KINDS[check.kind].needs_subject and subject else asdict(plan.subject)
+    material = {"kind": check.kind, "name": check.name, "settings": asdict(check.settings), "seed": plan.seed,
+                "device": device.type, "auditnn": __version__, "subject": made_by}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: Path | None = None,
-             progress: ProgressFn | None = None) -> Outcome:
+             progress: ProgressFn | None = None, reuse: dict[str, CheckResult] | None = None) -> Outcome:
     """Measure every check of the plan: those that share the subject first (it is resolved once), then those that
-    build their own data. out_dir: the folder the report will be in (for paths it records)."""
+    build their own data. out_dir: the folder the report will be in (for paths it records); reuse: records of an
+    earlier run (read_records), used for the checks whose key they hold."""
     validate_plan(plan)
     start = time.perf_counter()
     device = resolve_device(plan.device)
@@ -97,11 +118,17 @@ def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: P
         subject = load_subject(plan.subject, device, plan.seed, trained)
     seed_everything(plan.seed)
     ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress)
-    collected, timings = _Collector(), {}
+    collected, timings, records, reused = _Collector(), {}, {}, 0
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
-        began = time.perf_counter()
-        with _naming(plan, check):
-            collected.add(check, KINDS[check.kind].measure(check.settings, ctx), ctx)
+        began, key = time.perf_counter(), check_key(plan, check, subject, device)
+        if reuse and key in reuse:
+            result, reused = reuse[key], reused + 1
+        else:
+            with _naming(plan, check):
+                result = KINDS[check.kind].measure(check.settings, ctx)
+        collected.add(check, result, ctx)
+        if check.name is not None:  # an audit file's check: kept for a later --resume
+            records[key] = result
         timings[check.name or check.kind] = time.perf_counter() - began
     if subject is not None:
         shape = subject.data.test_images.shape[1:]
@@ -114,14 +141,42 @@ def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: P
     if any(c.thresholds for c in plan.checks):
         verdict = judge(report, plan)
         report.results["verdict"] = verdict.to_dict()
-    return Outcome(report, collected.pictures, collected.files, verdict)
+    return Outcome(report, collected.pictures, collected.files, verdict, records, reused)
 
 
 def write_outcome(outcome: Outcome, folder: Path) -> list[str]:
     """The report's files, then the files the checks keep, into `folder` (a staging folder: io.staged_folder).
     Returns the names written, in order."""
+    if outcome.records:
+        (folder / RECORDS).mkdir(exist_ok=True)
+    for key, result in outcome.records.items():
+        record = {"rows": result.rows, "section": result.section, "warnings": result.warnings}
+        atomic_torch_save(folder / RECORDS / f"{key}.pt", dict(result.pictures))
+        atomic_write_text(folder / RECORDS / f"{key}.json", json.dumps(record, allow_nan=True) + "\n")
     write_report(outcome.report, folder, pictures=outcome.pictures)
     for name, write in outcome.files.items():
         write(folder / name)
     written = ["report.json", "report.html"] + (["junit.xml"] if outcome.verdict is not None else [])
-    return [*written, "metrics.csv", "summary.md", *outcome.files]
+    return [*written, "metrics.csv", "summary.md", *outcome.files, *([f"{RECORDS}/"] if outcome.records else [])]
+
+
+def read_records(folder: Path) -> dict[str, CheckResult]:
+    """The per-check records an earlier run left in its output folder (key -> result). A record that cannot be
+    read back whole (a damaged or foreign file) is left out: its check is measured again."""
+    records = {}
+    for path in sorted((folder / RECORDS).glob("*.json")) if (folder / RECORDS).is_dir() else []:
+        try:
+            record = read_json(path, "check record", "")
+            pictures = safe_torch_load(path.with_suffix(".pt"), "check record")
+        except AuditError:
+            continue
+        if _is_record(record) and isinstance(pictures, dict) and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items()):
+            records[path.stem] = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
+    return records
+
+
+def _is_record(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("rows"), list)
+            and all(isinstance(r, dict) for r in record["rows"]) and isinstance(record.get("section"), dict)
+            and isinstance(record.get("warnings"), list) and all(isinstance(w, dict) for w in record["warnings"]))

@@ -11,11 +11,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from ..io import staged_folder
+from ..checks import CheckResult
+from ..errors import AuditError
+from ..io import OUTPUT_MARKER, staged_folder
 from ..plan import Plan
 from ..report.tables import bound_symbol, fmt, report_tables
 from ..report.writers import verdict_markdown
-from ..runner import run_plan, write_outcome
+from ..runner import read_records, run_plan, write_outcome
 from ..runtime import environment, resolve_device
 from . import EXIT_GATE_FAILED, EXIT_OK
 from .common import Consoles, epoch_progress, output_dir, render_table, run_id
@@ -65,15 +67,29 @@ def _skipped_files(results: dict[str, Any]) -> int:
     return 0
 
 
-def run_and_render(plan: Plan, out: Path | None, consoles: Consoles, detail: str, *, exit_zero: bool = False) -> int:
+def _earlier_records(out: Path | None) -> dict[str, CheckResult]:
+    """The per-check records of the run whose output folder --resume names."""
+    if out is None:
+        raise AuditError("--resume needs --out FOLDER: the output folder of the earlier run to continue")
+    if not (out / OUTPUT_MARKER).is_file() or not (out / "report.json").is_file():
+        raise AuditError(f"--resume folder '{out}' is not a complete auditnn output folder; allowed: the --out folder "
+                         "of an earlier auditnn audit")
+    return read_records(out)
+
+
+def run_and_render(plan: Plan, out: Path | None, consoles: Consoles, detail: str, *, exit_zero: bool = False,
+                   resume: bool = False) -> int:
     """Measure the plan into the output folder (default reports/<run id>/), print its tables, verdict and
-    warnings; return the exit code: 1 when a check of the plan failed (0 with exit_zero), else 0."""
+    warnings; return the exit code: 1 when a check of the plan failed (0 with exit_zero), else 0. With resume,
+    the checks whose records the folder already holds are not measured again."""
     device = resolve_device(plan.device)
     rid = run_id(plan.command, detail)
     out_dir = output_dir(out, rid)
+    reuse = _earlier_records(out) if resume else None
     with staged_folder(out_dir) as staging:
         with epoch_progress(consoles, f"training {plan.subject.model.text} ({device})") as update:
-            outcome = run_plan(plan, run_id=rid, environment=environment(device), out_dir=out_dir, progress=update)
+            outcome = run_plan(plan, run_id=rid, environment=environment(device), out_dir=out_dir, progress=update,
+                               reuse=reuse)
         written = write_outcome(outcome, staging)
     report = outcome.report
     for table in report_tables(report):
@@ -86,6 +102,8 @@ def run_and_render(plan: Plan, out: Path | None, consoles: Consoles, detail: str
     skipped = _skipped_files(report.results)
     if skipped:
         consoles.note(f"{skipped} non-image file(s) in the folder were skipped (--strict makes them an error)")
+    if resume:
+        consoles.note(f"reused {outcome.reused} of {len(plan.checks)} check(s) measured by the earlier run")
     consoles.note(f"report written to {out_dir}/ ({', '.join(written)}) in {report.timings['total']:.1f} s")
     if outcome.verdict is None or outcome.verdict.passed:
         return EXIT_OK
