@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -58,7 +58,7 @@ def image_grid(
 
 
 def line_plot(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
 ) -> bytes:
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for name, (xs, ys) in series.items():
