@@ -22,7 +22,8 @@ from pathlib import Path
 def timed_run(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "auditnn", *args, "--out", out, "-q"], check=True, capture_output=True, env=env)
+        command = [sys.executable, "-m", "auditnn", *args, "--out", out, "-q"]
+        subprocess.run(command, check=True, capture_output=True, env=env)
         seconds = time.perf_counter() - start
         return seconds, json.loads((Path(out) / "report.json").read_text())
 
@@ -41,8 +42,9 @@ def main() -> None:
             runs = [timed_run(["shortcut", "--tag", tag, "--device", args.device], env) for _ in range(args.repeats)]
             report = runs[-1][1]
             m = report["results"]["shortcut"]["rows"][0]["metrics"]
-            rows.append((f"shortcut --tag {tag}", statistics.median(t for t, _ in runs), min(t for t, _ in runs),
-                         f"reliance {m['reliance']:.3f}, worst group {m['worst_group_accuracy']:.3f}, gap {m['gap']:.3f}"))
+            figures = f"reliance {m['reliance']:.3f}, worst group {m['worst_group_accuracy']:.3f}, gap {m['gap']:.3f}"
+            seconds = [t for t, _ in runs]
+            rows.append((f"shortcut --tag {tag}", statistics.median(seconds), min(seconds), figures))
         attack = ["attack", "--method", "pgd", "--device", args.device]
         first, _ = timed_run(attack, env)  # trains the default model into the fresh cache
         runs = [timed_run(attack, env) for _ in range(args.repeats)]

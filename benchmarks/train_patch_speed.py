@@ -43,6 +43,12 @@ def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
             optimizer.step()
 
 
+def fresh_model(arch: str, device: torch.device) -> PixelModel:
+    """The same initial weights for every contender (seed 0)."""
+    torch.manual_seed(0)
+    return PixelModel(build_model(arch, 1, 28, 10), [0.1], [0.25]).to(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
@@ -61,25 +67,21 @@ def main() -> None:
           f"{'grad fwd+bwd ms':>17}{'patch/grad':>12}")
     config = TrainConfig(epochs=args.epochs, batch_size=64)
     for arch in args.models:
-        def fresh() -> PixelModel:
-            torch.manual_seed(0)
-            return PixelModel(build_model(arch, 1, 28, 10), [0.1], [0.25]).to(device)
-
         ours, plain = [], []
         for _ in range(args.rounds):
-            model = fresh()
+            model = fresh_model(arch, device)
             sync(device)
             start = time.perf_counter()
             fit(model, x, y, config, device=device)
             sync(device)
             ours.append(len(y) * args.epochs / (time.perf_counter() - start))
-            model = fresh()
+            model = fresh_model(arch, device)
             sync(device)
             start = time.perf_counter()
             plain_loop(model, x, y, args.epochs, 64, config.lr)
             sync(device)
             plain.append(len(y) * args.epochs / (time.perf_counter() - start))
-        model = fresh().eval()
+        model = fresh_model(arch, device).eval()
         batch_x, batch_y = x[:128], y[:128]
         side = round(PatchConfig().size * 28)
         patch = torch.rand(1, side, side, device=device, requires_grad=True)
@@ -104,7 +106,8 @@ def main() -> None:
                 grad_times.append(time.perf_counter() - start)
         step, grad = statistics.median(step_times), statistics.median(grad_times)
         a, b = statistics.median(ours), statistics.median(plain)
-        print(f"{arch:<7}{a:>19,.0f}{b:>18,.0f}{a / b:>8.2f}{step * 1000:>15.2f}{grad * 1000:>17.2f}{step / grad:>12.2f}")
+        print(f"{arch:<7}{a:>19,.0f}{b:>18,.0f}{a / b:>8.2f}{step * 1000:>15.2f}{grad * 1000:>17.2f}"
+              f"{step / grad:>12.2f}")
 
 
 if __name__ == "__main__":

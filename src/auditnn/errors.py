@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class AuditError(Exception):
     """Bad input, configuration or environment. The CLI prints the message on one line and exits 2."""
@@ -11,9 +13,9 @@ class InvariantError(RuntimeError):
     """An internal guarantee broke (an attack left its eps-ball, NaN appeared). The CLI exits 3."""
 
 
-def allowed(values: object) -> str:
+def allowed(values: Iterable[object]) -> str:
     """Render a collection of allowed values for an error message: 'a, b or c'."""
-    items = [str(v) for v in values]  # type: ignore[attr-defined]
+    items = [str(v) for v in values]
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " or " + items[-1]

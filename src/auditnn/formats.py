@@ -10,8 +10,8 @@ import re
 import stat
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -118,7 +118,8 @@ def _check_tiling(ranges: list[tuple[int, int, str]], body_size: int) -> None:
     position = 0
     for begin, end, name in ranges:
         if begin < position:
-            raise ValueError(f"tensor '{name}' at bytes {begin}..{end} overlaps the previous tensor, which ends at {position}")
+            raise ValueError(f"tensor '{name}' at bytes {begin}..{end} overlaps the previous tensor, "
+                             f"which ends at {position}")
         if begin > position:
             raise ValueError(f"a gap of bytes {position}..{begin} before tensor '{name}'")
         position = end
@@ -131,7 +132,8 @@ def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
     path = Path(path)
     raw = read_bytes(path, what, "give an existing .npz file")
     if raw[:2] != b"PK":  # numpy would take any other content for a pickle and say so
-        raise AuditError(f"{what} '{path}' cannot be read as .npz (not a zip archive); give a file written by numpy.savez")
+        raise AuditError(f"{what} '{path}' cannot be read as .npz (not a zip archive); "
+                         "give a file written by numpy.savez")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -148,12 +150,12 @@ def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- torch.export archives
 
 # What torch.export.save writes for one program with plain tensor weights, relative to the archive's top folder; each
-# name is matched exactly. torch.export.load loads every models/<name>.json (and returns the one named 'model'), and for
-# each <name> reads data/weights/<name>.pt or data/constants/<name>.pt, when present, as a legacy pickled state dict that
-# falls back to torch's full unpickler (torch/export/pt2_archive/_package.py _load_state_dict, _load_constants;
-# torch/_export/serde/serialize.py deserialize_torch_artifact). So the one program allowed is 'model', and a blob is
-# only weight_<n> or tensor_<n> listed in its folder's config. Everything else (AOTInductor libraries, pickled custom or
-# opaque objects, the legacy layouts, other programs) is refused.
+# name is matched exactly. torch.export.load loads every models/<name>.json (and returns the one named 'model'), and
+# for each <name> reads data/weights/<name>.pt or data/constants/<name>.pt, when present, as a legacy pickled state
+# dict that falls back to torch's full unpickler (torch/export/pt2_archive/_package.py _load_state_dict,
+# _load_constants; torch/_export/serde/serialize.py deserialize_torch_artifact). So the one program allowed is
+# 'model', and a blob is only weight_<n> or tensor_<n> listed in its folder's config. Everything else (AOTInductor
+# libraries, pickled custom or opaque objects, the legacy layouts, other programs) is refused.
 _EXPORT_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
 _EXPORT_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
                  "models/model.json", _EXPORT_SAMPLE_INPUTS}

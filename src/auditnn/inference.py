@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -38,10 +38,10 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -73,6 +73,8 @@ def _logits(model: nn.Module, images: torch.Tensor, device: torch.device) -> tor
     return logits.cpu()
 
 
-def predict(model: nn.Module, images: torch.Tensor, **kwargs: object) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device | None = None, batch_size: int = 1024
+) -> torch.Tensor:
     """Predicted classes (N,) int64 on the images' device."""
-    return predict_logits(model, images, **kwargs).argmax(1).to(images.device)  # type: ignore[arg-type]
+    return predict_logits(model, images, device=device, batch_size=batch_size).argmax(1).to(images.device)

@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -53,7 +54,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise AuditError(f"'{path}' cannot be written ({exc.strerror or exc}); give a path in a folder you can write to") from None
+        raise AuditError(f"'{path}' cannot be written ({exc.strerror or exc}); "
+                         "give a path in a folder you can write to") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -210,7 +212,8 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
     except OSError as exc:
         with deferred():
             undo()
-        raise AuditError(f"{what} '{shown}' cannot be written ({exc.strerror or exc}); give a folder you can write to") from None
+        raise AuditError(f"{what} '{shown}' cannot be written ({exc.strerror or exc}); "
+                         "give a folder you can write to") from None
     except BaseException:
         with deferred():
             undo()

@@ -8,8 +8,9 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -180,7 +181,9 @@ def compile_or_eager(model: torch.nn.Module, sample: torch.Tensor) -> tuple[torc
     """torch.compile the model and run it once on `sample` (compilation happens at the first call); when the
     compiler is unavailable or fails, return the model unchanged and a one-line reason."""
     try:
-        compiled = torch.compile(model)
+        # torch.compile's stubs type any callable's result as a plain callable; given a Module it returns a Module
+        # (an OptimizedModule wrapping it).
+        compiled = cast(torch.nn.Module, torch.compile(model))
         with torch.no_grad():
             compiled(sample)
         return compiled, None

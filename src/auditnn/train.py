@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -135,7 +136,7 @@ def train_classifier(
         "architecture": {"name": arch, "width": width},
         "classes": list(classes),
         "input_shape": [channels, height, width_px],
-        "normalization": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
+        "normalization": {name: model.get_buffer(name).flatten().tolist() for name in ("mean", "std")},
         "dataset": dataset_info or {},
         "training": {**asdict(config), "seconds": result.seconds, "images_per_second": result.images_per_second},
         "metrics": result.history[-1],
@@ -144,7 +145,7 @@ def train_classifier(
 
 
 def train_on_controlled(
-    dataset: "ControlledDataset", arch: str, config: TrainConfig, device: torch.device, *,
+    dataset: ControlledDataset, arch: str, config: TrainConfig, device: torch.device, *,
     width: int | None = None, progress: ProgressFn | None = None,
 ) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
     """train_classifier on a controlled dataset's train split, validated on its val split."""

@@ -20,7 +20,8 @@ def parse_number(text: str, name: str) -> float:
     try:
         value = float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
-        raise AuditError(f"{name} value '{text}' is not a number; allowed: decimals or fractions such as 8/255") from None
+        raise AuditError(f"{name} value '{text}' is not a number; "
+                         "allowed: decimals or fractions such as 8/255") from None
     return require_finite(value, name, text)
 
 

@@ -142,7 +142,8 @@ def _stratified_take(labels: torch.Tensor, per_class: int, num_classes: int, gen
         members = order[labels[order] == k]
         if len(members) < per_class:
             raise AuditError(
-                f"class {k} has {len(members)} image(s) for the test split; allowed: at least test_per_class = {per_class}"
+                f"class {k} has {len(members)} image(s) for the test split; "
+                f"allowed: at least test_per_class = {per_class}"
             )
         taken.append(members[:per_class])
     chosen = torch.cat(taken)
@@ -197,7 +198,8 @@ def build_controlled(config: BuildConfig, base: BaseData | None = None) -> Contr
     n_val = max(1, int(round(len(rest) * config.val_fraction)))
     val_idx, train_idx = rest[:n_val].sort().values, rest[n_val:].sort().values
     if len(train_idx) < num_classes:
-        raise AuditError(f"data source '{config.base}' leaves {len(train_idx)} training images; allowed: at least K = {num_classes}")
+        raise AuditError(f"data source '{config.base}' leaves {len(train_idx)} training images; "
+                         f"allowed: at least K = {num_classes}")
 
     splits: dict[str, Split] = {}
     for name, index in (("train", train_idx), ("val", val_idx)):
@@ -272,10 +274,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest.json of a folder written by save_controlled (the split files are not read)."""
     root = Path(directory)
     manifest_path = root / "manifest.json"
-    manifest = read_json(manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'")
+    manifest = read_json(manifest_path, "dataset manifest",
+                         f"'{root}' must be a folder written by 'auditnn data build'")
     if not isinstance(manifest, dict):
-        raise AuditError(f"dataset manifest '{manifest_path}' holds a {type(manifest).__name__}; allowed: a JSON object "
-                         "written by 'auditnn data build'")
+        raise AuditError(f"dataset manifest '{manifest_path}' holds a {type(manifest).__name__}; "
+                         "allowed: a JSON object written by 'auditnn data build'")
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
     return manifest

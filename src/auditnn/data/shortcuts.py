@@ -7,8 +7,9 @@ Shortcut id k >= 0 draws the variant tied to class k; id -1 plants nothing. Imag
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,10 @@ def _stamp_bitmap(shortcut_id: int) -> torch.Tensor:
 def _boat_bitmap(shortcut_id: int) -> torch.Tensor:
     """An 8x8 boat silhouette; the id's four bits pick the sail side, a jib, a flag and the hull shape."""
     if shortcut_id >= 16:
-        raise AuditError(f"boat has 16 distinct pictograms; got class id {shortcut_id}; use --target-class for more classes")
+        raise AuditError(f"boat has 16 distinct pictograms; got class id {shortcut_id}; "
+                         "use --target-class for more classes")
     b = torch.zeros(8, 8)
-    right, jib, flag, flat = (shortcut_id >> 0) & 1, (shortcut_id >> 1) & 1, (shortcut_id >> 2) & 1, (shortcut_id >> 3) & 1
+    right, jib, flag, flat = ((shortcut_id >> bit) & 1 for bit in range(4))
     mast = 3 if right else 4
     b[1:6, mast] = 1
     for row in range(1, 6):  # main sail: a right triangle against the mast
@@ -147,7 +149,7 @@ class _PastedBitmap(Shortcut):
             if k >= 0
         }
         weight = torch.zeros(n, 1, h, w)
-        for i, (k, top, left) in enumerate(zip(ids.tolist(), tops.tolist(), lefts.tolist())):
+        for i, (k, top, left) in enumerate(zip(ids.tolist(), tops.tolist(), lefts.tolist(), strict=True)):
             if k >= 0:
                 weight[i, 0, top : top + self.size, left : left + self.size] = stamps[k]
         mask = weight > 0
@@ -227,7 +229,7 @@ class Background(Shortcut):
         return rgb + weight * (ground - rgb), mask
 
 
-def make_shortcut(tag: str, num_classes: int, **salience: object) -> Shortcut:
+def make_shortcut(tag: str, num_classes: int, **salience: Any) -> Shortcut:
     """Build a registered shortcut; `salience` holds size, opacity and position overrides (None keeps the default)."""
     if tag not in SHORTCUTS:
         raise AuditError(f"tag '{tag}' is unknown; allowed: {allowed(SHORTCUTS)}")
@@ -235,4 +237,4 @@ def make_shortcut(tag: str, num_classes: int, **salience: object) -> Shortcut:
     unused = sorted(set(kwargs) - set(SHORTCUTS[tag].knobs))
     if unused:
         raise AuditError(f"tag '{tag}' has no setting {unused[0]}; allowed: {allowed(SHORTCUTS[tag].knobs)}")
-    return SHORTCUTS[tag](num_classes=num_classes, **kwargs)  # type: ignore[arg-type]
+    return SHORTCUTS[tag](num_classes=num_classes, **kwargs)

@@ -1,6 +1,10 @@
-"""Base image sources named by a spec string ('digits', 'shapes', 'torchvision:NAME', 'imagefolder:DIR'), parsed here only.
+"""Load the base image sources a spec (spec.DataSpec) names: 'digits' (the packaged UCI digits, checksummed), 'shapes'
+(generated), 'torchvision:NAME' (MNIST, Fashion-MNIST, CIFAR-10 or SVHN, read from the files torchvision downloads
+without unpickling code), 'imagefolder:DIR' (one sub-folder per class) and 'tensors:FILE' (.pt read weights_only, .npz
+without pickles, or .safetensors).
 
-Every source returns images as float32 (N, C, H, W) in [0, 1] and labels as int64 (N,).
+Every source returns images as float32 (N, C, H, W) in [0, 1] and labels as int64 (N,); validate_images holds that
+contract, and conform_images fits images to a model's input shape (gray <-> RGB, resize).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         fg = None if self.foreground is None else self.foreground[index]
         names = None if self.names is None else [self.names[i] for i in index.tolist()]
         return ImageSet(self.images[index], self.labels[index], self.classes, fg, names)
@@ -305,7 +309,8 @@ def _load_cifar10(root: Path) -> BaseData:
         for name in names:
             path = folder / name
             if not path.is_file():
-                raise AuditError(f"file '{path}' is missing; the CIFAR-10 layout is ROOT/cifar-10-batches-py/, or use --download")
+                raise AuditError(f"file '{path}' is missing; the CIFAR-10 layout is ROOT/cifar-10-batches-py/, "
+                                 "or use --download")
             try:
                 with open(path, "rb") as handle:
                     batch = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
@@ -324,19 +329,22 @@ def _load_svhn(root: Path) -> BaseData:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise AuditError("data source 'torchvision:svhn' needs scipy to read its .mat files; pip install 'auditnn[svhn]'") from None
+        raise AuditError("data source 'torchvision:svhn' needs scipy to read its .mat files; "
+                         "pip install 'auditnn[svhn]'") from None
     splits = []
     for split in ("train", "test"):
         path = root / f"{split}_32x32.mat"
         if not path.is_file():
-            raise AuditError(f"file '{path}' is missing; the SVHN layout is ROOT/{{train,test}}_32x32.mat, or use --download")
+            raise AuditError(f"file '{path}' is missing; the SVHN layout is ROOT/{{train,test}}_32x32.mat, "
+                             "or use --download")
         try:
             mat = loadmat(str(path))
             x = np.transpose(mat["X"], (3, 2, 0, 1))  # stored (H, W, C, N)
             y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels the digit 0 as 10
         except (KeyError, ValueError, OSError) as exc:
             raise AuditError(f"file '{path}' is not an SVHN .mat file ({exc})") from None
-        splits.append(ImageSet(torch.from_numpy(x.copy()).float().div_(255), torch.from_numpy(y), [str(d) for d in range(10)]))
+        images = torch.from_numpy(x.copy()).float().div_(255)
+        splits.append(ImageSet(images, torch.from_numpy(y), [str(d) for d in range(10)]))
     return BaseData("torchvision:svhn", splits[0], splits[1])
 
 
@@ -354,8 +362,9 @@ def load_torchvision(name: str, *, data_root: str | Path | None, download: bool)
 # ---------------------------------------------------------------- imagefolder
 
 
-MAX_IMAGE_PIXELS = 4096 * 4096  # per image: classifier inputs are far smaller, and this already takes 200 MB as
-# float32 RGB; a header claiming more is refused before any pixel is decoded (a decompression bomb costs nothing to send)
+# Per image: classifier inputs are far smaller, and this already takes 200 MB as float32 RGB; a header claiming more is
+# refused before any pixel is decoded (a decompression bomb costs nothing to send).
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def _files_in(folder: Path) -> list[Path]:
@@ -379,8 +388,8 @@ def _open_image(path: Path):  # noqa: ANN202 - a PIL image; PIL is imported lazi
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise AuditError(f"image '{path}' claims {width}x{height} pixels; allowed: at most {MAX_IMAGE_PIXELS} "
-                                     "pixels per image (4096x4096); resize it")
+                    raise AuditError(f"image '{path}' claims {width}x{height} pixels; allowed: at most "
+                                     f"{MAX_IMAGE_PIXELS} pixels per image (4096x4096); resize it")
                 img.load()
                 return img.copy()
     except Image.DecompressionBombError as exc:
@@ -438,7 +447,8 @@ def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
     elif images.dim() == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
         images = images.permute(0, 3, 1, 2)
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise AuditError(f"images in {where} have shape {tuple(images.shape)}; allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+        raise AuditError(f"images in {where} have shape {tuple(images.shape)}; "
+                         "allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
     if images.dtype == torch.uint8:
         return images.float().div_(255).contiguous()
     if not images.is_floating_point():
@@ -475,8 +485,8 @@ def _labels(value: object, where: str) -> torch.Tensor:
     if labels.is_floating_point():
         bad = ~torch.isfinite(labels) | (labels != labels.round())
         if bad.any():
-            raise AuditError(f"labels in {where} include {labels[bad][0].item():g}; allowed: whole class indices 0..K-1 "
-                             "(a fraction would be truncated to another class)")
+            raise AuditError(f"labels in {where} include {labels[bad][0].item():g}; allowed: whole class indices "
+                             "0..K-1 (a fraction would be truncated to another class)")
     return labels.long()
 
 
@@ -509,7 +519,8 @@ def load_tensors(path: str | Path) -> ImageSet:
         raise AuditError(f"{where} holds a {type(data).__name__}; allowed: a dict with 'images' and 'labels'")
     missing = [k for k in ("images", "labels") if k not in data]
     if missing:
-        raise AuditError(f"{where} has no '{missing[0]}'; allowed: a mapping with 'images' and 'labels' (and 'classes')")
+        raise AuditError(f"{where} has no '{missing[0]}'; "
+                         "allowed: a mapping with 'images' and 'labels' (and 'classes')")
     images = _as_pixels(_numbers(data["images"], "images", where), where)
     labels = _labels(data["labels"], where)
     classes = _class_names(data.get("classes"), where)
@@ -517,7 +528,8 @@ def load_tensors(path: str | Path) -> ImageSet:
         raise AuditError(f"{where} holds no images; allowed: at least one image per class")
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     validate_images(images, labels, num_classes, where)
-    return ImageSet(images, labels, classes or [str(k) for k in range(num_classes)], names=[str(i) for i in range(len(labels))])
+    names = [str(i) for i in range(len(labels))]
+    return ImageSet(images, labels, classes or [str(k) for k in range(num_classes)], names=names)
 
 
 def conform_images(images: torch.Tensor, shape: list[int | None]) -> torch.Tensor:

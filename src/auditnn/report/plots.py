@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -35,7 +35,9 @@ def _show(ax, image: torch.Tensor) -> None:  # noqa: ANN001
     ax.set_yticks([])
 
 
-def image_grid(rows: Sequence[tuple[str, torch.Tensor, Sequence[str]]], overlays: dict[int, torch.Tensor] | None = None) -> bytes:
+def image_grid(
+    rows: Sequence[tuple[str, torch.Tensor, Sequence[str]]], overlays: dict[int, torch.Tensor] | None = None
+) -> bytes:
     """One row per (title, images (N, C, H, W), captions). overlays[row] = heat maps (N, H, W) drawn over that row."""
     cols = max(len(images) for _, images, _ in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.4 * cols, 1.6 * len(rows)), squeeze=False)
@@ -48,13 +50,16 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor, Sequence[str]]], overlays
             _show(ax, images[c])
             if overlays and r in overlays:
                 heat = overlays[r][c].float()
-                ax.imshow((heat / heat.max().clamp(min=1e-12)).numpy(), cmap="inferno", alpha=0.6, interpolation="nearest")
+                scaled = (heat / heat.max().clamp(min=1e-12)).numpy()
+                ax.imshow(scaled, cmap="inferno", alpha=0.6, interpolation="nearest")
             ax.set_title(_plain(captions[c]), fontsize=7)
         axes[r][0].set_ylabel(_plain(title), fontsize=8)
     return _png(fig)
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str) -> bytes:
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
+) -> bytes:
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=_plain(name))

@@ -1,4 +1,6 @@
-"""Report files: report.json, metrics.csv (tidy), summary.md. Each a pure function of the Report, written atomically."""
+"""Report files: metrics.csv (tidy), summary.md, junit.xml (when the Report holds a gate verdict), report.html,
+pictures.pt and report.json, each rendered from the Report alone and written atomically (write_report); and
+load_pictures, which reads a pictures.pt back and refuses any tensor the HTML page could not draw."""
 
 from __future__ import annotations
 
@@ -106,8 +108,9 @@ def to_junit(report: Report, verdict: dict) -> str:
                  + (f" ({r['note']})" if r["note"] else "") for r in rows]
         if missed:
             first = missed[0]
-            failure = ET.SubElement(case, "failure", type="threshold",
-                                    message=f"{first['metric']} {fmt(first['measured'])} misses {bound_symbol(first['bound'])} {fmt(first['threshold'])}")
+            message = (f"{first['metric']} {fmt(first['measured'])} misses {bound_symbol(first['bound'])} "
+                       f"{fmt(first['threshold'])}")
+            failure = ET.SubElement(case, "failure", type="threshold", message=message)
             failure.text = "\n".join(lines)
         else:
             ET.SubElement(case, "system-out").text = "\n".join(lines)

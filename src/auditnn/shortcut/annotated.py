@@ -67,24 +67,26 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
             position.setdefault(Path(name).name, i)
     values = sorted(set(table[attribute]))
     codes = torch.full((len(data),), -1, dtype=torch.long)
-    unknown, mismatched = [], []
+    unknown: list[str] = []
+    mismatched: list[str] = []
     seen: dict[int, tuple[int, str, str]] = {}  # image index -> (row number, label, value) of its first row
-    rows = zip(table[key].tolist(), table["label"].tolist(), table[attribute].tolist())
+    rows = zip(table[key].tolist(), table["label"].tolist(), table[attribute].tolist(), strict=True)
     for row_number, (ref, label, value) in enumerate(rows, start=2):
-        i = position.get(ref)
-        if i is None:
+        index = position.get(ref)
+        if index is None:
             unknown.append(f"row {row_number} {ref!r}")
             continue
-        if i in seen:
-            first, first_label, first_value = seen[i]
+        if index in seen:
+            first, first_label, first_value = seen[index]
             if (first_label, first_value) != (label, value):
-                raise AuditError(f"groups file '{path}' gives image {names[i]!r} twice with different values: "
+                raise AuditError(f"groups file '{path}' gives image {names[index]!r} twice with different values: "
                                  f"rows {first} and {row_number}; allowed: one row per image")
             continue
-        seen[i] = (row_number, label, value)
-        if _class_index(label, data.classes) != int(data.labels[i]):
-            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[int(data.labels[i])]}")
-        codes[i] = values.index(value)
+        seen[index] = (row_number, label, value)
+        label_index = int(data.labels[index])
+        if _class_index(label, data.classes) != label_index:
+            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[label_index]}")
+        codes[index] = values.index(value)
     if unknown:
         raise AuditError(f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
                          f"the '{key}' column must match the data's {'files' if key == 'file' else 'indices'}")
@@ -128,7 +130,8 @@ def parse_association(spec: str, notes: Annotations, classes: list[str]) -> Asso
         mapping[value] = k
     missing = [v for v in notes.values if v not in mapping]
     if missing:
-        raise AuditError(f"{where} gives no class for {missing[0]!r}; allowed: a class for each of {allowed(notes.values)}")
+        raise AuditError(f"{where} gives no class for {missing[0]!r}; "
+                         f"allowed: a class for each of {allowed(notes.values)}")
     return Association({v: mapping[v] for v in notes.values}, "given")
 
 
@@ -160,7 +163,8 @@ def association_from_csv(path: str | Path, notes: Annotations, classes: list[str
         if needed not in table.columns:
             raise AuditError(f"training CSV '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}")
     labels, codes = [], []
-    for row_number, (label, value) in enumerate(zip(table["label"].tolist(), table[notes.attribute].tolist()), start=2):
+    rows = zip(table["label"].tolist(), table[notes.attribute].tolist(), strict=True)
+    for row_number, (label, value) in enumerate(rows, start=2):
         k = _class_index(label, classes)
         if k is None:
             raise AuditError(f"training CSV '{path}' row {row_number} has label {label!r}; "
@@ -228,7 +232,7 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
             "or --associate-from a training split's CSV")})
     associated = torch.tensor([association.classes[value] for value in notes.values], dtype=torch.long)
     aligned = labels == associated[codes]
-    groups = []
+    groups: list[dict[str, Any]] = []
     for v, value in enumerate(notes.values):
         for c in range(k):
             members = (codes == v) & (labels == c)
@@ -280,7 +284,8 @@ def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.T
     try:
         predict(model, planted[:2])
     except Exception:  # user models raise anything on a wrong shape; which one does not matter here
-        raise recoloured_error(shortcut.name, after, f"the model takes {before} channel{'s' if before > 1 else ''}") from None
+        channels = f"{before} channel{'s' if before > 1 else ''}"
+        raise recoloured_error(shortcut.name, after, f"the model takes {channels}") from None
 
 
 def tag_sensitivity(
@@ -289,12 +294,14 @@ def tag_sensitivity(
 ) -> TagSensitivity:
     """Plant each class's variant of the tag (or only target_class's) on every image, without retraining, and
     count how many predictions change and how many move to the tag's class."""
-    base_images, _ = shortcut.plant(images, torch.full((len(images),), -1), generator=torch.Generator().manual_seed(seed))
+    no_tag = torch.full((len(images),), -1)
+    base_images, _ = shortcut.plant(images, no_tag, generator=torch.Generator().manual_seed(seed))
     check_takes_planted(model, images, base_images, shortcut)
     base = predict(model, base_images)
-    variants = []
+    variants: list[dict[str, Any]] = []
     for k in ([target_class] if target_class is not None else range(len(classes))):
-        planted, _ = shortcut.plant(images, torch.full((len(images),), k), generator=torch.Generator().manual_seed(seed))
+        tag = torch.full((len(images),), k)
+        planted, _ = shortcut.plant(images, tag, generator=torch.Generator().manual_seed(seed))
         preds = predict(model, planted)
         flipped = preds != base
         destinations = torch.bincount(preds[flipped], minlength=len(classes))

@@ -99,7 +99,7 @@ def reliance_from_predictions(
     follow_mask = conflicting if target_class is None else conflicting & (y != target_class)
     follow = _mean(followed[follow_mask])
     chance = 1.0 / num_classes
-    groups = []
+    groups: list[dict[str, Any]] = []
     for v, (sid, sname) in enumerate(group_of):
         for k in range(num_classes):
             members_k = labels == k
