@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from auditnn.attacks import FGSM, PGD
-from auditnn.attacks.audit import fit_patch, patch_split
+from auditnn.attacks.patch import fit_patch, patch_split
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.patch import PatchConfig, optimize_patch
 from auditnn.attacks.pgd import random_in_ball
