@@ -21,7 +21,7 @@ def test_attack_prints_the_table_and_writes_the_report(capsys, tmp_path, method,
     assert all(r["max_perturbation"] <= r["eps"] + 1e-6 for r in rows)
     robust = [r["robust_accuracy"] for r in rows]
     assert robust == sorted(robust, reverse=True)
-    assert report["environment"]["device"] == "cpu" and report["config"]["attack"]["norm"] == norm
+    assert report["environment"]["device"] == "cpu" and report["config"]["checks"][0]["settings"]["norm"] == norm
 
 
 def test_the_default_model_is_trained_once_then_reused(capsys, tmp_path):

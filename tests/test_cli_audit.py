@@ -140,7 +140,7 @@ def test_missing_files_exit_2(capsys, tmp_path):
 
 def test_an_internal_error_exits_3(capsys, tmp_path, monkeypatch):
     (tmp_path / "audit.toml").write_text(AUDIT.format(clean=0.3))
-    monkeypatch.setattr("auditnn.cli.gate.run_audit", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("auditnn.cli.run.run_plan", lambda *a, **k: 1 / 0)
     code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
     assert code == 3 and "internal error: ZeroDivisionError" in err
 

@@ -15,7 +15,7 @@ def test_shortcut_prints_the_table_and_writes_consistent_reports(capsys, tmp_pat
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["schema"] == "auditnn.report" and report["schema_version"] == 1
     assert report["seed"] == 0 and report["environment"]["torch"] and report["environment"]["device"] == "cpu"
-    assert report["config"]["build"]["shortcut"]["tag"] == "watermark" and report["timings"]["total"] > 0
+    assert report["config"]["checks"][0]["settings"]["tag"] == "watermark" and report["timings"]["total"] > 0
     metrics = report["results"]["shortcut"]["rows"][0]["metrics"]
     csv = pd.read_csv(tmp_path / "metrics.csv")
     reliance = csv[(csv.metric == "reliance")]
@@ -134,7 +134,7 @@ def test_internal_error_exits_3_with_one_line(capsys, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("auditnn.shortcut.audit.measure_reliance", broken)
+    monkeypatch.setattr("auditnn.checks.shortcut.measure_reliance", broken)
     code, _, err = run_cli(capsys, "shortcut", *FAST, "--out", tmp_path)
     assert code == 3 and "internal error: RuntimeError: boom" in err and "Traceback" not in err
 

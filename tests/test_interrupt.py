@@ -212,6 +212,8 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     from auditnn.models import save_model_dir
     from auditnn.report import write_report
     from auditnn.report.schema import Report
+    from auditnn.checks import CheckResult
+    from auditnn.runner import Outcome, write_outcome
 
     row = {"check": "clean", "kind": "accuracy", "metric": "accuracy", "measured": 0.5, "threshold": 0.9,
            "bound": "min", "passed": False, "note": ""}
@@ -228,6 +230,8 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     config = BuildConfig(base="digits", shortcut=ShortcutConfig(tag="watermark"), rho=0.9, seed=0, test_per_class=1)
     with staged_folder(tmp_path / "data") as staging:
         save_controlled(build_controlled(config, digits_base), staging)
+    with staged_folder(tmp_path / "audit") as staging:  # an audit's records of its checks
+        write_outcome(Outcome(report, records={"key": CheckResult([], {})}), staging)
     written = {p.name for folder in tmp_path.iterdir() for p in folder.iterdir()}
     assert written == OUTPUT_NAMES - {"models"}  # models/ is the shortcut command's folder of model folders
 

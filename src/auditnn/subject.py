@@ -195,7 +195,7 @@ def weights_digest(model: nn.Module) -> str:
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().contiguous()
             digest.update(f"{name} {value.dtype} {list(value.shape)}".encode())
-            digest.update(value.view(torch.uint8).numpy() if value.numel() else b"")
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -228,7 +228,8 @@ def resolve_subject(
                              data.num_classes, f"'{spec.text}'")
         model = model.to(device).eval()
         probe_model(model, data, f"'{spec.text}'")
-        described = json.dumps({"model": asdict(spec), "card": card}, sort_keys=True, default=str)
+        # the model as it computes (its kind, normalization and weights), not where it was read from
+        described = json.dumps({"kind": spec.kind, "normalization": card.get("normalization")}, sort_keys=True)
         fingerprint = _fingerprint(described, weights_digest(model), data_digest(data.test_images, data.test_labels))
         return Subject(model, card, data, device, spec.text, fingerprint)
     if data.fitted_on_test:

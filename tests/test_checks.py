@@ -1,0 +1,214 @@
+"""The check registry and the runner, generated from the registry: every kind is measured by the one runner, its rows
+carry its check's name, the gate finds exactly one row per threshold, and a new kind without an example here fails."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from auditnn.checks import KINDS
+from auditnn.checks.base import CheckKind, register
+from auditnn.data.sources import load_source
+from auditnn.errors import AuditError
+from auditnn.gate import find_row
+from auditnn.models import save_model_dir
+from auditnn.plan import Check, Plan, Threshold, load_plan
+from auditnn.runner import check_key, read_records, run_plan, write_outcome
+from auditnn.spec import DataSpec, ModelSpec
+from auditnn.subject import SubjectSpec, load_subject
+from auditnn.train import TrainConfig, train_classifier
+
+from helpers import assert_usage_error, run_cli
+
+# Every registered kind's required settings, and small settings that keep it fast: a kind missing here fails below.
+EXAMPLES = {
+    "clean": {},
+    "attack": {"eps": [8 / 255], "steps": 2},
+    "shortcut": {"tag": "watermark", "rho": [0.9], "epochs": 1},
+    "patch": {"steps": 3, "size": 0.25},
+    "sensitivity": {"tag": "watermark"},
+    "groups": {"groups": "GROUPS", "attribute": "side"},
+}
+
+
+def test_every_registered_kind_has_an_example_and_every_example_a_kind():
+    assert sorted(EXAMPLES) == sorted(KINDS)
+
+
+def test_a_kind_registered_twice_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        register(type("Again", (CheckKind,), {"name": "clean"}))
+
+
+@pytest.fixture(scope="module")
+def subject_files(tmp_path_factory):
+    """A trained mlp (auditnn:DIR), 60 digits as a tensors file, and a groups CSV naming each image's side."""
+    root = tmp_path_factory.mktemp("subject")
+    digits = load_source("digits").train
+    pick = torch.randperm(len(digits.labels), generator=torch.Generator().manual_seed(0))[:60]
+    images, labels = digits.images[pick], digits.labels[pick]
+    torch.save({"images": images, "labels": labels}, root / "images.pt")
+    model, _, card = train_classifier(digits.images, digits.labels, digits.classes, "mlp",
+                                      TrainConfig(epochs=1), torch.device("cpu"), width=8)
+    save_model_dir(model, card, root / "model")
+    with open(root / "groups.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "side"])
+        writer.writerows([i, int(y), "left" if i % 3 else "right"] for i, y in enumerate(labels.tolist()))
+    return root
+
+
+def _plan(root, kinds, named=True):
+    spec = SubjectSpec(ModelSpec(f"auditnn:{root / 'model'}"), data=DataSpec.parse(f"tensors:{root / 'images.pt'}"),
+                       train=TrainConfig(epochs=1), width=8)
+    checks = []
+    for kind in kinds:
+        values = {k: str(root / "groups.csv") if v == "GROUPS" else v for k, v in EXAMPLES[kind].items()}
+        thresholds = [Threshold(key, metric, bound, 0.5) for key, (metric, bound) in KINDS[kind].thresholds.items()]
+        checks.append(Check(kind, f"my {kind}" if named else None, KINDS[kind].settings(**values), thresholds))
+    return Plan("audit", checks, spec, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def audited(subject_files):
+    plan = _plan(subject_files, list(KINDS))
+    return plan, run_plan(plan, run_id="r", environment={})
+
+
+@pytest.mark.parametrize("kind", list(EXAMPLES))
+def test_each_kind_rows_carry_its_name_and_the_gate_finds_one_row_per_threshold(audited, kind):
+    plan, outcome = audited
+    check = next(c for c in plan.checks if c.kind == kind)
+    rows = [r for r in outcome.report.metrics if r.get("check") == check.name]
+    assert rows and all(r["section"] == kind for r in rows)
+    assert all("check" in r for r in outcome.report.metrics)
+    for threshold in check.thresholds:
+        row = find_row(outcome.report, check, threshold.metric)
+        assert row is not None and row["check"] == check.name
+    verdict_rows = [r for r in outcome.verdict.rows if r.check == check.name]
+    assert len(verdict_rows) == len(check.thresholds)
+    assert all(r.measured == find_row(outcome.report, check, r.metric)["value"] for r in verdict_rows)
+
+
+def test_the_runner_clean_accuracy_is_a_plain_torch_count(audited):
+    """Recomputed with the model the subject resolves to and one forward pass, counted by hand."""
+    plan, outcome = audited
+    subject = load_subject(plan.subject, torch.device("cpu"), seed=0)
+    with torch.no_grad():
+        predictions = subject.model(subject.data.test_images).argmax(1)
+    correct = int((predictions == subject.data.test_labels).sum())
+    assert 0 < correct < len(predictions)  # neither 0 nor 1: a wrong formula would show
+    assert outcome.report.results["clean"]["accuracy"] == pytest.approx(correct / len(predictions), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(EXAMPLES))
+def test_a_default_name_changes_with_every_setting_an_audit_file_gives(kind):
+    """Two checks that differ in one setting must get two names (the gate finds rows by name)."""
+    settings_type, base = KINDS[kind].settings, dict(EXAMPLES[kind])
+    name = KINDS[kind].default_name(settings_type(**base))
+    other = {str: "other", int: 7, float: 0.123, bool: False}
+    for key, written in KINDS[kind].file_keys().items():
+        field = next(f for f in dataclasses.fields(settings_type) if f.name == key)
+        value = [0.123] if str(field.type).startswith("list") else other[{"a finite number": float, "an integer": int,
+                                                                          "true or false": bool}.get(written, str)]
+        if value == base.get(key) or value == KINDS[kind].defaults().get(key):
+            value = [0.456] if isinstance(value, list) else 9 if isinstance(value, int) else "else"
+        changed = KINDS[kind].default_name(settings_type(**{**base, key: value}))
+        if (kind, key) == ("groups", "groups"):  # the CSV's path is left out of the name: two such checks are refused
+            assert changed == name
+            continue
+        assert changed != name, f"{kind}: setting '{key}' leaves the name '{name}'"
+
+
+def test_two_groups_checks_that_differ_only_in_their_csv_must_be_named(tmp_path):
+    check = "[[check]]\nkind = 'groups'\nattribute = 'side'\ngroups = '{}'\nmax_gap = 0.5\n"
+    (tmp_path / "audit.toml").write_text(check.format("a.csv") + check.format("b.csv"))
+    with pytest.raises(AuditError, match="two checks are named 'groups by side'; give each a distinct 'name'"):
+        load_plan(tmp_path / "audit.toml")
+
+
+def test_the_subject_fingerprint_follows_the_weights_and_the_data_not_where_they_are(subject_files, tmp_path):
+    spec = _plan(subject_files, ["clean"]).subject
+    cpu = torch.device("cpu")
+    first = load_subject(spec, cpu, 0)
+    assert load_subject(spec, cpu, 0).fingerprint == first.fingerprint
+    save_model_dir(first.model, first.card, tmp_path / "model")  # the same model in another folder
+    moved = dataclasses.replace(spec, model=ModelSpec(f"auditnn:{tmp_path / 'model'}"))
+    assert load_subject(moved, cpu, 0).fingerprint == first.fingerprint
+    with torch.no_grad():
+        next(first.model.parameters()).add_(1e-3)  # other weights
+    save_model_dir(first.model, first.card, tmp_path / "model")
+    assert load_subject(moved, cpu, 0).fingerprint != first.fingerprint
+    data = torch.load(subject_files / "images.pt")
+    data["labels"] = (data["labels"] + 1) % 10
+    torch.save(data, tmp_path / "relabelled.pt")
+    relabelled = dataclasses.replace(spec, data=DataSpec.parse(f"tensors:{tmp_path / 'relabelled.pt'}"))
+    assert load_subject(relabelled, cpu, 0).fingerprint != first.fingerprint
+
+
+def test_records_round_trip_and_a_resumed_run_measures_only_new_checks(subject_files, tmp_path, monkeypatch):
+    first = run_plan(_plan(subject_files, ["clean", "sensitivity"]), run_id="r", environment={})
+    write_outcome(first, tmp_path)
+    records = read_records(tmp_path)
+    assert len(records) == 2
+    measured = []
+    for kind in KINDS.values():
+        monkeypatch.setattr(kind, "measure", lambda s, ctx, real=kind.measure, k=kind.name: (measured.append(k), real(s, ctx))[1])
+    resumed = run_plan(_plan(subject_files, ["clean", "sensitivity", "groups"]), run_id="r", environment={},
+                       reuse=records)
+    assert measured == ["groups"] and resumed.reused == 2
+    same = [r for r in resumed.report.metrics if r["section"] != "groups"]
+    assert same == first.report.metrics
+
+
+def test_a_record_key_changes_with_the_settings_and_a_damaged_record_is_measured_again(subject_files, tmp_path):
+    plan = _plan(subject_files, ["sensitivity"])
+    outcome = run_plan(plan, run_id="r", environment={})
+    write_outcome(outcome, tmp_path)
+    (key,) = outcome.records
+    other = dataclasses.replace(plan.checks[0], settings=dataclasses.replace(plan.checks[0].settings, tag="boat"))
+    assert check_key(plan, other, load_subject(plan.subject, torch.device("cpu"), 0), torch.device("cpu")) != key
+    (tmp_path / "checks" / f"{key}.json").write_text(json.dumps({"rows": "not a list"}))
+    assert read_records(tmp_path) == {}
+
+
+def test_resume_needs_the_folder_of_an_earlier_run(capsys, tmp_path):
+    (tmp_path / "audit.toml").write_text("[[check]]\nkind = 'clean'\nmin_accuracy = 0.1\n")
+    code, _, err = run_cli(capsys, "audit", str(tmp_path / "audit.toml"), "--resume")
+    assert_usage_error(code, err, "--resume needs --out FOLDER")
+    (tmp_path / "mine").mkdir()
+    code, _, err = run_cli(capsys, "audit", str(tmp_path / "audit.toml"), "--resume", "--out", str(tmp_path / "mine"))
+    assert_usage_error(code, err, f"--resume folder '{tmp_path / 'mine'}' is not a complete auditnn output folder")
+
+
+def test_an_audit_file_dataset_given_as_a_relative_source_spec_is_read_from_the_files_folder(subject_files, tmp_path):
+    """Before the spec module, 'tensors:images.pt' became '<folder>/tensors:images.pt' (a path, not a spec)."""
+    (tmp_path / "images.pt").write_bytes((subject_files / "images.pt").read_bytes())
+    (tmp_path / "audit.toml").write_text(f"[model]\nsource = 'auditnn:{subject_files / 'model'}'\n"
+                                         "[data]\ndataset = 'tensors:images.pt'\n[[check]]\nkind='clean'\nmin_accuracy=0.1\n")
+    assert load_plan(tmp_path / "audit.toml").subject.data.text == f"tensors:{tmp_path / 'images.pt'}"
+
+
+def test_an_architecture_with_a_dataset_of_your_images_trains_on_a_split_of_them(capsys, subject_files, tmp_path):
+    """Before the one runner, the audit measured an architecture on all of the images it trained on: exit 3."""
+    (tmp_path / "audit.toml").write_text(
+        f"[model]\nsource = 'mlp'\nwidth = 8\nepochs = 1\n[data]\ndataset = 'tensors:{subject_files / 'images.pt'}'\n"
+        "test_per_class = 1\n[[check]]\nkind='clean'\nmin_accuracy=0.0\n")
+    code, _, err = run_cli(capsys, "audit", str(tmp_path / "audit.toml"), "-q", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["clean"]["data"]
+    assert data["n_test"] == 10 and data["n_train"] == 50
+
+
+def test_a_command_check_has_no_name_and_its_rows_none(subject_files):
+    outcome = run_plan(_plan(subject_files, ["clean"], named=False), run_id="r", environment={})
+    assert outcome.records == {} and all("check" not in r for r in outcome.report.metrics)
+
+
+def test_an_unknown_kind_in_the_registry_lookup_names_the_kinds():
+    from auditnn.checks import kind_of
+
+    with pytest.raises(AuditError, match="check kind 'fairness' is unknown; allowed: clean, attack"):
+        kind_of("fairness")
