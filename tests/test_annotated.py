@@ -6,15 +6,20 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_usage_error, files_under, run_cli
 
 from auditnn.data.shortcuts import make_shortcut
 from auditnn.data.sources import ImageSet
 from auditnn.errors import AuditError
 from auditnn.shortcut.annotated import (
-    Annotations, annotated_metrics, association_from_csv, load_association, parse_association, read_groups,
+    Annotations,
+    annotated_metrics,
+    association_from_csv,
+    load_association,
+    parse_association,
+    read_groups,
     tag_sensitivity,
 )
-from helpers import assert_usage_error, files_under, run_cli
 
 BIRDS = ["landbird", "waterbird"]
 
@@ -124,7 +129,7 @@ def test_class_indices_are_accepted_in_an_association():
     _, _, notes = waterbirds_split()
     assert parse_association("water:1,land:0", notes, BIRDS).classes == {"land": 0, "water": 1}
     assert load_association(notes, BIRDS) is None
-    with pytest.raises(AuditError, match="give --associate or --associate-from, not both"):
+    with pytest.raises(AuditError, match=r"give --associate \(audit file: associate\) or --associate-from \(audit file: associate_from\), not both"):
         load_association(notes, BIRDS, "water:1,land:0", "train.csv")
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import assert_usage_error, run_cli
 
 from auditnn.checks import KINDS
 from auditnn.checks.base import CheckKind, register
@@ -19,8 +20,6 @@ from auditnn.runner import check_key, read_records, run_plan, write_outcome
 from auditnn.spec import DataSpec, ModelSpec
 from auditnn.subject import SubjectSpec, load_subject
 from auditnn.train import TrainConfig, train_classifier
-
-from helpers import assert_usage_error, run_cli
 
 # Every registered kind's required settings, and small settings that keep it fast: a kind missing here fails below.
 EXAMPLES = {

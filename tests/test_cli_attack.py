@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import assert_usage_error, files_under, run_cli
 
 FAST = ("--epochs", "2", "--test-per-class", "4", "--device", "cpu")

@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 
 import pandas as pd
 import pytest
-
 from helpers import assert_usage_error, files_under, run_cli
 
 AUDIT = """

@@ -4,10 +4,10 @@ longer than the file system allows. Each exits 2 with one line naming the option
 import math
 
 import pytest
+from helpers import assert_usage_error, files_under, run_cli
 
 from auditnn.errors import AuditError
 from auditnn.values import parse_number, parse_number_list
-from helpers import assert_usage_error, files_under, run_cli
 
 
 @pytest.mark.parametrize("text", ["inf", "-inf", "nan", "Infinity", "1e999"])

@@ -2,7 +2,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from helpers import assert_usage_error, files_under, run_cli
 
 FAST = ("--epochs", "1", "--test-per-class", "3", "--device", "cpu")
@@ -20,7 +19,7 @@ def test_shortcut_prints_the_table_and_writes_consistent_reports(capsys, tmp_pat
     csv = pd.read_csv(tmp_path / "metrics.csv")
     reliance = csv[(csv.metric == "reliance")]
     assert reliance.value.tolist() == [pytest.approx(metrics["reliance"])]
-    value = dict(zip(csv.metric, csv.value))
+    value = dict(zip(csv.metric, csv.value, strict=True))
     assert value["attribution_ratio"] == pytest.approx(value["attribution_mass"] / value["attribution_chance"])
     assert value["reliance"] == pytest.approx(max(0.0, value["gap"] / value["aligned_accuracy"]))
     assert len(csv[csv.metric == "group_accuracy"]) == 100  # 10 labels x 10 shortcut ids

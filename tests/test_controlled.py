@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from auditnn.data.controlled import (
-    BuildConfig, ShortcutConfig, assign_shortcut_ids, build_controlled, load_controlled, save_controlled,
+    BuildConfig,
+    ShortcutConfig,
+    assign_shortcut_ids,
+    build_controlled,
+    load_controlled,
+    save_controlled,
 )
 from auditnn.errors import AuditError
 
@@ -48,7 +53,7 @@ def test_the_share_of_aligned_training_images_is_rho_in_both_modes(digits_base, 
     for name in ("train", "val"):
         split = getattr(data, name)
         aligned = 0
-        for label, shortcut_id in zip(split.labels.tolist(), split.shortcut_ids.tolist()):
+        for label, shortcut_id in zip(split.labels.tolist(), split.shortcut_ids.tolist(), strict=True):
             if target_class is None:
                 aligned += shortcut_id == label
             else:  # aligned: tagged and of the target class, or untagged and of another

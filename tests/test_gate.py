@@ -2,16 +2,16 @@ import json
 
 import pytest
 
-from auditnn.errors import AuditError
 from auditnn.checks import KINDS
 from auditnn.checks.base import INTEGER, NUMBER
+from auditnn.errors import AuditError
 from auditnn.gate import judge
 from auditnn.plan import load_plan
+from auditnn.report.schema import Report, load_report, metric_row
 
 KIND_THRESHOLDS = {name: kind.thresholds for name, kind in KINDS.items()}
 KIND_SETTINGS = {name: kind.file_keys() for name, kind in KINDS.items()}
 REQUIRED = {name: kind.required() for name, kind in KINDS.items()}
-from auditnn.report.schema import Report, load_report, metric_row
 
 GOOD = """
 [model]

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_usage_error, files_under, run_cli
 from PIL import Image
 
 from auditnn.data.sources import load_source
 from auditnn.errors import AuditError, Interrupted
 from auditnn.models.user import load_user_model
 from auditnn.spec import ModelSpec
-from helpers import assert_usage_error, files_under, run_cli
 
 UNSAFE_ADVICE = ("weights_only=False", "weights_only set to False", "unsafely", "allow_pickle=True", "trust the source")
 

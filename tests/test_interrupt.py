@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import assert_usage_error, files_under, run_cli
 
 FACTORY = "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 2))\n"
@@ -207,12 +206,12 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     """A rerun replaces a folder holding the marker and only OUTPUT_NAMES, and refuses any other: each writer's
     names must be there. Each writes through staged_folder, as every command does."""
     from auditnn.attacks.patch import PatchResult, save_patch_png, save_patch_tensors
+    from auditnn.checks import CheckResult
     from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled, save_controlled
     from auditnn.io import OUTPUT_NAMES, staged_folder
     from auditnn.models import save_model_dir
     from auditnn.report import write_report
     from auditnn.report.schema import Report
-    from auditnn.checks import CheckResult
     from auditnn.runner import Outcome, write_outcome
 
     row = {"check": "clean", "kind": "accuracy", "metric": "accuracy", "measured": 0.5, "threshold": 0.9,

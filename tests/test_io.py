@@ -1,9 +1,9 @@
 import os
 
 import pytest
+from helpers import assert_usage_error, run_cli
 
 from auditnn.io import atomic_write_bytes, atomic_write_text, output_folder
-from helpers import assert_usage_error, run_cli
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from test_attacks import digits_model  # noqa: F401 - the shared fixture
 
 from auditnn.attacks.patch import PatchConfig, apply_patch, optimize_patch, patch_mask
 from auditnn.errors import AuditError
-from test_attacks import digits_model  # noqa: F401 - the shared fixture
 
 
 def test_a_placed_patch_covers_its_own_area_inside_the_frame():

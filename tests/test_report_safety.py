@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-
 from helpers import assert_usage_error, files_under, run_cli
 
 from auditnn.report.html import to_html

@@ -66,7 +66,7 @@ def test_random_placement_spreads_stamps_over_the_whole_image():
     tops, lefts = boxes[:, 0], boxes[:, 1]
     assert tops.min() == 0 and tops.max() == 20 - 7  # every row offset is possible, up to the bottom edge
     assert lefts.min() == 0 and lefts.max() == 30 - 7  # columns reach further than rows could
-    assert len(set(zip(tops.tolist(), lefts.tolist()))) > 200  # not a few fixed places
+    assert len(set(zip(tops.tolist(), lefts.tolist(), strict=True))) > 200  # not a few fixed places
 
 
 def test_each_class_gets_a_distinct_stamp():

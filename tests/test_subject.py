@@ -6,16 +6,16 @@ import json
 
 import pytest
 import torch
+from helpers import assert_usage_error, files_under, run_cli
 
+from auditnn.checks.attack import AttackSettings
 from auditnn.data import sources
 from auditnn.errors import AuditError, InvariantError
-from auditnn.checks.attack import AttackSettings
 from auditnn.plan import Check, Plan
 from auditnn.runner import run_plan
 from auditnn.spec import DataSpec, ModelSpec
 from auditnn.subject import SubjectSpec, load_eval_data, resolve_subject
 from auditnn.train import TrainConfig
-from helpers import assert_usage_error, files_under, run_cli
 
 CPU = torch.device("cpu")
 

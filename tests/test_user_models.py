@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_usage_error, files_under, run_cli
 from PIL import Image
 
 from auditnn.data.sources import load_source
@@ -17,7 +18,6 @@ from auditnn.errors import AuditError
 from auditnn.models.user import load_user_model
 from auditnn.spec import ModelSpec
 from auditnn.train import TrainConfig, fit
-from helpers import assert_usage_error, files_under, run_cli
 
 FACTORY = """
 import torch.nn as nn
@@ -63,7 +63,7 @@ def project(tmp_path_factory, digits_base):
     torch.export.save(torch.export.export(net, (images[:4],)), root / "model.pt2")
     torch.jit.save(torch.jit.trace(net, images[:4]), root / "model.ts")
     rows = ["file,label,place"]
-    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
         folder = root / "images" / f"digit{label}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0] * 255).round().byte().numpy()).save(folder / f"{i:03d}.png")

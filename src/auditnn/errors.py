@@ -21,6 +21,11 @@ def allowed(values: Iterable[object]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
+def option(flag: str, key: str) -> str:
+    """A setting named as both its users write it: the command's flag and the audit file's key."""
+    return f"{flag} (audit file: {key})"
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived while the CLI ran. A BaseException, like KeyboardInterrupt, so that no
     `except Exception` (ours or a user's) swallows it. `left` says, truthfully, what the run left on disk; the code

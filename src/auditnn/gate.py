@@ -118,19 +118,19 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
         for t in check.thresholds:
             measured = find_metric(report, check, t.metric)
             if measured is None:
-                rows.append(VerdictRow(check.name, check.kind, t.metric, None, t.bound, t.value, False,
+                rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, None, t.bound, t.value, False,
                                        "not measured in this report"))
                 continue
             ok = measured >= t.value if t.bound == "min" else measured <= t.value
-            rows.append(VerdictRow(check.name, check.kind, t.metric, measured, t.bound, t.value, ok))
+            rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, t.bound, t.value, ok))
             if baseline is not None and max_drop is not None:
                 old_row, found = _baseline_row(baseline, check, t.metric)
                 if old_row is None or old_row["value"] is None:
-                    rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop, True,
+                    rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, "max drop", max_drop, True,
                                            "not in the baseline"))
                     continue
                 old = float(old_row["value"])
                 worse = (old - measured) if t.bound == "min" else (measured - old)
-                rows.append(VerdictRow(check.name, check.kind, t.metric, measured, "max drop", max_drop,
+                rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, "max drop", max_drop,
                                        worse <= max_drop + 1e-12, f"baseline {old:.4f}{found}, change {-worse:+.4f}"))
     return Verdict(rows)

@@ -198,7 +198,7 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
         if not type_ok(value, keys[key]):
             raise AuditError(f"{at} key '{key}' is {value!r}; allowed: {keys[key]}")
         value = float(value) if keys[key] == NUMBER else value
-        value = _resolve_path(value, base) if key in paths else value
+        value = _resolve_path(str(value), base) if key in paths else value
         values[key] = [value] if key in lists else value
     missing = [k for k in kind.required() if k not in values]
     if missing:

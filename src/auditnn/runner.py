@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -23,8 +24,8 @@ from . import __version__
 from .checks import KINDS, CheckResult, Context
 from .checks.base import first_layer_pictures
 from .errors import AuditError
-from .io import atomic_torch_save, atomic_write_text, read_json, safe_torch_load
 from .gate import Verdict, judge
+from .io import atomic_torch_save, atomic_write_text, read_json, safe_torch_load
 from .plan import Check, Plan
 from .report.schema import Report
 from .report.writers import write_report

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 
-from .errors import AuditError
+from .errors import AuditError, option
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 T = TypeVar("T")
@@ -32,7 +32,8 @@ def resolve_device(name: str) -> torch.device:
     if not match:
         raise AuditError(f"device '{name}' is unknown; allowed: auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise AuditError(f"device '{name}' was requested but CUDA is not available here; use --device cpu or auto")
+        raise AuditError(f"device '{name}' was requested but CUDA is not available here; use "
+                         f"{option('--device cpu', 'run.device = cpu')} or auto")
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise AuditError(

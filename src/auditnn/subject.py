@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -137,8 +138,8 @@ def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     """sha256 of images and labels as measured or fitted: the shape, then the float32 pixel bytes and the int64 label bytes
     (images (N, C, H, W) in [0, 1], labels (N,)). About 1 s per GB, far below the cost of training."""
     digest = hashlib.sha256(str(list(images.shape)).encode())
-    digest.update(images.detach().cpu().float().contiguous().numpy())
-    digest.update(labels.detach().cpu().long().contiguous().numpy())
+    digest.update(images.detach().cpu().float().contiguous().numpy().tobytes())
+    digest.update(labels.detach().cpu().long().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -241,13 +242,18 @@ def resolve_subject(
         {"arch": spec.text, "width": width, "train": asdict(train), "data": data.description, "classes": data.classes,
          "auditnn": __version__, "torch": torch.__version__, "device": device.type}, sort_keys=True)
     folder = cache_dir() / "models" / hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    made: tuple[dict[str, Any], str] | None = None  # (card, 'trained' or 'cache'): the first process's
     if is_main_process():
         model, card, source = _cached_or_trained(folder, spec.text, data, train, device, width, progress)
+        made = (card, source)
     else:  # the first process trains (or reads the cache); this one only needs the shape to receive its weights
-        model, card, source = new_classifier(data.train_images, data.classes, spec.text, width), None, None
+        model = new_classifier(data.train_images, data.classes, spec.text, width)
     model = model.to(device)
     share_weights_from_first(model)
-    card, source = object_from_first((card, source))
+    shared = object_from_first(made)
+    if shared is None:
+        raise InvariantError("the first process sent no model card")
+    card, source = shared
     fingerprint = _fingerprint(key_source, weights_digest(model), data_digest(data.test_images, data.test_labels))
     return Subject(model.eval(), card, data, device, source, fingerprint)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -231,8 +232,8 @@ def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
     """(C, H, W) in [0, 1] -> PNG bytes, nearest-neighbour upscaled by `scale`."""
     from PIL import Image
 
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
     picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

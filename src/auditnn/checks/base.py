@@ -4,9 +4,10 @@ returns data; the registry maps kind names to kinds. The runner (runner.py) is t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn as nn
@@ -161,7 +162,7 @@ def _single(value: Any) -> Any:
 
 
 KINDS: dict[str, CheckKind[Any]] = {}
-K = TypeVar("K", bound=type)
+K = TypeVar("K", bound="type[CheckKind[Any]]")
 
 
 def register(cls: K) -> K:

@@ -4,15 +4,16 @@ how much the model follows the shortcut. It builds its own data, one controlled 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
 from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled
 from ..data.shortcuts import make_shortcut
-from ..data.sources import BaseData, load_source
+from ..data.sources import load_source
 from ..errors import AuditError, allowed
 from ..models import save_model_dir
 from ..report.schema import metric_row
@@ -132,7 +133,8 @@ class Shortcut(CheckKind[ShortcutSettings]):
             nn.Module, dict[str, Any], dict[str, Callable[[Path], Any]]]:
         """(model trained on the dataset, its training record, the files that keep it with save_models)."""
         spec, rho = ctx.subject_spec, dataset.manifest["rho"]
-        report = None if ctx.progress is None else (lambda e, n, r: ctx.progress(f"rho={rho:g}", e, n, r))
+        progress = ctx.progress
+        report = None if progress is None else (lambda e, n, r: progress(f"rho={rho:g}", e, n, r))
         train = replace(spec.train, epochs=settings.epochs or spec.train.epochs)
         model, fit, card = train_on_controlled(dataset, spec.model.text, train, ctx.device, width=spec.width,
                                                progress=report)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,11 +36,11 @@ def parse_target(text: str | None, default: int | str | None) -> int | str | Non
 def attack(
     method: Annotated[str, typer.Option(help="fgsm, pgd or patch.")] = "pgd",
     norm: Annotated[str, typer.Option(help="linf or l2 (pgd); fgsm is linf.")] = "linf",
-    eps: Annotated[Optional[str], typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 10) or patch optimization steps (300).")] = None,
+    eps: Annotated[str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")] = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps (default 10) or patch optimization steps (300).")] = None,
     restarts: Annotated[int, typer.Option(help="PGD random restarts, scored per sample.")] = 1,
-    step_size: Annotated[Optional[str], typer.Option(help="PGD step in pixel units (default 2.5 x eps / steps).")] = None,
-    target: Annotated[Optional[str], typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")] = None,
+    step_size: Annotated[str | None, typer.Option(help="PGD step in pixel units (default 2.5 x eps / steps).")] = None,
+    target: Annotated[str | None, typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")] = None,
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
     patch_shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
     sanity: Annotated[bool, typer.Option(help="Run the gradient-masking checks (FGSM at each eps, 2x steps, huge eps).")] = True,
@@ -49,7 +49,7 @@ def attack(
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
-    data: Annotated[Optional[str], typer.Option(help="Images to attack: imagefolder:DIR, tensors:FILE, torchvision:NAME, or a folder from 'auditnn data build'.")] = None,
+    data: Annotated[str | None, typer.Option(help="Images to attack: imagefolder:DIR, tensors:FILE, torchvision:NAME, or a folder from 'auditnn data build'.")] = None,
     strict: o.Strict = False,
     base: o.Base = "digits",
     width: o.Width = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from .run import run_and_render
 
 def audit(
     file: Annotated[Path, typer.Argument(help="The audit file (TOML): model, data and checks with thresholds.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: reports/<run-id>/).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/<run-id>/).")] = None,
     exit_zero: Annotated[bool, typer.Option(help="Report failing checks but exit 0.")] = False,
     resume: Annotated[bool, typer.Option(help="Reuse the results of checks the --out folder's earlier run measured "
                                                "with the same settings, model and data.")] = False,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,10 +26,10 @@ report_app = typer.Typer(help="Show or render an existing report.", no_args_is_h
 def gate(
     report_file: Annotated[Path, typer.Argument(help="A report.json written by auditnn.")],
     policy: Annotated[Path, typer.Option(help="The audit file whose checks and thresholds judge the report.")],
-    baseline: Annotated[Optional[Path], typer.Option(help="An older report.json (the main branch's, say) to compare with.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(
+    baseline: Annotated[Path | None, typer.Option(help="An older report.json (the main branch's, say) to compare with.")] = None,
+    max_drop: Annotated[float | None, typer.Option(
         help=f"With --baseline: the most a gated metric may worsen (default {DEFAULT_MAX_DROP}).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for junit.xml and verdict.md.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for junit.xml and verdict.md.")] = None,
     exit_zero: Annotated[bool, typer.Option(help="Report failing checks but exit 0.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> int:
@@ -69,7 +68,7 @@ def show(report_file: Annotated[Path, typer.Argument(help="A report.json written
 @report_app.command("html")
 def html(
     report_file: Annotated[Path, typer.Argument(help="A report.json written by auditnn.")],
-    out: Annotated[Optional[Path], typer.Option(help="The HTML file (default: report.html beside the report).")] = None,
+    out: Annotated[Path | None, typer.Option(help="The HTML file (default: report.html beside the report).")] = None,
 ) -> None:
     """Render the self-contained HTML page (pictures embedded) for a report."""
     report = load_report(report_file)

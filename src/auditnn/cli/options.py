@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,24 +16,24 @@ from ..values import MAX_SEED, parse_number_list, require_finite
 
 Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
 Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
-Size = Annotated[Optional[int], typer.Option(help="Stamp/pictogram side in pixels (watermark 7, boat 10).")]
-Opacity = Annotated[Optional[float], typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
-Position = Annotated[Optional[str], typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
-TargetClass = Annotated[Optional[int], typer.Option(help="Single-class variant: only this class carries the tag.")]
+Size = Annotated[int | None, typer.Option(help="Stamp/pictogram side in pixels (watermark 7, boat 10).")]
+Opacity = Annotated[float | None, typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
+Position = Annotated[str | None, typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
+TargetClass = Annotated[int | None, typer.Option(help="Single-class variant: only this class carries the tag.")]
 Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for data, splits, initialisation and batches.")]
 TestPerClass = Annotated[int, typer.Option(help="Base test images per class (each gets every shortcut variant).")]
-DataRoot = Annotated[Optional[Path], typer.Option(help="Folder of a torchvision dataset's files.")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder of a torchvision dataset's files.")]
 Download = Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root first.")]
-Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: reports/<run-id>/).")]
+Out = Annotated[Path | None, typer.Option(help="Output folder (default: reports/<run-id>/).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.", callback=lambda v: require_finite(v, "--lr"))]
-Width = Annotated[Optional[int], typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
+Width = Annotated[int | None, typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes; tables only.")]
-Weights = Annotated[Optional[Path], typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")]
-Mean = Annotated[Optional[str], typer.Option(help="Per-channel mean the model expects, in pixel units: 0.485,0.456,0.406.")]
-Std = Annotated[Optional[str], typer.Option(help="Per-channel std the model expects, in pixel units.")]
+Weights = Annotated[Path | None, typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")]
+Mean = Annotated[str | None, typer.Option(help="Per-channel mean the model expects, in pixel units: 0.485,0.456,0.406.")]
+Std = Annotated[str | None, typer.Option(help="Per-channel std the model expects, in pixel units.")]
 Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder are an error, not skipped.")]
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from ..checks.groups import GroupsSettings
 from ..checks.sensitivity import SensitivitySettings
 from ..checks.shortcut import ShortcutSettings
@@ -20,18 +21,18 @@ from .run import run_and_render
 
 
 def shortcut(
-    tag: Annotated[Optional[str], typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
     rho: Annotated[str, typer.Option(help="Share of training images whose shortcut agrees with the label (with --target-class: tagged exactly when of that class); a list sweeps: 0.5,0.9,0.99.")] = "0.95",
     base: o.Base = "digits",
     model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE.")] = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
-    data: Annotated[Optional[str], typer.Option(help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model.")] = None,
-    groups: Annotated[Optional[Path], typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")] = None,
-    attribute: Annotated[Optional[str], typer.Option(help="The CSV column that defines the groups (with --groups).")] = None,
-    associate: Annotated[Optional[str], typer.Option(help="With --groups: the class each attribute value stands for, VALUE:CLASS,... (water:waterbird,land:landbird). Without it or --associate-from, each value's majority class among the evaluated images is used, with a warning.")] = None,
-    associate_from: Annotated[Optional[Path], typer.Option(help="With --groups: a training split's metadata CSV (label and attribute columns); each value's class is its majority class there.")] = None,
+    data: Annotated[str | None, typer.Option(help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model.")] = None,
+    groups: Annotated[Path | None, typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")] = None,
+    attribute: Annotated[str | None, typer.Option(help="The CSV column that defines the groups (with --groups).")] = None,
+    associate: Annotated[str | None, typer.Option(help="With --groups: the class each attribute value stands for, VALUE:CLASS,... (water:waterbird,land:landbird). Without it or --associate-from, each value's majority class among the evaluated images is used, with a warning.")] = None,
+    associate_from: Annotated[Path | None, typer.Option(help="With --groups: a training split's metadata CSV (label and attribute columns); each value's class is its majority class there.")] = None,
     strict: o.Strict = False,
     target_class: o.TargetClass = None,
     size: o.Size = None,

@@ -13,8 +13,8 @@ import torch
 from .. import __version__
 from ..errors import AuditError
 from ..io import atomic_torch_save, atomic_write_text, prepare_output_dir, read_json, safe_torch_load, sha256_file
-from .shortcuts import Shortcut, make_shortcut
 from ..spec import DataSpec
+from .shortcuts import Shortcut, make_shortcut
 from .sources import BaseData, ImageSet, load_source, validate_images
 
 SPLITS = ("train", "val", "test", "test_clean")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import AuditError, allowed
+from ..errors import AuditError, allowed, option
 
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "random")
 
@@ -47,7 +47,7 @@ def _boat_bitmap(shortcut_id: int) -> torch.Tensor:
     """An 8x8 boat silhouette; the id's four bits pick the sail side, a jib, a flag and the hull shape."""
     if shortcut_id >= 16:
         raise AuditError(f"boat has 16 distinct pictograms; got class id {shortcut_id}; "
-                         "use --target-class for more classes")
+                         "use {option('--target-class', 'target_class')} for more classes")
     b = torch.zeros(8, 8)
     right, jib, flag, flat = ((shortcut_id >> bit) & 1 for bit in range(4))
     mast = 3 if right else 4

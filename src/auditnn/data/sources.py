@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import AuditError, allowed
+from ..errors import AuditError, option
 from ..spec import DataSpec
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
@@ -226,7 +226,8 @@ def make_shapes(n: int, *, seed: int = 0, size: int = 32, device: str | torch.de
 
 def _need_root(name: str, data_root: str | Path | None) -> Path:
     if data_root is None:
-        raise AuditError(f"data source 'torchvision:{name}' needs --data-root DIR (add --download to fetch it)")
+        raise AuditError(f"data source 'torchvision:{name}' needs {option('--data-root', 'data.data_root')} DIR (add "
+                         f"{option('--download', 'data.download')} to fetch it)")
     return Path(data_root)
 
 
@@ -251,7 +252,7 @@ def _read_idx(path: Path) -> np.ndarray:
     candidates = [path, path.with_name(path.name + ".gz")]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise AuditError(f"file '{path}' is missing; the MNIST layout is ROOT/<Name>/raw/<file>, or use --download")
+        raise AuditError(f"file '{path}' is missing; the MNIST layout is ROOT/<Name>/raw/<file>, or use {option('--download', 'data.download')}")
     raw = gzip.open(found).read() if found.suffix == ".gz" else found.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise AuditError(f"file '{found}' is not an unsigned-byte IDX file")
@@ -310,7 +311,7 @@ def _load_cifar10(root: Path) -> BaseData:
             path = folder / name
             if not path.is_file():
                 raise AuditError(f"file '{path}' is missing; the CIFAR-10 layout is ROOT/cifar-10-batches-py/, "
-                                 "or use --download")
+                                 f"or use {option('--download', 'data.download')}")
             try:
                 with open(path, "rb") as handle:
                     batch = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
@@ -336,7 +337,7 @@ def _load_svhn(root: Path) -> BaseData:
         path = root / f"{split}_32x32.mat"
         if not path.is_file():
             raise AuditError(f"file '{path}' is missing; the SVHN layout is ROOT/{{train,test}}_32x32.mat, "
-                             "or use --download")
+                             f"or use {option('--download', 'data.download')}")
         try:
             mat = loadmat(str(path))
             x = np.transpose(mat["X"], (3, 2, 0, 1))  # stored (H, W, C, N)
@@ -413,7 +414,7 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
     if strict and others:
         raise AuditError(
             f"imagefolder '{root}' holds {len(others)} non-image file(s), e.g. '{others[0].relative_to(root)}'; "
-            f"allowed under --strict: only {', '.join(IMAGE_SUFFIXES)}"
+            f"allowed under {option('--strict', 'data.strict')}: only {', '.join(IMAGE_SUFFIXES)}"
         )
     if len(class_dirs) < 2 or not files:
         raise AuditError(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,9 @@ class PixelModel(nn.Module):
 
     Attacks and metrics only ever see this wrapper, so they work in pixel space whatever the network expects.
     """
+
+    mean: torch.Tensor  # (1, C, 1, 1), pixel units
+    std: torch.Tensor  # (1, C, 1, 1), pixel units, > 0
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -17,17 +17,19 @@ import io
 import logging
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..errors import AuditError, Interrupted
+from ..errors import AuditError, Interrupted, option
 from ..formats import check_export_archive, read_bytes, read_safetensors, regular_file
 from ..io import safe_torch_load
 from ..spec import ModelSpec
 from .load import PixelModel, load_model_dir
+
 
 class ExportedModel(nn.Module):
     """A torch.export program as a module: its mode was fixed at export (train() is not supported on it), and a
@@ -36,7 +38,7 @@ class ExportedModel(nn.Module):
     def __init__(self, program: Any) -> None:
         super().__init__()
         self.program = program.module()
-        self.input_shape: list[int] | None = None
+        self.input_shape: list[int | None] | None = None  # None for a dimension exported as dynamic
         self.batch: int | None = None
         for node in program.graph.nodes:
             if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
@@ -45,7 +47,7 @@ class ExportedModel(nn.Module):
                 self.batch = int(shape[0]) if isinstance(shape[0], int) else None
                 break
 
-    def train(self, mode: bool = True) -> "ExportedModel":
+    def train(self, mode: bool = True) -> ExportedModel:
         self.training = mode  # recorded only: the program's own behaviour was fixed when it was exported
         return self
 
@@ -205,14 +207,16 @@ def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tupl
     if kind == "auditnn":
         model, card = load_model_dir(arg)
         if spec.mean is not None or spec.std is not None:
-            raise AuditError("an auditnn model carries its normalization in model.json; drop --mean/--std")
+            raise AuditError("an auditnn model carries its normalization in model.json; drop "
+                             f"{option('--mean/--std', 'model.mean/std')}")
         return model, card
     input_shape = None
     if kind == "factory":
         net = _import_factory(arg, spec.text)
     elif kind == "torchvision":
         if spec.weights is None:
-            raise AuditError(f"model '{spec.text}' needs --weights FILE (a state_dict for that architecture)")
+            raise AuditError(f"model '{spec.text}' needs {option('--weights', 'model.weights')} FILE (a state_dict for "
+                             "that architecture)")
         net = _torchvision(arg, spec.text, num_classes)
     elif kind == "export":
         net = _load_export(arg, spec.text)
@@ -227,7 +231,7 @@ def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tupl
             raise AuditError(f"model '{spec.text}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
     if spec.weights is not None:
         if kind in ("export", "torchscript"):
-            raise AuditError(f"model '{spec.text}' carries its own weights; drop --weights")
+            raise AuditError(f"model '{spec.text}' carries its own weights; drop {option('--weights', 'model.weights')}")
         load_weights(net, spec.weights, spec.text)
     if kind == "factory":
         net = _ExitGuard(net, spec.text)

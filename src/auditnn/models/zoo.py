@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from ..errors import AuditError, allowed
+from ..errors import AuditError, allowed, option
 
 ModelBuilder = Callable[[int, int, int, int | None], nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
@@ -59,7 +59,7 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, width: int | N
     from torchvision.models import resnet18 as tv_resnet18
 
     if width is not None:
-        raise AuditError("model 'resnet18' has a fixed width; drop --width")
+        raise AuditError(f"model 'resnet18' has a fixed width; drop {option('--width', 'model.width')}")
     net = tv_resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

@@ -73,7 +73,7 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
                 continue
             labels = _names(classes, pictures[f"{prefix}/{kind}/labels"])
             preds = _names(classes, pictures[f"{prefix}/{kind}/predictions"])
-            captions = [f"y={y} pred={p}" for y, p in zip(labels, preds)]
+            captions = [f"y={y} pred={p}" for y, p in zip(labels, preds, strict=True)]
             grid_rows.append((kind, images, captions))
             grid_rows.append((f"{kind}: attribution", images, captions))
             overlays[len(grid_rows) - 1] = pictures[f"{prefix}/{kind}/attribution"]

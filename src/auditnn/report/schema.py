@@ -57,7 +57,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def metric_row(section: str, metric: str, value: float | None, **labels: Any) -> dict[str, Any]:
-    row = {"section": section, "metric": metric}
+    row: dict[str, Any] = {"section": section, "metric": metric}
     row.update({k: v for k, v in labels.items() if v is not None})
     row["value"] = value
     return row

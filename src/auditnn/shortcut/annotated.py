@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..data.shortcuts import Shortcut
 from ..data.sources import ImageSet
-from ..errors import AuditError, allowed
+from ..errors import AuditError, allowed, option
 from ..inference import predict
 
 
@@ -144,13 +144,13 @@ def majority_association(labels: torch.Tensor, codes: torch.Tensor, notes: Annot
         counts = torch.bincount(labels[codes == v], minlength=len(classes))
         if counts.sum() == 0:
             raise AuditError(f"value {value!r} never occurs in column {notes.attribute!r} of {source}; "
-                             "give its class with --associate")
+                             f"give its class with {option('--associate', 'associate')}")
         tied = torch.nonzero(counts == counts.max()).view(-1).tolist()
         association[value] = tied[0]
         if len(tied) > 1:
             warnings.append({"code": "association_tie", "message": (
                 f"{value!r} co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
-                f"took {classes[tied[0]]}; give the right one with --associate")})
+                f"took {classes[tied[0]]}; give the right one with {option('--associate', 'associate')}")})
     return Association(association, source, warnings)
 
 
@@ -181,7 +181,8 @@ def load_association(notes: Annotations, classes: list[str], associate: str | No
     """The association the user gave (--associate VALUE:CLASS,... or --associate-from a training CSV), or None,
     which leaves annotated_metrics to take the evaluated images' majority class, with a warning."""
     if associate is not None and associate_from is not None:
-        raise AuditError("give --associate or --associate-from, not both")
+        raise AuditError(f"give {option('--associate', 'associate')} or "
+                         f"{option('--associate-from', 'associate_from')}, not both")
     if associate is not None:
         return parse_association(associate, notes, classes)
     if associate_from is not None:
@@ -228,8 +229,8 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
         used = ", ".join(f"{value}: {classes[c]}" for value, c in association.classes.items())
         association.warnings.insert(0, {"code": "association_from_evaluated_images", "message": (
             f"each {notes.attribute!r} value's class is its majority class among the evaluated images ({used}); "
-            "the aligned/conflicting split and the gap depend on it: give --associate VALUE:CLASS,... "
-            "or --associate-from a training split's CSV")})
+            f"the aligned/conflicting split and the gap depend on it: give {option('--associate', 'associate')} "
+            f"VALUE:CLASS,... or {option('--associate-from', 'associate_from')} a training split's CSV")})
     associated = torch.tensor([association.classes[value] for value in notes.values], dtype=torch.long)
     aligned = labels == associated[codes]
     groups: list[dict[str, Any]] = []
@@ -271,7 +272,7 @@ class TagSensitivity:
 def recoloured_error(tag: str, channels: int, model: str) -> AuditError:
     """The one message for a tag that turns the images RGB (background) in front of a model that cannot take them;
     `model` says what is known of the model ('the model takes 1 channel', "model 'X' fails on them (...)")."""
-    return AuditError(f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use --tag watermark or boat, "
+    return AuditError(f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use {option('--tag', 'tag')} watermark or boat, "
                       "or a model that takes RGB images")
 
 
