@@ -211,3 +211,50 @@ def test_an_unknown_kind_in_the_registry_lookup_names_the_kinds():
 
     with pytest.raises(AuditError, match="check kind 'fairness' is unknown; allowed: clean, attack"):
         kind_of("fairness")
+
+
+def test_a_new_kind_is_one_class_and_the_audit_file_runner_tables_and_gate_follow(subject_files, tmp_path, monkeypatch):
+    """What adding a kind takes: this class and its registration, nothing else (the issue's 'one module')."""
+    from auditnn.checks.base import CheckResult as Result
+    from auditnn.report.schema import metric_row
+    from auditnn.report.tables import Table, fmt
+
+    @dataclasses.dataclass
+    class ConfidenceSettings:
+        temperature: float = 1.0
+
+    class Confidence(CheckKind):
+        name = "confidence"
+        settings = ConfidenceSettings
+        thresholds = {"max_mean_confidence": ("mean_confidence", "max")}
+
+        def title(self, settings):
+            return "mean confidence", ()
+
+        def measure(self, settings, ctx):
+            with torch.no_grad():
+                logits = ctx.subject.model(ctx.subject.data.test_images) / settings.temperature
+            value = float(logits.softmax(1).amax(1).mean())
+            return Result([metric_row("confidence", "mean_confidence", value)], {"mean_confidence": value})
+
+        def tables(self, section):
+            return [Table("Confidence", ["mean"], [[fmt(section["mean_confidence"])]])]
+
+    monkeypatch.setitem(KINDS, "confidence", Confidence())
+    (tmp_path / "audit.toml").write_text(
+        f"[model]\nsource = 'auditnn:{subject_files / 'model'}'\n[data]\nsource = 'tensors:{subject_files / 'images.pt'}'\n"
+        "[[check]]\nkind = 'confidence'\ntemperature = 2.0\nmax_mean_confidence = 0.99\n")
+    plan = load_plan(tmp_path / "audit.toml")
+    assert plan.checks[0].name == "mean confidence temperature=2"
+    outcome = run_plan(plan, run_id="r", environment={})
+    subject = load_subject(plan.subject, torch.device("cpu"), 0)
+    with torch.no_grad():
+        probabilities = torch.softmax(subject.model(subject.data.test_images) / 2.0, dim=1)
+    expected = float(probabilities.max(dim=1).values.mean())
+    (row,) = outcome.report.metrics
+    assert row == {"section": "confidence", "metric": "mean_confidence", "value": pytest.approx(expected),
+                   "check": "mean confidence temperature=2"}
+    assert outcome.verdict.rows[0].measured == row["value"] and outcome.verdict.passed == (expected <= 0.99)
+    from auditnn.report.tables import report_tables
+
+    assert [t.title for t in report_tables(outcome.report)] == ["Confidence"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import KINDS
-from .checks.base import BOOLEAN, INTEGER, NUMBER, NUMBERS, STRING
+from .checks.base import BOOLEAN, INTEGER, NUMBER, NUMBERS, STRING, type_name
 from .errors import AuditError, allowed
 from .spec import DataSpec, ModelSpec
 from .subject import SubjectSpec
@@ -211,7 +211,7 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
 
 def _list_fields(settings: type) -> set[str]:
     """Settings an audit file gives one value of and the kind takes a list of (eps, rho)."""
-    return {f.name for f in fields(settings) if str(f.type).startswith("list[")}
+    return {f.name for f in fields(settings) if type_name(f.type).startswith("list[")}
 
 
 def _path_fields(settings: type) -> set[str]:

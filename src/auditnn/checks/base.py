@@ -25,6 +25,11 @@ _FILE_TYPES = {"float": NUMBER, "int": INTEGER, "str": STRING, "bool": BOOLEAN}
 S = TypeVar("S")
 
 
+def type_name(annotation: Any) -> str:
+    """A settings field's type as written: 'float', 'int | None', 'list[float]' (annotations may be strings)."""
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
 def cli_only() -> dict[str, Any]:
     """Field metadata of a setting a command's options set and an audit file does not take."""
     return {"file": None}
@@ -71,8 +76,8 @@ class CheckKind(Generic[S]):
         """Audit-file key -> how it is written (NUMBER, INTEGER, ...), from the settings' fields."""
         keys = {}
         for f in dataclasses.fields(cls.settings):
-            written = f.metadata.get("file", _FILE_TYPES.get(str(f.type).split(" | ")[0].removeprefix("list[")
-                                                             .removesuffix("]")))
+            base = type_name(f.type).split(" | ")[0].removeprefix("list[").removesuffix("]")
+            written = f.metadata.get("file", _FILE_TYPES.get(base))
             if written is not None:
                 keys[f.name] = written
         return keys
