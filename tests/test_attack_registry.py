@@ -160,6 +160,9 @@ def test_a_subclass_that_overrides_run_is_refused_at_class_creation():
 def test_an_attack_or_a_norm_registered_twice_is_refused():
     with pytest.raises(ValueError, match="attack 'pgd' is registered twice"):
         register_attack(type("Again", (PGD,), {}))
+    with pytest.raises(ValueError, match="attack class Nameless needs a name and a description"):
+        register_attack(type("Nameless", (PGD,), {"name": "nameless", "description": ""}))
+    assert "nameless" not in ATTACKS
     with pytest.raises(ValueError, match="norm 'l2' is registered twice"):
         register_norm(type("Again", (type(NORMS["l2"]),), {}))
     assert type(NORMS["l2"]).__name__ != "Again"

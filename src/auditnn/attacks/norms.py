@@ -27,7 +27,8 @@ class Norm(ABC):
 
     @abstractmethod
     def random_start(self, shape: torch.Size, eps: float, generator: torch.Generator) -> torch.Tensor:
-        """A perturbation of `shape` drawn uniformly from the ball of radius eps, on the generator's device."""
+        """A perturbation of `shape` drawn uniformly from the ball of radius eps. generator: a CPU generator; the
+        draw is a CPU tensor, so a seed gives the same start on every device (the caller moves it)."""
 
     @abstractmethod
     def direction(self, grad: torch.Tensor, length: float = 1.0) -> torch.Tensor:
