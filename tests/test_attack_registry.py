@@ -85,11 +85,11 @@ def test_every_attack_is_deterministic_for_a_seed(case, name, norm):
 
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize("settings,message", [
-    (dict(eps=-0.1), "eps -0.1 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
-    (dict(eps=1.5), "eps 1.5 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
-    (dict(norm="l1"), "norm 'l1' is unknown; allowed: linf or l2"),
-    (dict(target="everything"), "target 'everything' is unknown; allowed: a class index, random or least-likely"),
-    (dict(batch_size=0), "batch size 0; allowed: at least 1"),
+    ({"eps": -0.1}, "eps -0.1 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
+    ({"eps": 1.5}, "eps 1.5 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
+    ({"norm": "l1"}, "norm 'l1' is unknown; allowed: linf or l2"),
+    ({"target": "everything"}, "target 'everything' is unknown; allowed: a class index, random or least-likely"),
+    ({"batch_size": 0}, "batch size 0; allowed: at least 1"),
 ])
 def test_every_attack_refuses_bad_settings_in_one_line_naming_the_value(name, settings, message):
     with pytest.raises(AuditError) as caught:
