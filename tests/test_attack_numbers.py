@@ -9,7 +9,7 @@ from auditnn.attacks import FGSM, PGD
 from auditnn.attacks.patch import fit_patch, patch_split
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.patch import PatchConfig, optimize_patch
-from auditnn.attacks.pgd import random_in_ball
+from auditnn.attacks.norms import NORMS
 from auditnn.errors import AuditError
 from auditnn.subject import EvalData
 from test_attacks import Linear2, digits_model  # noqa: F401 - the shared fixture
@@ -125,7 +125,8 @@ def test_l2_pgd_steps_along_the_normalized_gradient_to_the_closed_form_optimum()
 def test_the_l2_random_start_is_uniform_in_a_100_dimensional_ball():
     # P(r <= t * eps) = t^d: in d = 100 the radii crowd near eps (median 0.5^(1/100) = 0.9931 eps).
     eps = 2.0
-    radius = random_in_ball(torch.Size([20000, 1, 10, 10]), eps, "l2", torch.Generator().manual_seed(0)).flatten(1).norm(dim=1)
+    sample = NORMS["l2"].random_start(torch.Size([20000, 1, 10, 10]), eps, torch.Generator().manual_seed(0))
+    radius = sample.flatten(1).norm(dim=1)
     assert radius.max() <= eps * (1 + 1e-6)
     for t in (0.98, 0.99, 0.995):
         assert float((radius <= t * eps).float().mean()) == pytest.approx(t**100, abs=0.015)

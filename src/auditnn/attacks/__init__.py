@@ -1,7 +1,8 @@
 """Adversarial attacks in pixel space [0, 1]: FGSM, PGD (Linf, L2) and a universal patch."""
 
-from .base import ATTACKS, Attack, AttackResult, make_attack
+from .base import ATTACKS, Attack, AttackResult, Perturbed, make_attack
 from .fgsm import FGSM
+from .norms import NORMS, Norm
 from .pgd import PGD
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "PGD", "make_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "NORMS", "Norm", "PGD", "Perturbed", "make_attack"]

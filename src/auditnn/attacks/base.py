@@ -4,8 +4,9 @@ batching and device, early exit, and a check on exit that every perturbation is 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, final
 
 import torch
 import torch.nn as nn
@@ -14,10 +15,9 @@ import torch.nn.functional as F
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import check_logits, eval_mode, frozen_parameters, model_device
 from ..runtime import batch_generator, gather_parts, my_batches, split_on_oom
+from .norms import NORMS, Norm
 
-NORMS = ("linf", "l2")
 TARGET_MODES = ("random", "least-likely")
-MAX_L2_EPS = 1e4  # pixel units; sqrt(3 x 1024 x 1024) = 1774 spans a megapixel RGB image
 BOUND_SLACK = 1e-6  # float32 rounding allowed beyond eps when checking the ball
 
 
@@ -110,11 +110,6 @@ def finite_(grad: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
-
-
 def choose_targets(mode: str | int, logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A class index, 'random' (uniform over the other classes) or 'least-likely' (lowest clean logit)."""
     k = logits.shape[1]
@@ -131,25 +126,46 @@ def choose_targets(mode: str | int, logits: torch.Tensor, labels: torch.Tensor, 
 
 
 @dataclass
-class Attack:
-    """Base class. `run` is final: it does the shared work and calls `_perturb` on the points worth attacking.
+class Perturbed:
+    """What `_perturb` hands back for the n points it attacked."""
+
+    adversarial: torch.Tensor  # (n, C, H, W) in [0, 1], each inside the eps-ball of its clean image
+    broken: torch.Tensor  # (n,) bool: the attack saw the point adversarial (the final forward in `run` decides)
+    zero_gradient: torch.Tensor  # (n,) bool: the first input gradient was all zero or had a non-finite entry
+    gradient_evaluations: int  # forward(+backward) passes over single images, summed
+
+
+@dataclass
+class Attack(ABC):
+    """Base class. `run` is final: it does the shared work and calls `_perturb` on the points worth attacking; a
+    subclass writes only `_perturb` and says, through its class variables and properties, what it is.
 
     eps: radius in the attack's norm, pixel units of [0, 1]. targeted: with `target` (class, 'random' or
     'least-likely') the attack pushes every point to its target instead of away from its label.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the key in ATTACKS, and the method a spec names
+    description: ClassVar[str] = ""  # what it does, in a few words, for the messages that refuse settings it ignores
+    norms: ClassVar[tuple[str, ...]] = tuple(NORMS)  # the norms it can attack in
     eps: float = 8 / 255
     norm: str = "linf"
     target: int | str | None = None
     seed: int = 0
     batch_size: int = 512
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in vars(cls):  # typing.final alone is only read by type checkers
+            raise TypeError(f"{cls.__name__} overrides Attack.run, which is final; write the attack in _perturb")
+
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise AuditError(f"norm '{self.norm}' is unknown; allowed: {allowed(NORMS)}")
-        # L2: a ball of radius sqrt(C*H*W) already holds every image; radii past MAX_L2_EPS only overflow float32
-        top = 1.0 if self.norm == "linf" else MAX_L2_EPS
+        if self.norm not in self.norms:
+            takers = [name for name, cls in ATTACKS.items() if self.norm in cls.norms]
+            raise AuditError(f"method {self.name} takes norm {allowed(self.norms)} only, got '{self.norm}'; "
+                             f"use {allowed(takers)} for {self.norm}")
+        top = self.geometry.max_eps
         if not 0 <= self.eps <= top:
             raise AuditError(f"eps {self.eps:g} is outside [0, {top:g}] for norm {self.norm}; "
                              f"allowed: 0 <= eps <= {top:g}")
@@ -158,10 +174,35 @@ class Attack:
         if self.batch_size < 1:
             raise AuditError(f"batch size {self.batch_size}; allowed: at least 1")
 
+    @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """The names of the settings this attack takes: its dataclass fields, in order."""
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @property
+    def geometry(self) -> Norm:
+        return NORMS[self.norm]
+
     @property
     def targeted(self) -> bool:
         return self.target is not None
 
+    @property
+    def run_label(self) -> str:
+        """How this run is named beside the headline figure (AttackRow.robust_accuracy_per_attack)."""
+        return self.name
+
+    @property
+    def step_count(self) -> int:
+        """Gradient steps per start."""
+        return 1
+
+    @property
+    def restart_count(self) -> int:
+        """Starts per point."""
+        return 1
+
+    @final
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
         """images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64. The model returns (N, K) logits.
 
@@ -211,12 +252,12 @@ class Attack:
         todo = torch.nonzero(clean_correct & counted).view(-1)
         if len(todo) and self.eps > 0:
             t = None if targets is None else targets[todo]
-            adv, _, zg, evals = self._perturb(model, x[todo], y[todo], t, generator)
-            adversarial[todo] = adv
-            zero_grad[todo] = zg
+            done = self._perturb(model, x[todo], y[todo], t, generator)
+            adversarial[todo] = done.adversarial
+            zero_grad[todo] = done.zero_gradient
             with torch.no_grad():  # score the kept iterates; untouched points keep their clean prediction
-                final_pred[todo] = model(adv).float().argmax(1)
-            evaluations += evals + len(todo)
+                final_pred[todo] = model(done.adversarial).float().argmax(1)
+            evaluations += done.gradient_evaluations + len(todo)
         reached = final_pred != y if targets is None else final_pred == targets
         # The final forward is authoritative: a point counts as broken only if its kept iterate is adversarial.
         robust = clean_correct & counted & ~reached
@@ -226,16 +267,18 @@ class Attack:
             clean_correct=clean_correct.cpu(),
             robust=robust.cpu(),
             adversarial_prediction=final_pred.cpu(),
-            perturbation_norm=lp_norm(adversarial - x, self.norm).cpu(),
+            perturbation_norm=self.geometry.norm(adversarial - x).cpu(),
             zero_gradient=zero_grad.cpu(),
             counted=counted.cpu(),
             targets=None if targets is None else targets.cpu(),
             gradient_evaluations=evaluations,
         )
 
-    def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
-        """Return (adversarial x, broken (N,) bool, zero-gradient (N,) bool, forward+backward count)."""
-        raise NotImplementedError
+    @abstractmethod
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+                 generator: torch.Generator) -> Perturbed:
+        """The attack itself, on points correct before it (and not of their target). x: (n, C, H, W) in [0, 1];
+        y: (n,) labels; targets: (n,) or None (untargeted). The model is in eval mode with frozen parameters."""
 
     def _check_bounds(self, images: torch.Tensor, result: AttackResult) -> None:
         adv = result.adversarial
@@ -243,7 +286,7 @@ class Attack:
             raise InvariantError(f"{self.name} produced NaN or infinite pixels")
         if adv.min() < 0 or adv.max() > 1:
             raise InvariantError(f"{self.name} left the [0, 1] box: range [{adv.min():.6f}, {adv.max():.6f}]")
-        worst = float(lp_norm(adv - images, self.norm).max()) if len(adv) else 0.0
+        worst = float(self.geometry.norm(adv - images).max()) if len(adv) else 0.0
         if worst > self.eps + BOUND_SLACK:
             raise InvariantError(f"{self.name} left its {self.norm} ball: norm {worst:.8f} > eps {self.eps:.8f}")
 
@@ -269,13 +312,21 @@ ATTACKS: dict[str, type[Attack]] = {}
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: ATTACKS[cls.name] = cls; a name registered twice, or a class without a name and a
+    description, is an error."""
     if cls.name in ATTACKS:
         raise ValueError(f"attack '{cls.name}' is registered twice")
+    if not cls.name or not cls.description:
+        raise ValueError(f"attack class {cls.__name__} needs a name and a description")
     ATTACKS[cls.name] = cls
     return cls
 
 
-def make_attack(method: str, **kwargs: object) -> Attack:
+def attack_class(method: str) -> type[Attack]:
     if method not in ATTACKS:
         raise AuditError(f"method '{method}' is unknown; allowed: {allowed([*ATTACKS, 'patch'])}")
-    return ATTACKS[method](**kwargs)  # type: ignore[arg-type]
+    return ATTACKS[method]
+
+
+def make_attack(method: str, **kwargs: object) -> Attack:
+    return attack_class(method)(**kwargs)  # type: ignore[arg-type]

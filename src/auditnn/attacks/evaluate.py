@@ -3,16 +3,17 @@ gradient masking and broken attacks (the lesson of AutoAttack): each flag is a n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..errors import AuditError, InvariantError
+from ..errors import AuditError, InvariantError, allowed
 from ..inference import eval_mode, model_device
 from ..values import fmt_eps
-from .base import Attack, AttackResult, make_attack, share_of
+from .base import ATTACKS, Attack, AttackResult, attack_class, share_of
+from .fgsm import FGSM
 
 HUGE_LINF_EPS = 0.5  # at this Linf radius every image can reach mid-gray (all pixels 0.5); no further, as a black
 # pixel reaches only [0, 0.5]
@@ -24,7 +25,10 @@ PGD_STEPS = 10  # the default number of PGD steps
 
 @dataclass
 class AttackSpec:
-    method: str = "pgd"  # fgsm or pgd
+    """The attack to run at every eps, and whether to run the sanity checks. Each attack takes the settings here
+    that it has a field for; setting one that the chosen method does not take is refused (it would be ignored)."""
+
+    method: str = "pgd"  # a name in ATTACKS
     norm: str = "linf"
     eps: list[float] = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255])
     steps: int = PGD_STEPS
@@ -36,26 +40,39 @@ class AttackSpec:
     sanity: bool = True
 
     def build(self, eps: float, method: str | None = None, **overrides: Any) -> Attack:
-        """The attack at radius eps; `method` and `overrides` replace this spec's settings (for the sanity runs)."""
-        method = method or self.method
-        kwargs: dict[str, Any] = dict(eps=eps, norm=self.norm, target=self.target, seed=self.seed, batch_size=self.batch_size)
-        if method == "pgd":
-            kwargs.update(steps=self.steps, restarts=self.restarts, step_size=self.step_size)
-        kwargs.update(overrides)
-        return make_attack(method, **kwargs)
+        """The attack at radius eps, given the settings of this spec that it takes; `method` and `overrides` replace
+        this spec's settings (for the sanity runs)."""
+        cls = attack_class(method or self.method)
+        given = {**{f.name: getattr(self, f.name) for f in fields(self)}, "eps": eps, **overrides}
+        return cls(**{name: given[name] for name in cls.settings() if name in given})
 
     def validate(self) -> None:
         if not self.eps:
             raise AuditError("eps list is empty; allowed: one or more radii, e.g. 0,2/255,4/255,8/255")
-        if self.method == "fgsm":  # one step from the clean image: PGD's settings would be recorded but never used
-            ignored = [f"{name} {value:g}" for name, value, default in (
-                ("restarts", self.restarts, 1), ("steps", self.steps, PGD_STEPS), ("step_size", self.step_size, None))
-                if value != default]
-            if ignored:
-                raise AuditError(f"method fgsm takes one step from the clean image, so {', '.join(ignored)} would be "
-                                 "ignored; allowed: leave restarts, steps and step_size unset with fgsm, or method pgd")
+        cls = attack_class(self.method)
+        # The settings of this spec that some attack takes but the chosen one does not: they would be recorded in
+        # the report but never used, so a value other than the default is refused.
+        some_attack_takes = {name for attack in ATTACKS.values() for name in attack.settings()}
+        not_taken = [f.name for f in fields(self) if f.name in some_attack_takes and f.name not in cls.settings()]
+        defaults = AttackSpec()
+        ignored = [name for name in not_taken if getattr(self, name) != getattr(defaults, name)]
+        if ignored:
+            values = ", ".join(f"{name} {_setting(getattr(self, name))}" for name in ignored)
+            takers = [name for name, attack in ATTACKS.items() if set(ignored) <= set(attack.settings())]
+            instead = f", or method {allowed(takers)}" if takers else ""
+            raise AuditError(f"method {cls.name} {cls.description}, so {values} would be ignored; "
+                             f"allowed: leave {_all_of(not_taken)} unset with {cls.name}{instead}")
         for eps in self.eps:
             self.build(eps)  # each attack checks its own settings
+
+
+def _setting(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _all_of(names: list[str]) -> str:
+    """'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @dataclass
@@ -95,18 +112,6 @@ class AttackEvaluation:
         return {"rows": [asdict(r) for r in self.rows], "warnings": self.warnings, "checks": self.checks}
 
 
-def steps_of(attack: Attack) -> int:
-    return getattr(attack, "steps", 1)
-
-
-def run_label(attack: Attack) -> str:
-    """How a run is named beside the headline: fgsm, pgd-10 (steps), with its step size when it is not the default."""
-    if attack.name != "pgd":
-        return attack.name
-    label = f"pgd-{steps_of(attack)}"
-    return label if getattr(attack, "step_size", None) is None else f"{label} step {fmt_eps(attack.step_size)}"
-
-
 def worst_case(results: list[AttackResult]) -> AttackResult:
     """Per sample, the first run (in the order given) that broke the point: its adversarial image, prediction and
     perturbation; a point stays robust only if every run left it robust. The runs attacked the same points."""
@@ -132,8 +137,8 @@ def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackR
     broken = ~result.robust & result.attacked
     norms = result.perturbation_norm[broken]
     return AttackRow(
-        method=attack.name, norm=attack.norm, eps=attack.eps, steps=steps_of(attack), target=attack.target,
-        restarts=getattr(attack, "restarts", 1),
+        method=attack.name, norm=attack.norm, eps=attack.eps, steps=attack.step_count, target=attack.target,
+        restarts=attack.restart_count,
         clean_accuracy=result.clean_accuracy, robust_accuracy=result.robust_accuracy, success_rate=result.success_rate,
         mean_perturbation=float(norms.mean()) if len(norms) else 0.0,
         max_perturbation=float(norms.max()) if len(norms) else 0.0,
@@ -193,13 +198,14 @@ def evaluate_attack(
             warn("robust_accuracy_rises_with_eps",
                  f"robust accuracy rose from {low:.3f} at eps {fmt_eps(lower)} to {high:.3f} at eps {fmt_eps(higher)}: "
                  "the attack is failing, suspect gradient masking")
-    if spec.sanity and spec.method == "pgd":
+    # The sanity runs vary the steps and compare with FGSM: they check attacks that take steps.
+    if spec.sanity and "steps" in attack_class(spec.method).settings():
         top = max(spec.eps)
-        if spec.norm == "linf":
+        if spec.norm in FGSM.norms:
             for eps in sorted(own):
                 if eps == 0:
                     continue
-                fgsm = run(spec.build(eps, method="fgsm"))
+                fgsm = run(spec.build(eps, method=FGSM.name))
                 mine = own[eps].robust_accuracy
                 checks.append({"check": "fgsm_same_eps", "eps": eps, "robust_accuracy": fgsm.robust_accuracy})
                 if mine > fgsm.robust_accuracy + tol:
@@ -233,7 +239,7 @@ def evaluate_attack(
                      f"(every pixel 0.5) lies in each of their balls and the model calls it class {gray}: the attack "
                      "misses adversarials known to exist; suspect gradient masking")
     rows = [_row(attacks[eps], worst_case([r for _, r in runs[eps]]),
-                 {run_label(a): r.robust_accuracy for a, r in runs[eps]}) for eps in sorted(runs)]
+                 {a.run_label: r.robust_accuracy for a, r in runs[eps]}) for eps in sorted(runs)]
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
             warn("zero_or_nan_gradients",

@@ -1,5 +1,6 @@
-"""PGD (Madry et al. 2018) in Linf or L2: random start in the ball, signed or normalized gradient steps, projection,
-per-sample restarts, the most adversarial iterate kept per sample, and early exit for broken points."""
+"""PGD (Madry et al. 2018) in any registered norm: random start in the ball, steepest-ascent steps and projection
+from the norm's geometry, per-sample restarts, the most adversarial iterate kept per sample, and early exit for broken
+points."""
 
 from __future__ import annotations
 
@@ -7,28 +8,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn as nn
 
 from ..errors import AuditError
-from .base import (Attack, finite_, input_gradient, is_adversarial, per_sample_loss, register_attack,
+from ..values import fmt_eps
+from .base import (Attack, Perturbed, finite_, input_gradient, is_adversarial, per_sample_loss, register_attack,
                    unusable_gradient)
-
-
-def random_in_ball(shape: torch.Size, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
-    """Uniform in the Linf box, or uniform in the L2 ball (Gaussian direction, radius eps * U^(1/d))."""
-    if norm == "linf":
-        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
-    n, d = shape[0], int(torch.tensor(shape[1:]).prod())
-    direction = torch.randn(n, d, generator=generator)
-    direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    radius = eps * torch.rand(n, 1, generator=generator) ** (1.0 / d)
-    return (direction * radius).view(shape)
-
-
-def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return delta.clamp(-eps, eps)
-    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
-    return delta * (eps / norms).clamp(max=1.0)
 
 
 @register_attack
@@ -40,6 +25,7 @@ class PGD(Attack):
     early_exit: stop updating a point once it is broken (robust accuracy is the same; it only saves work)."""
 
     name: ClassVar[str] = "pgd"
+    description: ClassVar[str] = "takes projected gradient steps from random starts in the ball"
     steps: int = 10
     step_size: float | None = None
     restarts: int = 1
@@ -59,13 +45,23 @@ class PGD(Attack):
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
-    def _step(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return self.alpha * grad.sign()
-        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        return self.alpha * grad / norms
+    @property
+    def run_label(self) -> str:
+        """pgd-10 (its steps), with its step size when that is not the default."""
+        label = f"pgd-{self.steps}"
+        return label if self.step_size is None else f"{label} step {fmt_eps(self.step_size)}"
 
-    def _perturb(self, model, x, y, targets, generator):  # noqa: ANN001, ANN202
+    @property
+    def step_count(self) -> int:
+        return self.steps
+
+    @property
+    def restart_count(self) -> int:
+        return self.restarts
+
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+                 generator: torch.Generator) -> Perturbed:
+        geometry, alpha = self.geometry, self.alpha
         n = len(x)
         best = x.clone()
         best_loss = torch.full((n,), -float("inf"), device=x.device)
@@ -81,7 +77,7 @@ class PGD(Attack):
             t0 = None if targets is None else targets[idx]
             adv = x0
             if self.random_start:
-                adv = (x0 + random_in_ball(x0.shape, self.eps, self.norm, generator).to(x.device)).clamp(0.0, 1.0)
+                adv = (x0 + geometry.random_start(x0.shape, self.eps, generator).to(x.device)).clamp(0.0, 1.0)
             # This restart's best iterate of each active point, kept on the active subset (no scattered writes).
             run_best, run_loss = best[idx], best_loss[idx]
             run_hit = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
@@ -117,5 +113,5 @@ class PGD(Attack):
                     idx, x0, y0, adv, grad = idx[keep], x0[keep], y0[keep], adv[keep], grad[keep]
                     run_best, run_loss, run_hit = run_best[keep], run_loss[keep], run_hit[keep]
                     t0 = None if t0 is None else t0[keep]
-                adv = (x0 + project(adv + self._step(grad) - x0, self.eps, self.norm)).clamp(0.0, 1.0)
-        return best, broken, zero_grad, evaluations
+                adv = (x0 + geometry.project(adv + geometry.direction(grad, alpha) - x0, self.eps)).clamp(0.0, 1.0)
+        return Perturbed(best, broken, zero_grad, evaluations)
