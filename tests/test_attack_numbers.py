@@ -4,15 +4,14 @@ tiny examples, per-sample masks combined by hand)."""
 import pytest
 import torch
 import torch.nn as nn
+from test_attacks import Linear2
 
 from auditnn.attacks import FGSM, PGD
-from auditnn.attacks.patch import fit_patch, patch_split
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
-from auditnn.attacks.patch import PatchConfig, optimize_patch
 from auditnn.attacks.norms import NORMS
+from auditnn.attacks.patch import PatchConfig, fit_patch, optimize_patch, patch_split
 from auditnn.errors import AuditError
 from auditnn.subject import EvalData
-from test_attacks import Linear2, digits_model  # noqa: F401 - the shared fixture
 
 
 class NearestCentre(nn.Module):

@@ -6,13 +6,13 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from test_attacks_unchanged import tiny_case
 
 from auditnn.attacks import ATTACKS, FGSM, PGD
 from auditnn.attacks.base import Perturbed, register_attack
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.norms import MAX_L2_EPS, NORMS, Norm, register_norm
 from auditnn.errors import AuditError, InvariantError
-from test_attacks_unchanged import tiny_case
 
 # Per-sample norms of (N, D) tensors, written out by hand for every registered norm (a new norm must add its own).
 HAND_NORMS = {"linf": lambda flat: flat.abs().amax(1), "l2": lambda flat: flat.pow(2).sum(1).sqrt()}

@@ -4,21 +4,8 @@ import torch.nn as nn
 
 from auditnn.attacks import FGSM, PGD, make_attack
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
-from auditnn.data.controlled import stratified_split
 from auditnn.errors import AuditError
-from auditnn.models import PixelModel, build_model
 from auditnn.report.schema import metric_row, validate_report
-from auditnn.train import TrainConfig, fit
-
-
-@pytest.fixture(scope="module")
-def digits_model(digits_base):
-    """A small CNN (with BatchNorm) trained for two epochs: 59 of its 100 test images right, easy to attack."""
-    train, test = stratified_split(digits_base, 10, seed=0)
-    torch.manual_seed(0)
-    model = PixelModel(build_model("cnn", 1, 28, 10, width=8), [0.1], [0.25])
-    fit(model, train.images, train.labels, TrainConfig(epochs=2), device=torch.device("cpu"))
-    return model.eval(), test.images, test.labels
 
 
 class Linear2(nn.Module):

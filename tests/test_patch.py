@@ -1,6 +1,5 @@
 import pytest
 import torch
-from test_attacks import digits_model  # noqa: F401 - the shared fixture
 
 from auditnn.attacks.patch import PatchConfig, apply_patch, optimize_patch, patch_mask
 from auditnn.errors import AuditError

@@ -240,7 +240,7 @@ class Attack(ABC):
         with torch.no_grad():
             logits = model(x).float()
         check_logits(logits, len(x))
-        targets = choose_targets(self.target, logits, y, generator) if self.targeted else None
+        targets = None if self.target is None else choose_targets(self.target, logits, y, generator)
         clean_pred = logits.argmax(1)
         clean_correct = clean_pred == y
         counted = torch.ones_like(clean_correct) if targets is None else targets != y
@@ -298,14 +298,15 @@ def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
         return AttackResult(like[:0], torch.zeros(0, dtype=torch.long), empty, empty, torch.zeros(0, dtype=torch.long),
                             torch.zeros(0), empty, empty)
 
-    def cat(name: str) -> torch.Tensor | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values)
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])
 
-    fields = ("adversarial", "labels", "clean_correct", "robust", "adversarial_prediction", "perturbation_norm",
-              "zero_gradient", "counted", "targets")
-    return AttackResult(**{f: cat(f) for f in fields}, gradient_evaluations=sum(p.gradient_evaluations for p in parts),
-                        oom_retries=sum(p.oom_retries for p in parts))
+    return AttackResult(
+        cat("adversarial"), cat("labels"), cat("clean_correct"), cat("robust"), cat("adversarial_prediction"),
+        cat("perturbation_norm"), cat("zero_gradient"), cat("counted"),
+        targets=None if parts[0].targets is None else cat("targets"),
+        gradient_evaluations=sum(p.gradient_evaluations for p in parts), oom_retries=sum(p.oom_retries for p in parts),
+    )
 
 
 ATTACKS: dict[str, type[Attack]] = {}

@@ -3,8 +3,9 @@ gradient masking and broken attacks (the lesson of AutoAttack): each flag is a n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -120,8 +121,8 @@ def worst_case(results: list[AttackResult]) -> AttackResult:
                        adversarial_prediction=first.adversarial_prediction.clone(),
                        perturbation_norm=first.perturbation_norm.clone())
     for other in results[1:]:
-        same_targets = (other.targets is None) == (first.targets is None) and (
-            other.targets is None or torch.equal(other.targets, first.targets))
+        same_targets = (other.targets is None and first.targets is None) or (
+            other.targets is not None and first.targets is not None and torch.equal(other.targets, first.targets))
         if not (same_targets and torch.equal(other.counted, first.counted) and torch.equal(other.labels, first.labels)):
             raise InvariantError("the runs at one eps attacked different points or targets; their worst case is undefined")
         newly = combined.robust & ~other.robust

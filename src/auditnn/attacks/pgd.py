@@ -12,8 +12,16 @@ import torch.nn as nn
 
 from ..errors import AuditError
 from ..values import fmt_eps
-from .base import (Attack, Perturbed, finite_, input_gradient, is_adversarial, per_sample_loss, register_attack,
-                   unusable_gradient)
+from .base import (
+    Attack,
+    Perturbed,
+    finite_,
+    input_gradient,
+    is_adversarial,
+    per_sample_loss,
+    register_attack,
+    unusable_gradient,
+)
 
 
 @register_attack

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import AuditError, allowed, option
+from ..errors import AuditError, allowed
 
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "random")
 
