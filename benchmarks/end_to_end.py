@@ -49,12 +49,20 @@ def main() -> None:
         first, _ = timed_run(attack, env)  # trains the default model into the fresh cache
         runs = [timed_run(attack, env) for _ in range(args.repeats)]
         top = runs[-1][1]["results"]["attack"]["rows"][-1]
-        rows.append(("attack --method pgd (cached)", statistics.median(t for t, _ in runs), min(t for t, _ in runs),
-                     f"robust acc {top['robust_accuracy']:.3f} at the largest eps"))
+        rows.append(
+            (
+                "attack --method pgd (cached)",
+                statistics.median(t for t, _ in runs),
+                min(t for t, _ in runs),
+                f"robust acc {top['robust_accuracy']:.3f} at the largest eps",
+            )
+        )
         rows.append(("attack --method pgd (training)", first, first, "first run: trains and caches the model"))
     env_info = report["environment"]
-    print(f"device: {env_info['device']} ({env_info['device_name']}), {env_info['cpu_threads']} CPU threads; python "
-          f"{env_info['python']}, torch {env_info['torch']}, auditnn {env_info['auditnn']}; {platform.platform()}")
+    print(
+        f"device: {env_info['device']} ({env_info['device_name']}), {env_info['cpu_threads']} CPU threads; python "
+        f"{env_info['python']}, torch {env_info['torch']}, auditnn {env_info['auditnn']}; {platform.platform()}"
+    )
     print(f"{'command':<34}{'median s':>10}{'min s':>8}  result")
     for name, median, low, note in rows:
         print(f"{name:<34}{median:>10.1f}{low:>8.1f}  {note}")

@@ -28,14 +28,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # mutmut's exit codes per mutant (mutmut/stats.py): 1 and 3 mean a test failed, 0 that every test passed.
-STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout",
-          -24: "timeout", 152: "timeout", 255: "timeout", None: "not run"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    33: "no tests",
+    5: "no tests",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    None: "not run",
+}
 
 
 def copy_checkout(to: Path) -> None:
     """The tracked files and the untracked ones git does not ignore: what a clean clone plus this change holds."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -44,8 +63,13 @@ def copy_checkout(to: Path) -> None:
 
 
 def mutmut(work: Path, *names: str) -> None:
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2", *names], cwd=work,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", "2", *names],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def results(work: Path) -> dict[str, int | None]:
@@ -71,8 +95,10 @@ def main() -> int:
     parser.add_argument("--all", action="store_true", help="run every mutant")
     parser.add_argument("--json", type=Path, help="write the per-mutant statuses here")
     args = parser.parse_args()
-    if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-m", "mutmut", "--help"],
-                                                         capture_output=True).returncode != 0:
+    if (
+        shutil.which("mutmut") is None
+        and subprocess.run([sys.executable, "-m", "mutmut", "--help"], capture_output=True).returncode != 0
+    ):
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="auditnn-mutation-") as scratch:
@@ -86,12 +112,15 @@ def main() -> int:
             return 3
         chosen = every if args.all else sorted(random.Random(args.seed).sample(every, min(args.sample, len(every))))
         for start in range(0, len(chosen), 100):  # keep each command line short
-            mutmut(work, *chosen[start:start + 100])
+            mutmut(work, *chosen[start : start + 100])
         measured = results(work)
         survivors = "\n".join(
-            subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
-                           text=True).stdout.strip()
-            for name in chosen if measured.get(name) == 0)
+            subprocess.run(
+                [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
+            ).stdout.strip()
+            for name in chosen
+            if measured.get(name) == 0
+        )
     statuses = {name: STATUS.get(measured.get(name), "suspicious") for name in chosen}
     per_module: dict[str, Counter[str]] = defaultdict(Counter)
     for name, status in statuses.items():
@@ -106,8 +135,10 @@ def main() -> int:
     judged = total["killed"] + total["survived"]
     low, high = wilson(total["killed"], judged)
     others = ", ".join(f"{k} {v}" for k, v in total.items() if k not in ("killed", "survived")) or "none"
-    print(f"score: {total['killed']}/{judged} killed = {total['killed'] / max(judged, 1):.1%} "
-          f"(95 % interval {low:.1%}..{high:.1%}); not judged: {others}")
+    print(
+        f"score: {total['killed']}/{judged} killed = {total['killed'] / max(judged, 1):.1%} "
+        f"(95 % interval {low:.1%}..{high:.1%}); not judged: {others}"
+    )
     if survivors:
         print("survivors:")
         print(survivors)

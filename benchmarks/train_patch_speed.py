@@ -60,11 +60,15 @@ def main() -> None:
     train, _ = stratified_split(load_source("digits"), 10, seed=0)
     x, y = train.images.to(device), train.labels.to(device)
     env = environment(device)
-    print(f"device: {env['device']} ({env['device_name']}), {env['cpu_threads']} CPU threads; torch {env['torch']}, "
-          f"auditnn {env['auditnn']}; {len(y)} digits images 28x28, batch 64, {args.epochs} epochs, median of "
-          f"{args.rounds} interleaved rounds")
-    print(f"{'model':<7}{'auditnn fit img/s':>19}{'plain loop img/s':>18}{'ratio':>8}{'patch step ms':>15}"
-          f"{'grad fwd+bwd ms':>17}{'patch/grad':>12}")
+    print(
+        f"device: {env['device']} ({env['device_name']}), {env['cpu_threads']} CPU threads; torch {env['torch']}, "
+        f"auditnn {env['auditnn']}; {len(y)} digits images 28x28, batch 64, {args.epochs} epochs, median of "
+        f"{args.rounds} interleaved rounds"
+    )
+    print(
+        f"{'model':<7}{'auditnn fit img/s':>19}{'plain loop img/s':>18}{'ratio':>8}{'patch step ms':>15}"
+        f"{'grad fwd+bwd ms':>17}{'patch/grad':>12}"
+    )
     config = TrainConfig(epochs=args.epochs, batch_size=64)
     for arch in args.models:
         ours, plain = [], []
@@ -106,8 +110,9 @@ def main() -> None:
                 grad_times.append(time.perf_counter() - start)
         step, grad = statistics.median(step_times), statistics.median(grad_times)
         a, b = statistics.median(ours), statistics.median(plain)
-        print(f"{arch:<7}{a:>19,.0f}{b:>18,.0f}{a / b:>8.2f}{step * 1000:>15.2f}{grad * 1000:>17.2f}"
-              f"{step / grad:>12.2f}")
+        print(
+            f"{arch:<7}{a:>19,.0f}{b:>18,.0f}{a / b:>8.2f}{step * 1000:>15.2f}{grad * 1000:>17.2f}{step / grad:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def test_a_given_association_gives_the_hand_computed_gap_where_the_majority_rule
     # aligned: landbird x land (5/6) + waterbird x water (2/2); conflicting: landbird x water (2/6) + waterbird x land (1/2)
     assert m.aligned_accuracy == pytest.approx(7 / 8) and m.conflicting_accuracy == pytest.approx(3 / 8)
     assert m.gap == pytest.approx(0.5)
-    assert m.agreement_rate == pytest.approx(5 / 8)  # 4 landbirds called waterbird on water, 1 waterbird called landbird
+    assert m.agreement_rate == pytest.approx(
+        5 / 8
+    )  # 4 landbirds called waterbird on water, 1 waterbird called landbird
     assert m.accuracy == pytest.approx(10 / 16)
     assert m.worst_group == "landbird x water" and m.worst_group_accuracy == pytest.approx(1 / 3)
 
@@ -98,14 +100,17 @@ def test_the_association_can_come_from_a_training_csv(tmp_path):
         association_from_csv(train, notes, BIRDS)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("water", "'water' is not VALUE:CLASS"),
-    ("water:penguin,land:landbird", "class 'penguin' is unknown; allowed: landbird, waterbird or 0 .. 1"),
-    ("ocean:waterbird,land:landbird", "value 'ocean' does not occur in column 'place'; allowed: land or water"),
-    ("water:waterbird", "gives no class for 'land'"),
-    ("water:waterbird,water:landbird,land:0", "names 'water' twice"),
-    ("sky=water:waterbird,land:landbird", "is for attribute 'sky'; the groups use 'place'"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("water", "'water' is not VALUE:CLASS"),
+        ("water:penguin,land:landbird", "class 'penguin' is unknown; allowed: landbird, waterbird or 0 .. 1"),
+        ("ocean:waterbird,land:landbird", "value 'ocean' does not occur in column 'place'; allowed: land or water"),
+        ("water:waterbird", "gives no class for 'land'"),
+        ("water:waterbird,water:landbird,land:0", "names 'water' twice"),
+        ("sky=water:waterbird,land:landbird", "is for attribute 'sky'; the groups use 'place'"),
+    ],
+)
 def test_a_bad_association_names_the_value_and_what_is_allowed(spec, message):
     _, _, notes = waterbirds_split()
     with pytest.raises(AuditError, match=message.replace(".", r"\.")):
@@ -118,8 +123,10 @@ def test_association_messages_are_one_line_and_say_the_classes_once():
     _, _, notes = waterbirds_split()
     with pytest.raises(AuditError) as caught:
         parse_association("water:1\nland:7", notes, BIRDS)
-    assert str(caught.value) == (r"association 'water:1\nland:7': value 'water:1\nland' does not occur in column "
-                                 "'place'; allowed: land or water")
+    assert str(caught.value) == (
+        r"association 'water:1\nland:7': value 'water:1\nland' does not occur in column "
+        "'place'; allowed: land or water"
+    )
     with pytest.raises(AuditError) as caught:
         parse_association("water:1,land:9", notes, ["0", "1"])
     assert str(caught.value) == "association 'water:1,land:9': class '9' is unknown; allowed: 0 .. 1"
@@ -129,12 +136,17 @@ def test_class_indices_are_accepted_in_an_association():
     _, _, notes = waterbirds_split()
     assert parse_association("water:1,land:0", notes, BIRDS).classes == {"land": 0, "water": 1}
     assert load_association(notes, BIRDS) is None
-    with pytest.raises(AuditError, match=r"give --associate \(audit file: associate\) or --associate-from \(audit file: associate_from\), not both"):
+    with pytest.raises(
+        AuditError,
+        match=r"give --associate \(audit file: associate\) or --associate-from \(audit file: associate_from\), not both",
+    ):
         load_association(notes, BIRDS, "water:1,land:0", "train.csv")
 
 
 def _images(n=4):
-    return ImageSet(torch.zeros(n, 1, 4, 4), torch.tensor([0, 1, 0, 1][:n]), BIRDS, names=[f"a/{i}.png" for i in range(n)])
+    return ImageSet(
+        torch.zeros(n, 1, 4, 4), torch.tensor([0, 1, 0, 1][:n]), BIRDS, names=[f"a/{i}.png" for i in range(n)]
+    )
 
 
 @pytest.mark.parametrize("column", ["my place", "class", "5_o_Clock_Shadow"])
@@ -156,8 +168,12 @@ def test_duplicate_rows_for_one_file_that_disagree_are_refused(tmp_path):
 
 def test_a_background_tag_on_a_grayscale_model_is_named_as_such():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    with pytest.raises(AuditError, match="tag 'background' makes the images RGB .3 channels.; the model takes 1 channel"):
-        tag_sensitivity(model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1]), make_shortcut("background", 2), BIRDS)
+    with pytest.raises(
+        AuditError, match="tag 'background' makes the images RGB .3 channels.; the model takes 1 channel"
+    ):
+        tag_sensitivity(
+            model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1]), make_shortcut("background", 2), BIRDS
+        )
 
 
 FACTORY = """
@@ -186,15 +202,28 @@ def birds_project(tmp_path, monkeypatch):
     images = torch.zeros(len(labels), 1, 8, 8)
     images[torch.arange(len(labels)), 0, 0, preds] = 1.0
     torch.save({"images": images, "labels": labels, "classes": BIRDS}, tmp_path / "birds.pt")
-    rows = ["index,label,place"] + [f"{i},{int(labels[i])},{notes.values[int(notes.codes[i])]}" for i in range(len(labels))]
+    rows = ["index,label,place"] + [
+        f"{i},{int(labels[i])},{notes.values[int(notes.codes[i])]}" for i in range(len(labels))
+    ]
     (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "birds_factory.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)  # the factory module imports from the working folder
     return tmp_path
 
 
-GROUPS = ("shortcut", "--model", "factory:birds_factory:make", "--data", "tensors:birds.pt", "--groups", "meta.csv",
-          "--attribute", "place", "--device", "cpu")
+GROUPS = (
+    "shortcut",
+    "--model",
+    "factory:birds_factory:make",
+    "--data",
+    "tensors:birds.pt",
+    "--groups",
+    "meta.csv",
+    "--attribute",
+    "place",
+    "--device",
+    "cpu",
+)
 
 
 def test_the_cli_takes_an_association_and_warns_without_one(capsys, birds_project):
@@ -217,14 +246,38 @@ def test_the_cli_refuses_a_bad_association_with_one_line(capsys, birds_project):
     assert files_under(birds_project / "bad") == []
     code, _, err = run_cli(capsys, *GROUPS, "--associate", "water:1\nland:7", "--out", "bad")
     assert_usage_error(code, err, r"association 'water:1\nland:7'", "allowed: land or water")
-    code, _, err = run_cli(capsys, "shortcut", "--model", "factory:birds_factory:make", "--data", "tensors:birds.pt",
-                           "--associate", "water:waterbird", "--device", "cpu", "--out", "bad")
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "factory:birds_factory:make",
+        "--data",
+        "tensors:birds.pt",
+        "--associate",
+        "water:waterbird",
+        "--device",
+        "cpu",
+        "--out",
+        "bad",
+    )
     assert_usage_error(code, err, "--associate", "--groups")
 
 
 def test_the_cli_says_the_background_tag_makes_rgb_images_for_a_grayscale_model(capsys, birds_project):
-    code, _, err = run_cli(capsys, "shortcut", "--tag", "background", "--model", "factory:birds_factory:gray",
-                           "--data", "tensors:birds.pt", "--device", "cpu", "--out", "bg")
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--tag",
+        "background",
+        "--model",
+        "factory:birds_factory:gray",
+        "--data",
+        "tensors:birds.pt",
+        "--device",
+        "cpu",
+        "--out",
+        "bg",
+    )
     assert_usage_error(code, err, "tag 'background' makes the images RGB", "takes 1 channel")
     assert files_under(birds_project / "bg") == []
 
@@ -256,6 +309,10 @@ def test_an_audit_files_bad_association_is_named_without_a_cli_flag(capsys, bird
 associate = "water:99,land:landbird"\nmax_gap = 0.49\n"""
     (birds_project / "audit.toml").write_text(audit)
     code, _, err = run_cli(capsys, "audit", "audit.toml", "--out", "gate")
-    assert_usage_error(code, err, "association 'water:99,land:landbird': class '99' is unknown",
-                       "allowed: landbird, waterbird or 0 .. 1")
+    assert_usage_error(
+        code,
+        err,
+        "association 'water:99,land:landbird': class '99' is unknown",
+        "allowed: landbird, waterbird or 0 .. 1",
+    )
     assert "--associate" not in err and files_under(birds_project / "gate") == []

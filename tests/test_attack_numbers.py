@@ -29,6 +29,7 @@ def pixels(*values: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------- item 2: targeted attacks count the right points
 
+
 @pytest.mark.parametrize("method,norm", [("fgsm", "linf"), ("pgd", "linf"), ("pgd", "l2")])
 @pytest.mark.parametrize("target", [None, 3, "random", "least-likely"])
 def test_at_eps_zero_robust_accuracy_is_clean_accuracy_and_nothing_succeeds(digits_model, method, norm, target):
@@ -48,9 +49,11 @@ def test_at_eps_zero_robust_accuracy_is_clean_accuracy_and_nothing_succeeds(digi
         assert row.left_out == int((y == 3).sum()) > 0
 
 
-@pytest.mark.parametrize("build", [lambda: FGSM(eps=0.1, target=2),
-                                   lambda: PGD(eps=0.1, steps=5, step_size=0.05, random_start=False, target=2)],
-                         ids=["fgsm", "pgd"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: FGSM(eps=0.1, target=2), lambda: PGD(eps=0.1, steps=5, step_size=0.05, random_start=False, target=2)],
+    ids=["fgsm", "pgd"],
+)
 def test_targeted_figures_hand_counted(build):
     x = pixels(0.6, 0.45, 0.5, 0.9, 0.7, 0.2, 0.3, 0.6, 0.1)
     y = torch.tensor([1, 1, 1, 2, 2, 0, 0, 0, 1])
@@ -85,6 +88,7 @@ def test_untargeted_success_is_counted_over_the_points_correct_before_the_attack
 
 
 # ---------------------------------------------------------------- closed forms on a linear model
+
 
 def linear_case(seed: int):
     gen = torch.Generator().manual_seed(seed)
@@ -133,6 +137,7 @@ def test_the_l2_random_start_is_uniform_in_a_100_dimensional_ball():
 
 # ---------------------------------------------------------------- item 7: the headline is the per-sample worst case
 
+
 def test_the_headline_robust_accuracy_is_the_worst_case_over_every_run_at_that_eps(digits_model):
     model, x, y = digits_model
     spec = AttackSpec(eps=[0.0, 4 / 255, 8 / 255], steps=5)
@@ -157,6 +162,7 @@ def test_the_headline_robust_accuracy_is_the_worst_case_over_every_run_at_that_e
 
 
 # ---------------------------------------------------------------- item 9: non-finite input gradients
+
 
 class SqrtFirst(nn.Module):
     """sqrt preprocessing: the input gradient is infinite (or NaN) wherever a pixel is exactly 0."""
@@ -204,6 +210,7 @@ def test_fgsm_leaves_pixels_with_an_infinite_gradient_where_they_are():
 
 # ---------------------------------------------------------------- item 12: the huge-eps check says what it checks
 
+
 class Brightness(nn.Module):
     """Class 1 when the mean pixel exceeds 0.25: a bright image stays bright at Linf 0.5 (its mean falls by at
     most 0.5), so the images of the class given to mid-gray are truly robust there."""
@@ -225,6 +232,7 @@ def test_the_huge_eps_check_flags_only_points_that_mid_gray_provably_breaks():
 
 
 # ---------------------------------------------------------------- patches: success over non-target images
+
 
 class MeanLevel(nn.Module):
     """Class by the mean pixel, nearest of 0.9 (class 0), 0.2 (class 1), 0.6 (class 2): a 2x2 patch on a 20x20
@@ -249,10 +257,12 @@ def test_patch_success_is_counted_over_the_images_not_of_the_target_class():
 
 # ---------------------------------------------------------------- item 11: a patch fits and scores on one kind of image
 
+
 def test_on_a_controlled_dataset_the_patch_fits_and_scores_on_stamp_free_images():
     stamped, clean = torch.ones(12, 1, 4, 4), torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    data = EvalData(stamped, torch.arange(12) % 2, clean, torch.arange(10) % 2, ["a", "b"],
-                    {"data": "folder", "test": "test_clean"})
+    data = EvalData(
+        stamped, torch.arange(12) % 2, clean, torch.arange(10) % 2, ["a", "b"], {"data": "folder", "test": "test_clean"}
+    )
     fit_x, _, held_x, _ = patch_split(data, seed=0)
     assert len(fit_x) == 5 and len(held_x) == 5
     together = torch.cat([fit_x, held_x]).flatten(1)

@@ -21,8 +21,15 @@ DUAL_NORMS = {"linf": lambda flat: flat.abs().sum(1), "l2": lambda flat: flat.po
 PAIRS = [(name, norm) for name, cls in ATTACKS.items() for norm in cls.norms]
 NOT_TAKEN = [(name, norm) for name, cls in ATTACKS.items() for norm in NORMS if norm not in cls.norms]
 # A valid setting other than the default, for every AttackSpec field that some attack takes.
-NON_DEFAULT = {"norm": "l2", "steps": 5, "restarts": 3, "step_size": 0.01, "target": "random", "batch_size": 8,
-               "seed": 1}
+NON_DEFAULT = {
+    "norm": "l2",
+    "steps": 5,
+    "restarts": 3,
+    "step_size": 0.01,
+    "target": "random",
+    "batch_size": 8,
+    "seed": 1,
+}
 
 
 def hand_norm(norm: str, delta: torch.Tensor) -> torch.Tensor:
@@ -47,6 +54,7 @@ def test_the_hand_formulas_cover_every_registered_norm_and_every_spec_setting():
 
 
 # ---------------------------------------------------------------- every registered attack, in every norm it takes
+
 
 @pytest.mark.parametrize("name,norm", PAIRS)
 def test_at_eps_zero_every_attack_changes_nothing_and_robust_accuracy_is_clean_accuracy(case, name, norm):
@@ -77,20 +85,25 @@ def test_every_attack_stays_in_its_ball_and_the_box_and_reports_the_norm_it_used
 @pytest.mark.parametrize("name,norm", PAIRS)
 def test_every_attack_is_deterministic_for_a_seed(case, name, norm):
     model, x, y = case
-    first, second = (ATTACKS[name](eps=radius(norm, 0.05), norm=norm, seed=7, target="random", batch_size=16)
-                     .run(model, x, y) for _ in range(2))
+    first, second = (
+        ATTACKS[name](eps=radius(norm, 0.05), norm=norm, seed=7, target="random", batch_size=16).run(model, x, y)
+        for _ in range(2)
+    )
     assert torch.equal(first.adversarial, second.adversarial) and torch.equal(first.robust, second.robust)
     assert torch.equal(first.targets, second.targets) and first.gradient_evaluations == second.gradient_evaluations
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-@pytest.mark.parametrize("settings,message", [
-    ({"eps": -0.1}, "eps -0.1 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
-    ({"eps": 1.5}, "eps 1.5 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
-    ({"norm": "l1"}, "norm 'l1' is unknown; allowed: linf or l2"),
-    ({"target": "everything"}, "target 'everything' is unknown; allowed: a class index, random or least-likely"),
-    ({"batch_size": 0}, "batch size 0; allowed: at least 1"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"eps": -0.1}, "eps -0.1 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
+        ({"eps": 1.5}, "eps 1.5 is outside [0, 1] for norm linf; allowed: 0 <= eps <= 1"),
+        ({"norm": "l1"}, "norm 'l1' is unknown; allowed: linf or l2"),
+        ({"target": "everything"}, "target 'everything' is unknown; allowed: a class index, random or least-likely"),
+        ({"batch_size": 0}, "batch size 0; allowed: at least 1"),
+    ],
+)
 def test_every_attack_refuses_bad_settings_in_one_line_naming_the_value(name, settings, message):
     with pytest.raises(AuditError) as caught:
         ATTACKS[name](**settings)
@@ -129,7 +142,9 @@ def test_a_spec_passes_its_attack_exactly_the_settings_it_takes_and_refuses_the_
         with pytest.raises(AuditError) as caught:
             spec.validate()
         message = str(caught.value)
-        assert message.startswith(f"method {name} ") and f", so {setting} {value:g} would be ignored; allowed: " in message
+        assert (
+            message.startswith(f"method {name} ") and f", so {setting} {value:g} would be ignored; allowed: " in message
+        )
         assert "\n" not in message
     built = AttackSpec(method=name, eps=[0.1, 0.2]).build(0.2)
     assert type(built) is cls and built.eps == 0.2
@@ -138,20 +153,28 @@ def test_a_spec_passes_its_attack_exactly_the_settings_it_takes_and_refuses_the_
 def test_the_fgsm_refusal_names_every_setting_fgsm_does_not_take():
     with pytest.raises(AuditError) as caught:
         AttackSpec(method="fgsm", eps=[0.1], steps=3, step_size=0.01).validate()
-    assert str(caught.value) == ("method fgsm takes one step from the clean image, so steps 3, step_size 0.01 would "
-                                 "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd")
+    assert str(caught.value) == (
+        "method fgsm takes one step from the clean image, so steps 3, step_size 0.01 would "
+        "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd"
+    )
 
 
 def test_each_attack_names_its_run_and_counts_its_steps():
     assert (FGSM().run_label, FGSM().step_count, FGSM().restart_count) == ("fgsm", 1, 1)
-    assert (PGD(steps=7, restarts=3).run_label, PGD(steps=7).step_count, PGD(restarts=3).restart_count) == ("pgd-7", 7, 3)
+    assert (PGD(steps=7, restarts=3).run_label, PGD(steps=7).step_count, PGD(restarts=3).restart_count) == (
+        "pgd-7",
+        7,
+        3,
+    )
     assert PGD(steps=7, step_size=2 / 255).run_label == "pgd-7 step 2/255"
 
 
 # ---------------------------------------------------------------- the contract of the base class
 
+
 def test_a_subclass_that_overrides_run_is_refused_at_class_creation():
     with pytest.raises(TypeError, match="Sneaky overrides Attack.run, which is final"):
+
         class Sneaky(FGSM):
             def run(self, model, images, labels):
                 return super().run(model, images, labels)
@@ -181,6 +204,7 @@ def test_the_exit_check_catches_an_attack_that_leaves_its_ball(case):
 
 
 # ---------------------------------------------------------------- every registered norm geometry
+
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_projection_is_the_nearest_point_of_the_ball_and_is_idempotent(norm):

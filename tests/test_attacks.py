@@ -135,11 +135,16 @@ def test_models_that_break_the_logits_contract_are_refused(digits_model):
         FGSM(eps=0.1).run(NaNs(), x, y)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(eps=-0.1), "eps -0.1 is outside [0, 1]"), (dict(eps=1.5), "eps 1.5 is outside [0, 1]"),
-    (dict(norm="l1"), "norm 'l1' is unknown"), (dict(steps=0), "steps 0; allowed: at least 1"),
-    (dict(target="everything"), "target 'everything'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(eps=-0.1), "eps -0.1 is outside [0, 1]"),
+        (dict(eps=1.5), "eps 1.5 is outside [0, 1]"),
+        (dict(norm="l1"), "norm 'l1' is unknown"),
+        (dict(steps=0), "steps 0; allowed: at least 1"),
+        (dict(target="everything"), "target 'everything'"),
+    ],
+)
 def test_bad_attack_settings_name_the_value(kwargs, needle):
     with pytest.raises(AuditError) as info:
         PGD(**kwargs)
@@ -201,12 +206,22 @@ def test_without_early_exit_a_point_broken_mid_run_counts_as_broken_and_keeps_th
 
 def test_a_report_row_with_a_bad_target_is_refused_naming_every_allowed_target():
     row = metric_row("robustness", "robust_accuracy", 0.5, method="pgd", target=1.5)
-    report = {"command": "attack", "run_id": "r", "config": {}, "environment": {}, "seed": 0, "results": {},
-              "metrics": [row], "schema": "auditnn.report", "schema_version": 1}
+    report = {
+        "command": "attack",
+        "run_id": "r",
+        "config": {},
+        "environment": {},
+        "seed": 0,
+        "results": {},
+        "metrics": [row],
+        "schema": "auditnn.report",
+        "schema_version": 1,
+    }
     with pytest.raises(AuditError) as caught:
         validate_report(report, "report 'r.json'")
-    assert str(caught.value) == ("report 'r.json': key 'metrics[0].target' is 1.5; allowed: a class index, 'random', "
-                                 "'least-likely' or null")
+    assert str(caught.value) == (
+        "report 'r.json': key 'metrics[0].target' is 1.5; allowed: a class index, 'random', 'least-likely' or null"
+    )
 
 
 def test_fgsm_refuses_the_pgd_settings_it_would_ignore():
@@ -214,5 +229,7 @@ def test_fgsm_refuses_the_pgd_settings_it_would_ignore():
     AttackSpec(method="pgd", eps=[0.1], steps=5, restarts=3, step_size=0.01).validate()
     with pytest.raises(AuditError) as caught:
         AttackSpec(method="fgsm", eps=[0.1], restarts=3, step_size=0.01).validate()
-    assert str(caught.value) == ("method fgsm takes one step from the clean image, so restarts 3, step_size 0.01 would "
-                                 "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd")
+    assert str(caught.value) == (
+        "method fgsm takes one step from the clean image, so restarts 3, step_size 0.01 would "
+        "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd"
+    )

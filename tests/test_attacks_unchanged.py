@@ -25,8 +25,9 @@ SPECS = {
     "pgd_linf": AttackSpec(eps=[0.0, 0.02, 0.05], steps=5, batch_size=16),
     "pgd_l2": AttackSpec(norm="l2", eps=[0.0, 0.1, 0.3], steps=5, batch_size=16),
     "fgsm": AttackSpec(method="fgsm", eps=[0.0, 0.02, 0.05], batch_size=16),
-    "targeted_restarts": AttackSpec(eps=[0.0, 0.05, 0.1], steps=4, restarts=2, step_size=0.02, target="random",
-                                    batch_size=16),
+    "targeted_restarts": AttackSpec(
+        eps=[0.0, 0.05, 0.1], steps=4, restarts=2, step_size=0.02, target="random", batch_size=16
+    ),
     "l2_least_likely": AttackSpec(norm="l2", eps=[0.2], steps=3, restarts=2, target="least-likely", batch_size=16),
 }
 BUILDS = {
@@ -40,62 +41,77 @@ BUILDS = {
 # name -> (rows: (robust accuracy, success rate, mean perturbation, max perturbation, per-attack figures),
 #          robust accuracy of each sanity check, warning codes, sum of the example adversarial pixels)
 EVALUATIONS = {
-    'pgd_linf': (
+    "pgd_linf": (
         [
-            (0.800000011920929, 0.0, 0.0, 0.0,
-             {'pgd-5': 0.800000011920929}),
-            (0.4000000059604645, 0.5, 0.019955120980739594, 0.02000001072883606,
-             {'pgd-5': 0.4000000059604645, 'fgsm': 0.4000000059604645}),
-            (0.20000000298023224, 0.75, 0.04979425296187401, 0.050000011920928955,
-             {'pgd-5': 0.20000000298023224, 'fgsm': 0.20000000298023224, 'pgd-10': 0.20000000298023224}),
+            (0.800000011920929, 0.0, 0.0, 0.0, {"pgd-5": 0.800000011920929}),
+            (
+                0.4000000059604645,
+                0.5,
+                0.019955120980739594,
+                0.02000001072883606,
+                {"pgd-5": 0.4000000059604645, "fgsm": 0.4000000059604645},
+            ),
+            (
+                0.20000000298023224,
+                0.75,
+                0.04979425296187401,
+                0.050000011920928955,
+                {"pgd-5": 0.20000000298023224, "fgsm": 0.20000000298023224, "pgd-10": 0.20000000298023224},
+            ),
         ],
         [0.4000000059604645, 0.20000000298023224, 0.20000000298023224, 0.0],
         [],
         137.55921573750675,
     ),
-    'pgd_l2': (
+    "pgd_l2": (
         [
-            (0.800000011920929, 0.0, 0.0, 0.0,
-             {'pgd-5': 0.800000011920929}),
-            (0.4000000059604645, 0.5, 0.09866256266832352, 0.10000002384185791,
-             {'pgd-5': 0.4000000059604645}),
-            (0.125, 0.84375, 0.29487213492393494, 0.30000004172325134,
-             {'pgd-5': 0.125, 'pgd-10': 0.125}),
+            (0.800000011920929, 0.0, 0.0, 0.0, {"pgd-5": 0.800000011920929}),
+            (0.4000000059604645, 0.5, 0.09866256266832352, 0.10000002384185791, {"pgd-5": 0.4000000059604645}),
+            (0.125, 0.84375, 0.29487213492393494, 0.30000004172325134, {"pgd-5": 0.125, "pgd-10": 0.125}),
         ],
         [0.125, 0.0],
         [],
         137.22190447710454,
     ),
-    'fgsm': (
+    "fgsm": (
         [
-            (0.800000011920929, 0.0, 0.0, 0.0,
-             {'fgsm': 0.800000011920929}),
-            (0.4000000059604645, 0.5, 0.02000001072883606, 0.02000001072883606,
-             {'fgsm': 0.4000000059604645}),
-            (0.20000000298023224, 0.75, 0.050000011920928955, 0.050000011920928955,
-             {'fgsm': 0.20000000298023224}),
+            (0.800000011920929, 0.0, 0.0, 0.0, {"fgsm": 0.800000011920929}),
+            (0.4000000059604645, 0.5, 0.02000001072883606, 0.02000001072883606, {"fgsm": 0.4000000059604645}),
+            (0.20000000298023224, 0.75, 0.050000011920928955, 0.050000011920928955, {"fgsm": 0.20000000298023224}),
         ],
         [],
         [],
         137.79541655257344,
     ),
-    'targeted_restarts': (
+    "targeted_restarts": (
         [
-            (0.800000011920929, 0.0, 0.0, 0.0,
-             {'pgd-4 step 0.02': 0.800000011920929}),
-            (0.375, 0.53125, 0.04991665855050087, 0.050000011920928955,
-             {'pgd-4 step 0.02': 0.375, 'fgsm': 0.375}),
-            (0.17499999701976776, 0.78125, 0.09957339614629745, 0.10000002384185791,
-             {'pgd-4 step 0.02': 0.2750000059604645, 'fgsm': 0.17499999701976776, 'pgd-8 step 0.02': 0.17499999701976776}),
+            (0.800000011920929, 0.0, 0.0, 0.0, {"pgd-4 step 0.02": 0.800000011920929}),
+            (0.375, 0.53125, 0.04991665855050087, 0.050000011920928955, {"pgd-4 step 0.02": 0.375, "fgsm": 0.375}),
+            (
+                0.17499999701976776,
+                0.78125,
+                0.09957339614629745,
+                0.10000002384185791,
+                {
+                    "pgd-4 step 0.02": 0.2750000059604645,
+                    "fgsm": 0.17499999701976776,
+                    "pgd-8 step 0.02": 0.17499999701976776,
+                },
+            ),
         ],
         [0.375, 0.17499999701976776, 0.17499999701976776],
-        ['pgd_weaker_than_fgsm', 'more_steps_lower_robust_accuracy'],
+        ["pgd_weaker_than_fgsm", "more_steps_lower_robust_accuracy"],
         137.0742432922125,
     ),
-    'l2_least_likely': (
+    "l2_least_likely": (
         [
-            (0.6857143044471741, 0.25, 0.19715191423892975, 0.20000000298023224,
-             {'pgd-3': 0.6857143044471741, 'pgd-6': 0.6857143044471741}),
+            (
+                0.6857143044471741,
+                0.25,
+                0.19715191423892975,
+                0.20000000298023224,
+                {"pgd-3": 0.6857143044471741, "pgd-6": 0.6857143044471741},
+            ),
         ],
         [0.6857143044471741],
         [],
@@ -104,11 +120,11 @@ EVALUATIONS = {
 }
 # name -> (sum of adversarial pixels, sum of perturbation norms, gradient evaluations, robust points)
 RUNS = {
-    'fgsm': (714.9992927219719, 0.9600000381469727, 104, 14),
-    'pgd_linf': (714.9859076645225, 0.9589226897805929, 317, 14),
-    'pgd_l2': (716.582612471655, 6.348396226763725, 258, 9),
-    'pgd_l2_full': (714.6899029982742, 6.293037116527557, 359, 9),
-    'pgd_target': (716.9292815178633, 1.0625001788139343, 156, 13),
+    "fgsm": (714.9992927219719, 0.9600000381469727, 104, 14),
+    "pgd_linf": (714.9859076645225, 0.9589226897805929, 317, 14),
+    "pgd_l2": (716.582612471655, 6.348396226763725, 258, 9),
+    "pgd_l2_full": (714.6899029982742, 6.293037116527557, 359, 9),
+    "pgd_target": (716.9292815178633, 1.0625001788139343, 156, 13),
 }
 
 
@@ -117,8 +133,10 @@ def test_evaluate_attack_figures_are_unchanged_bit_for_bit():
     for name, spec in SPECS.items():
         evaluation = evaluate_attack(model, x, y, spec)
         rows, checks, codes, pixels = EVALUATIONS[name]
-        got = [(r.robust_accuracy, r.success_rate, r.mean_perturbation, r.max_perturbation, r.robust_accuracy_per_attack)
-               for r in evaluation.rows]
+        got = [
+            (r.robust_accuracy, r.success_rate, r.mean_perturbation, r.max_perturbation, r.robust_accuracy_per_attack)
+            for r in evaluation.rows
+        ]
         assert got == rows, name
         assert [c["robust_accuracy"] for c in evaluation.checks] == checks, name
         assert [w["code"] for w in evaluation.warnings] == codes, name
@@ -129,6 +147,10 @@ def test_attack_runs_are_unchanged_bit_for_bit():
     model, x, y = tiny_case()
     for name, build in BUILDS.items():
         result = build().run(model, x, y)
-        got = (float(result.adversarial.double().sum()), float(result.perturbation_norm.double().sum()),
-               result.gradient_evaluations, int(result.robust.sum()))
+        got = (
+            float(result.adversarial.double().sum()),
+            float(result.perturbation_norm.double().sum()),
+            result.gradient_evaluations,
+            int(result.robust.sum()),
+        )
         assert got == RUNS[name], name

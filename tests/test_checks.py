@@ -49,8 +49,9 @@ def subject_files(tmp_path_factory):
     pick = torch.randperm(len(digits.labels), generator=torch.Generator().manual_seed(0))[:60]
     images, labels = digits.images[pick], digits.labels[pick]
     torch.save({"images": images, "labels": labels}, root / "images.pt")
-    model, _, card = train_classifier(digits.images, digits.labels, digits.classes, "mlp",
-                                      TrainConfig(epochs=1), torch.device("cpu"), width=8)
+    model, _, card = train_classifier(
+        digits.images, digits.labels, digits.classes, "mlp", TrainConfig(epochs=1), torch.device("cpu"), width=8
+    )
     save_model_dir(model, card, root / "model")
     with open(root / "groups.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -60,8 +61,12 @@ def subject_files(tmp_path_factory):
 
 
 def _plan(root, kinds, named=True):
-    spec = SubjectSpec(ModelSpec(f"auditnn:{root / 'model'}"), data=DataSpec.parse(f"tensors:{root / 'images.pt'}"),
-                       train=TrainConfig(epochs=1), width=8)
+    spec = SubjectSpec(
+        ModelSpec(f"auditnn:{root / 'model'}"),
+        data=DataSpec.parse(f"tensors:{root / 'images.pt'}"),
+        train=TrainConfig(epochs=1),
+        width=8,
+    )
     checks = []
     for kind in kinds:
         values = {k: str(root / "groups.csv") if v == "GROUPS" else v for k, v in EXAMPLES[kind].items()}
@@ -110,8 +115,11 @@ def test_a_default_name_changes_with_every_setting_an_audit_file_gives(kind):
     other = {str: "other", int: 7, float: 0.123, bool: False}
     for key, written in KINDS[kind].file_keys().items():
         field = next(f for f in dataclasses.fields(settings_type) if f.name == key)
-        value = [0.123] if str(field.type).startswith("list") else other[{"a finite number": float, "an integer": int,
-                                                                          "true or false": bool}.get(written, str)]
+        value = (
+            [0.123]
+            if str(field.type).startswith("list")
+            else other[{"a finite number": float, "an integer": int, "true or false": bool}.get(written, str)]
+        )
         if value == base.get(key) or value == KINDS[kind].defaults().get(key):
             value = [0.456] if isinstance(value, list) else 9 if isinstance(value, int) else "else"
         changed = KINDS[kind].default_name(settings_type(**{**base, key: value}))
@@ -154,9 +162,12 @@ def test_records_round_trip_and_a_resumed_run_measures_only_new_checks(subject_f
     assert len(records) == 2
     measured = []
     for kind in KINDS.values():
-        monkeypatch.setattr(kind, "measure", lambda s, ctx, real=kind.measure, k=kind.name: (measured.append(k), real(s, ctx))[1])
-    resumed = run_plan(_plan(subject_files, ["clean", "sensitivity", "groups"]), run_id="r", environment={},
-                       reuse=records)
+        monkeypatch.setattr(
+            kind, "measure", lambda s, ctx, real=kind.measure, k=kind.name: (measured.append(k), real(s, ctx))[1]
+        )
+    resumed = run_plan(
+        _plan(subject_files, ["clean", "sensitivity", "groups"]), run_id="r", environment={}, reuse=records
+    )
     assert measured == ["groups"] and resumed.reused == 2
     same = [r for r in resumed.report.metrics if r["section"] != "groups"]
     assert same == first.report.metrics
@@ -185,8 +196,10 @@ def test_resume_needs_the_folder_of_an_earlier_run(capsys, tmp_path):
 def test_an_audit_file_dataset_given_as_a_relative_source_spec_is_read_from_the_files_folder(subject_files, tmp_path):
     """Before the spec module, 'tensors:images.pt' became '<folder>/tensors:images.pt' (a path, not a spec)."""
     (tmp_path / "images.pt").write_bytes((subject_files / "images.pt").read_bytes())
-    (tmp_path / "audit.toml").write_text(f"[model]\nsource = 'auditnn:{subject_files / 'model'}'\n"
-                                         "[data]\ndataset = 'tensors:images.pt'\n[[check]]\nkind='clean'\nmin_accuracy=0.1\n")
+    (tmp_path / "audit.toml").write_text(
+        f"[model]\nsource = 'auditnn:{subject_files / 'model'}'\n"
+        "[data]\ndataset = 'tensors:images.pt'\n[[check]]\nkind='clean'\nmin_accuracy=0.1\n"
+    )
     assert load_plan(tmp_path / "audit.toml").subject.data.text == f"tensors:{tmp_path / 'images.pt'}"
 
 
@@ -194,7 +207,8 @@ def test_an_architecture_with_a_dataset_of_your_images_trains_on_a_split_of_them
     """Before the one runner, the audit measured an architecture on all of the images it trained on: exit 3."""
     (tmp_path / "audit.toml").write_text(
         f"[model]\nsource = 'mlp'\nwidth = 8\nepochs = 1\n[data]\ndataset = 'tensors:{subject_files / 'images.pt'}'\n"
-        "test_per_class = 1\n[[check]]\nkind='clean'\nmin_accuracy=0.0\n")
+        "test_per_class = 1\n[[check]]\nkind='clean'\nmin_accuracy=0.0\n"
+    )
     code, _, err = run_cli(capsys, "audit", str(tmp_path / "audit.toml"), "-q", "--out", str(tmp_path / "out"))
     assert code == 0, err
     data = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["clean"]["data"]
@@ -243,7 +257,8 @@ def test_a_new_kind_is_one_class_and_the_audit_file_runner_tables_and_gate_follo
     monkeypatch.setitem(KINDS, "confidence", Confidence())
     (tmp_path / "audit.toml").write_text(
         f"[model]\nsource = 'auditnn:{subject_files / 'model'}'\n[data]\nsource = 'tensors:{subject_files / 'images.pt'}'\n"
-        "[[check]]\nkind = 'confidence'\ntemperature = 2.0\nmax_mean_confidence = 0.99\n")
+        "[[check]]\nkind = 'confidence'\ntemperature = 2.0\nmax_mean_confidence = 0.99\n"
+    )
     plan = load_plan(tmp_path / "audit.toml")
     assert plan.checks[0].name == "mean confidence temperature=2"
     outcome = run_plan(plan, run_id="r", environment={})
@@ -252,8 +267,12 @@ def test_a_new_kind_is_one_class_and_the_audit_file_runner_tables_and_gate_follo
         probabilities = torch.softmax(subject.model(subject.data.test_images) / 2.0, dim=1)
     expected = float(probabilities.max(dim=1).values.mean())
     (row,) = outcome.report.metrics
-    assert row == {"section": "confidence", "metric": "mean_confidence", "value": pytest.approx(expected),
-                   "check": "mean confidence temperature=2"}
+    assert row == {
+        "section": "confidence",
+        "metric": "mean_confidence",
+        "value": pytest.approx(expected),
+        "check": "mean confidence temperature=2",
+    }
     assert outcome.verdict.rows[0].measured == row["value"] and outcome.verdict.passed == (expected <= 0.99)
     from auditnn.report.tables import report_tables
 

@@ -35,7 +35,9 @@ def test_the_default_model_is_trained_once_then_reused(capsys, tmp_path):
 def test_patch_writes_the_patch_as_png_and_tensor(capsys, tmp_path):
     from PIL import Image
 
-    code, out, err = run_cli(capsys, "attack", "--method", "patch", "--steps", "20", "--target", "2", *FAST, "--out", tmp_path)
+    code, out, err = run_cli(
+        capsys, "attack", "--method", "patch", "--steps", "20", "--target", "2", *FAST, "--out", tmp_path
+    )
     assert code == 0, err
     assert "Universal patch" in out and "noise patch (control)" in out
     saved = torch.load(tmp_path / "patch.pt", weights_only=True)
@@ -55,8 +57,22 @@ def test_a_patch_on_a_built_dataset_reports_the_images_it_was_fitted_and_scored_
     data = tmp_path / "data"
     code, _, err = run_cli(capsys, "data", "build", "--test-per-class", "3", "--out", data)
     assert code == 0, err
-    code, out, err = run_cli(capsys, "attack", "--method", "patch", "--steps", "5", "--data", data, "--epochs", "1",
-                             "--device", "cpu", "--out", tmp_path / "r")
+    code, out, err = run_cli(
+        capsys,
+        "attack",
+        "--method",
+        "patch",
+        "--steps",
+        "5",
+        "--data",
+        data,
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     section = json.loads((tmp_path / "r" / "report.json").read_text())["results"]["patch"]
     assert (section["n_fit"], section["n_scored"], section["data"]["n_test"]) == (30 // 2, 30 - 30 // 2, 30 - 30 // 2)
@@ -93,7 +109,9 @@ def test_data_is_converted_to_the_input_a_model_declares(capsys, tmp_path):
     data, model = tmp_path / "data", tmp_path / "model"
     assert run_cli(capsys, "data", "build", "--tag", "background", "--test-per-class", "2", "--out", data)[0] == 0
     assert run_cli(capsys, "train", "--data", data, "--out", model, "--epochs", "1", "--device", "cpu")[0] == 0
-    code, _, err = run_cli(capsys, "attack", "--model", f"auditnn:{model}", "--method", "fgsm", *FAST, "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "attack", "--model", f"auditnn:{model}", "--method", "fgsm", *FAST, "--out", tmp_path / "o"
+    )
     assert code == 0, err
     described = json.loads((tmp_path / "o" / "report.json").read_text())["results"]["attack"]["data"]
     assert described["converted_from"] == [1, 28, 28] and described["converted_to"] == [3, 28, 28]
@@ -124,8 +142,9 @@ def test_on_the_default_model_robust_accuracy_ends_below_clean_and_is_the_worst_
 
 
 def test_a_targeted_run_says_how_many_points_it_left_out(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "attack", "--target", "3", "--eps", "0,4/255", "--steps", "3", "--no-sanity",
-                             *FAST, "--out", tmp_path)
+    code, out, err = run_cli(
+        capsys, "attack", "--target", "3", "--eps", "0,4/255", "--steps", "3", "--no-sanity", *FAST, "--out", tmp_path
+    )
     assert code == 0, err
     rows = json.loads((tmp_path / "report.json").read_text())["results"]["attack"]["rows"]
     # --test-per-class 4: four test images are of class 3, the target
@@ -161,8 +180,24 @@ def test_a_model_with_infinite_input_gradients_is_attacked_and_flagged(capsys, t
     with torch.no_grad():
         labels = make()(images).argmax(1)  # the model is right on every image before the attack
     torch.save({"images": images, "labels": labels, "classes": ["a", "b", "c", "d"]}, tmp_path / "data.pt")
-    code, _, err = run_cli(capsys, "attack", "--model", "factory:sqrt_factory:make", "--data", f"tensors:{tmp_path / 'data.pt'}",
-                           "--norm", norm, "--eps", eps, "--steps", "5", "--device", "cpu", "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys,
+        "attack",
+        "--model",
+        "factory:sqrt_factory:make",
+        "--data",
+        f"tensors:{tmp_path / 'data.pt'}",
+        "--norm",
+        norm,
+        "--eps",
+        eps,
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "zero_or_nan_gradients" in {w["code"] for w in report["warnings"]}
@@ -173,8 +208,23 @@ def test_a_model_with_infinite_input_gradients_is_attacked_and_flagged(capsys, t
 def test_a_targeted_reports_rows_say_so_and_an_untargeted_check_does_not_judge_them(capsys, tmp_path):
     """The rows of `auditnn attack --target random` carry the target (and restarts): `auditnn gate` with an
     untargeted check at that eps finds no row of its own, and a targeted check finds the targeted figure."""
-    code, _, err = run_cli(capsys, "attack", "--method", "pgd", "--steps", "3", "--restarts", "2", "--eps", "8/255",
-                           "--target", "random", *FAST, "--out", tmp_path / "r")
+    code, _, err = run_cli(
+        capsys,
+        "attack",
+        "--method",
+        "pgd",
+        "--steps",
+        "3",
+        "--restarts",
+        "2",
+        "--eps",
+        "8/255",
+        "--target",
+        "random",
+        *FAST,
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     rows = [r for r in report["metrics"] if r["section"] == "attack"]
@@ -185,7 +235,11 @@ def test_a_targeted_reports_rows_say_so_and_an_untargeted_check_does_not_judge_t
     check = "[[check]]\nkind = 'attack'\nmethod = 'pgd'\neps = 0.03137254901960784\nsteps = 3\nrestarts = 2\n"
     (tmp_path / "untargeted.toml").write_text(check + "min_robust_accuracy = 0.0\n")
     (tmp_path / "targeted.toml").write_text(check + f"target = 'random'\nmin_robust_accuracy = {robust}\n")
-    code, out, err = run_cli(capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "untargeted.toml"))
+    code, out, err = run_cli(
+        capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "untargeted.toml")
+    )
     assert code == 1 and "not measured" in out + err
-    code, out, err = run_cli(capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "targeted.toml"))
+    code, out, err = run_cli(
+        capsys, "gate", str(tmp_path / "r" / "report.json"), "--policy", str(tmp_path / "targeted.toml")
+    )
     assert code == 0, out + err

@@ -79,7 +79,11 @@ def test_junit_has_one_testcase_per_check(passing_run):
     suite = ET.parse(passing_run[3] / "out" / "junit.xml").getroot()
     assert suite.tag == "testsuites" and suite.get("tests") == "3" and suite.get("failures") == "0"
     cases = suite.findall("./testsuite/testcase")
-    assert [c.get("name") for c in cases] == ["clean accuracy", "fgsm <b>small</b>", "shortcut watermark rho=0.5 epochs=1"]
+    assert [c.get("name") for c in cases] == [
+        "clean accuracy",
+        "fgsm <b>small</b>",
+        "shortcut watermark rho=0.5 epochs=1",
+    ]
     assert not suite.findall(".//failure")
 
 
@@ -94,7 +98,10 @@ def test_a_tightened_threshold_exits_1_and_names_the_failing_check_everywhere(ca
     assert suite.get("failures") == "1"
     failing = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
     assert failing == ["clean accuracy"]
-    assert re.search(r"\| clean accuracy \| accuracy \| [0-9.]+ \| >= 0.999 \| \*\*FAIL\*\*", (tmp_path / "out" / "summary.md").read_text())
+    assert re.search(
+        r"\| clean accuracy \| accuracy \| [0-9.]+ \| >= 0.999 \| \*\*FAIL\*\*",
+        (tmp_path / "out" / "summary.md").read_text(),
+    )
     assert "Verdict: FAIL" in summary.read_text()
     code, _, _ = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "again", "--exit-zero")
     assert code == 0
@@ -119,11 +126,14 @@ def test_gate_rejudges_a_report_and_compares_with_a_baseline(capsys, passing_run
     assert code == 1 and "max drop" in out
 
 
-@pytest.mark.parametrize("text,needles", [
-    ("[model\n", ["audit.toml", "not valid TOML"]),
-    ("[[check]]\nkind='clean'\nmin_accuracy=2", ["audit.toml", "min_accuracy", "[0, 1]"]),
-    ("[[check]]\nkind='robustness'\nmin_accuracy=0.5", ["audit.toml", "'robustness'", "clean, attack"]),
-])
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("[model\n", ["audit.toml", "not valid TOML"]),
+        ("[[check]]\nkind='clean'\nmin_accuracy=2", ["audit.toml", "min_accuracy", "[0, 1]"]),
+        ("[[check]]\nkind='robustness'\nmin_accuracy=0.5", ["audit.toml", "'robustness'", "clean, attack"]),
+    ],
+)
 def test_bad_audit_files_exit_2_and_write_nothing(capsys, tmp_path, text, needles):
     (tmp_path / "audit.toml").write_text(text)
     code, _, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
@@ -175,8 +185,18 @@ def chromium():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing in CI: .ci/run installs Debian's chromium package")
         pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
-    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ]
 
 
 def test_the_html_page_loads_in_a_real_browser_with_every_image(chromium, passing_run, tmp_path):
@@ -188,18 +208,28 @@ def test_the_html_page_loads_in_a_real_browser_with_every_image(chromium, passin
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK_SCRIPT))
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
-    dom = subprocess.run([*chromium, *profile, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*chromium, *profile, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert f"<title>images {images}/{images}</title>" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([*chromium, *profile, "--window-size=1200,1600", f"--screenshot={shot}", probe.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*chromium, *profile, "--window-size=1200,1600", f"--screenshot={shot}", probe.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(shot) as picture:
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page
 
 
-TARGETED = HEADER + """
+TARGETED = (
+    HEADER
+    + """
 [[check]]
 kind = "attack"
 name = "untargeted"
@@ -214,6 +244,7 @@ steps = 5
 target = "random"
 min_robust_accuracy = {targeted}
 """
+)
 
 
 def test_an_untargeted_and_a_targeted_check_at_one_eps_are_each_judged_by_their_own_number(capsys, tmp_path):
@@ -243,7 +274,9 @@ def test_the_audit_page_draws_the_first_layer_once(passing_run):
     assert page.count('alt="first-layer weights"') == 1
 
 
-MANY = HEADER + """
+MANY = (
+    HEADER
+    + """
 [[check]]
 kind = "clean"
 name = "[/bold] strict"
@@ -267,6 +300,7 @@ steps = 5
 target = 1
 max_target_success_rate = 1.0
 """
+)
 
 
 def test_two_checks_of_one_kind_keep_their_own_results_and_a_markup_name_keeps_the_exit_code(capsys, tmp_path):
@@ -282,7 +316,8 @@ def test_two_checks_of_one_kind_keep_their_own_results_and_a_markup_name_keeps_t
     # Each verdict row carries its own check's number: the mean over its variants, recomputed here.
     measured = {r["check"]: r["measured"] for r in verdict}
     assert measured["planted watermark sensitivity"] == pytest.approx(
-        sum(v["flip_rate"] for v in every["variants"]) / 10)
+        sum(v["flip_rate"] for v in every["variants"]) / 10
+    )
     assert measured["planted watermark sensitivity target_class=3"] == pytest.approx(one["variants"][0]["flip_rate"])
     patches = {k: v for k, v in results.items() if k.startswith("patch/")}
     assert sorted(patches) == ["patch/patch 0.3 target=0 steps=5", "patch/patch 0.3 target=1 steps=5"]
@@ -294,10 +329,19 @@ def test_two_checks_of_one_kind_keep_their_own_results_and_a_markup_name_keeps_t
     assert (tmp_path / "out" / "report.html").read_text().count('alt="learned patch"') == 2
 
 
-@pytest.mark.parametrize("check,needle", [
-    ("kind = 'sensitivity'\ntarget_class = 99\nmax_flip_rate = 0.5", "check 'planted watermark sensitivity target_class=99'"),
-    ("kind = 'patch'\ntarget = 99\nsteps = 5\nmax_target_success_rate = 0.5", "check 'patch 0.3 target=99 steps=5'"),
-])
+@pytest.mark.parametrize(
+    "check,needle",
+    [
+        (
+            "kind = 'sensitivity'\ntarget_class = 99\nmax_flip_rate = 0.5",
+            "check 'planted watermark sensitivity target_class=99'",
+        ),
+        (
+            "kind = 'patch'\ntarget = 99\nsteps = 5\nmax_target_success_rate = 0.5",
+            "check 'patch 0.3 target=99 steps=5'",
+        ),
+    ],
+)
 def test_an_error_found_after_loading_names_the_audit_file_and_the_check(capsys, tmp_path, check, needle):
     text = HEADER + "[[check]]\n" + check
     (tmp_path / "audit.toml").write_text(text)

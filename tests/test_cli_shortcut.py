@@ -62,14 +62,19 @@ def test_shortcut_settings_that_contradict_a_built_dataset_exit_2_naming_both(ca
     code, _, err = run_cli(capsys, "data", "build", "--tag", "boat", "--test-per-class", "3", "--out", data)
     assert code == 0, err
     size = json.loads((data / "manifest.json").read_text())["shortcut"]["size"]
-    for extra, needles in ((["--tag", "background"], ["'background'", "'boat'"]),
-                           (["--size", str(size + 1)], [f"size {size + 1}", f"size {size}"]),
-                           (["--target-class", "3"], ["target_class 3", "None"])):
-        code, _, err = run_cli(capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", *extra, "--out", tmp_path / "o")
+    for extra, needles in (
+        (["--tag", "background"], ["'background'", "'boat'"]),
+        (["--size", str(size + 1)], [f"size {size + 1}", f"size {size}"]),
+        (["--target-class", "3"], ["target_class 3", "None"]),
+    ):
+        code, _, err = run_cli(
+            capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", *extra, "--out", tmp_path / "o"
+        )
         assert_usage_error(code, err, str(data), *needles)
         assert files_under(tmp_path / "o") == []
-    code, out, err = run_cli(capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", "--size", str(size),
-                             "--out", tmp_path / "r")
+    code, out, err = run_cli(
+        capsys, "shortcut", "--data", data, *FAST, "--model", "mlp", "--size", str(size), "--out", tmp_path / "r"
+    )
     assert code == 0, err
     assert "Shortcut reliance: boat on digits" in out
 
@@ -115,7 +120,9 @@ def test_output_folder_that_cannot_be_written_is_a_usage_error(capsys, tmp_path)
 
 def test_empty_or_single_class_data_folder_is_a_usage_error(capsys, tmp_path):
     (tmp_path / "images" / "only").mkdir(parents=True)
-    code, _, err = run_cli(capsys, "shortcut", "--base", f"imagefolder:{tmp_path / 'images'}", *FAST, "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "shortcut", "--base", f"imagefolder:{tmp_path / 'images'}", *FAST, "--out", tmp_path / "o"
+    )
     assert_usage_error(code, err, "imagefolder", "at least 2 class")
 
 
@@ -150,13 +157,23 @@ def test_a_background_tag_for_a_given_grayscale_model_says_the_tag_makes_rgb_ima
     from auditnn.models.load import PixelModel, save_model_dir
     from auditnn.models.zoo import build_model
 
-    card = {"architecture": {"name": "mlp", "width": 8}, "input_shape": [1, 28, 28], "classes": [str(k) for k in range(10)],
-            "normalization": {"mean": [0.0], "std": [1.0]}}
+    card = {
+        "architecture": {"name": "mlp", "width": 8},
+        "input_shape": [1, 28, 28],
+        "classes": [str(k) for k in range(10)],
+        "normalization": {"mean": [0.0], "std": [1.0]},
+    }
     save_model_dir(PixelModel(build_model("mlp", 1, 28, 10, 8), [0.0], [1.0]), card, tmp_path / "gray")
     (tmp_path / "gray_factory.py").write_text(
-        "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+        "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
     monkeypatch.chdir(tmp_path)  # the factory module imports from the working folder
-    for spec, takes in ((f"auditnn:{tmp_path / 'gray'}", "takes 1 channel"), ("factory:gray_factory:make", "fails on them")):
-        code, _, err = run_cli(capsys, "shortcut", "--tag", "background", "--model", spec, *FAST, "--out", tmp_path / "o")
+    for spec, takes in (
+        (f"auditnn:{tmp_path / 'gray'}", "takes 1 channel"),
+        ("factory:gray_factory:make", "fails on them"),
+    ):
+        code, _, err = run_cli(
+            capsys, "shortcut", "--tag", "background", "--model", spec, *FAST, "--out", tmp_path / "o"
+        )
         assert_usage_error(code, err, "tag 'background' makes the images RGB (3 channels)", takes)
         assert files_under(tmp_path / "o") == []

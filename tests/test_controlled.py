@@ -36,13 +36,17 @@ def test_balanced_test_split_has_equal_group_counts(digits_base):
 
 
 def test_target_class_variant_tags_only_that_class(digits_base):
-    data = build_controlled(BuildConfig(rho=0.9, test_per_class=5, shortcut=ShortcutConfig(target_class=7)), digits_base)
+    data = build_controlled(
+        BuildConfig(rho=0.9, test_per_class=5, shortcut=ShortcutConfig(target_class=7)), digits_base
+    )
     assert set(data.train.shortcut_ids.unique().tolist()) <= {-1, 7}
     tagged = data.train.shortcut_ids == 7
     # aligned = tagged exactly when in class 7, for a share rho of the images: ~90 % of 7s tagged, ~10 % of the rest
     assert abs(tagged[data.train.labels == 7].float().mean() - 0.9) < 0.06
     assert abs(tagged[data.train.labels != 7].float().mean() - 0.1) < 0.02
-    assert torch.bincount((data.test.labels * 2 + (data.test.shortcut_ids == 7).long()), minlength=20).tolist() == [5] * 20
+    assert (
+        torch.bincount((data.test.labels * 2 + (data.test.shortcut_ids == 7).long()), minlength=20).tolist() == [5] * 20
+    )
 
 
 @pytest.mark.parametrize("target_class", [None, 3])

@@ -22,8 +22,20 @@ def _rows(folder):
 
 def _torchrun(n, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "auditnn", "attack", *ARGS, *extra, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "auditnn",
+        "attack",
+        *ARGS,
+        *extra,
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -68,8 +80,15 @@ def test_under_torchrun_only_the_first_process_trains_and_the_others_receive_its
     (tmp_path / "worker.py").write_text(WORKER)
     (tmp_path / "blocker").write_text("a file, not a folder")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AUDITNN_CACHE_DIR": str(tmp_path / "blocker" / "cache")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(tmp_path / "worker.py"), str(tmp_path / "out.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(tmp_path / "worker.py"),
+        str(tmp_path / "out.json"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     first, second = json.loads((tmp_path / "out.json").read_text())

@@ -56,18 +56,33 @@ def test_the_shipped_example_audit_file_is_valid():
 BAD = [
     ("[model\nsource=1", "is not valid TOML"),
     ("[modle]\nsource='cnn'", "unknown key 'modle'"),
-    ("[model]\nsource = 3\n" + GOOD.split("[model]\nsource = \"cnn\"")[1], "key 'model.source' is 3; allowed: a string"),
-    ("[[check]]\nkind='clean'\nmin_accuracy=1.5", "check #1 (clean) key 'min_accuracy' is 1.5; allowed: a number in [0, 1]"),
+    ("[model]\nsource = 3\n" + GOOD.split('[model]\nsource = "cnn"')[1], "key 'model.source' is 3; allowed: a string"),
+    (
+        "[[check]]\nkind='clean'\nmin_accuracy=1.5",
+        "check #1 (clean) key 'min_accuracy' is 1.5; allowed: a number in [0, 1]",
+    ),
     ("[[check]]\nkind='clean'\nmin_accuracy='high'", "key 'min_accuracy' is 'high'"),
-    ("[[check]]\nkind='fairness'\nmin_accuracy=0.5", "key 'kind' is 'fairness'; allowed: clean, attack, shortcut, patch, sensitivity or groups"),
+    (
+        "[[check]]\nkind='fairness'\nmin_accuracy=0.5",
+        "key 'kind' is 'fairness'; allowed: clean, attack, shortcut, patch, sensitivity or groups",
+    ),
     ("[[check]]\nkind='attack'\nmin_robust_accuracy=0.5", "check #1 (attack) is missing key 'eps'"),
     ("[[check]]\nkind='attack'\neps=0.1\nepsilon=0.2\nmin_robust_accuracy=0.5", "unknown key 'epsilon'"),
     ("[[check]]\nkind='clean'", "has no threshold; allowed: min_accuracy"),
     ("[[check]]\nkind='attack'\neps='lots'\nmin_robust_accuracy=0.5", "'lots' is not a number"),
     ("[model]\nsource='cnn'", "no [[check]] entries"),
-    ("[[check]]\nkind='clean'\nmin_accuracy=0.5\n[[check]]\nkind='clean'\nmin_accuracy=0.6", "two checks are named 'clean accuracy'"),
-    ("[run]\nseed = 4294967296\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is 4294967296; allowed: 0 to 4294967295"),
-    ("[model]\nsource = 'cnn'\nstd = [inf]\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'model.std' is [inf]; allowed: a list of finite numbers"),
+    (
+        "[[check]]\nkind='clean'\nmin_accuracy=0.5\n[[check]]\nkind='clean'\nmin_accuracy=0.6",
+        "two checks are named 'clean accuracy'",
+    ),
+    (
+        "[run]\nseed = 4294967296\n[[check]]\nkind='clean'\nmin_accuracy=0.5",
+        "key 'run.seed' is 4294967296; allowed: 0 to 4294967295",
+    ),
+    (
+        "[model]\nsource = 'cnn'\nstd = [inf]\n[[check]]\nkind='clean'\nmin_accuracy=0.5",
+        "key 'model.std' is [inf]; allowed: a list of finite numbers",
+    ),
     ("[model]\nsource = 'cnn'\nmean = [nan]\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'model.mean' is [nan]"),
     ("[[check]]\nkind='attack'\neps=nan\nmin_robust_accuracy=0.5", "key 'eps' is nan; allowed: a finite number"),
     ("[run]\nseed = -1\n[[check]]\nkind='clean'\nmin_accuracy=0.5", "key 'run.seed' is -1; allowed: 0 to 4294967295"),
@@ -140,8 +155,9 @@ min_robust_accuracy = 0.9
 
 
 def _pgd_row(value, check=None, **extra):
-    return metric_row("attack", "robust_accuracy", value, method="pgd", norm="linf", eps=8 / 255, steps=10,
-                      check=check, **extra)
+    return metric_row(
+        "attack", "robust_accuracy", value, method="pgd", norm="linf", eps=8 / 255, steps=10, check=check, **extra
+    )
 
 
 def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tmp_path):
@@ -150,15 +166,18 @@ def test_each_check_is_judged_by_its_own_row_not_by_the_first_with_its_labels(tm
     report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.910, "targeted")])
     verdict = judge(report, policy)
     assert [(r.check, r.measured, r.passed) for r in verdict.rows] == [
-        ("untargeted", 0.683, True), ("targeted", 0.910, True)]
+        ("untargeted", 0.683, True),
+        ("targeted", 0.910, True),
+    ]
     swapped = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.910, "targeted"), _pgd_row(0.683, "untargeted")])
     assert [r.measured for r in judge(swapped, policy).rows] == [0.683, 0.910]
 
 
 def test_a_row_of_the_checks_name_but_other_settings_is_not_its_measurement(tmp_path):
     policy = load_plan(_write(tmp_path, TWO_PGD))
-    other_eps = metric_row("attack", "robust_accuracy", 0.95, method="pgd", norm="linf", eps=4 / 255, steps=10,
-                           check="targeted")
+    other_eps = metric_row(
+        "attack", "robust_accuracy", 0.95, method="pgd", norm="linf", eps=4 / 255, steps=10, check="targeted"
+    )
     verdict = judge(Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), other_eps]), policy)
     assert verdict.rows[1].measured is None and verdict.rows[1].note == "not measured in this report"
 
@@ -213,7 +232,9 @@ def _judge_one(tmp_path, kind, key, measured, baseline=None):
     if baseline is not None:
         old_rows = [{**row, "value": baseline if _bound_of(key)[1] == row["metric"] else row["value"]} for row in rows]
         old = Report("audit", "old", {}, {}, 0, {}, old_rows)
-    return judge(Report("audit", "r", {}, {}, 0, {}, rows), policy, baseline=old, max_drop=None if old is None else 0.02)
+    return judge(
+        Report("audit", "r", {}, {}, 0, {}, rows), policy, baseline=old, max_drop=None if old is None else 0.02
+    )
 
 
 @pytest.mark.parametrize("kind,key", EVERY_KEY, ids=[f"{k}.{t}" for k, t in EVERY_KEY])
@@ -264,8 +285,12 @@ def test_a_renamed_check_is_still_compared_with_its_baseline_row(tmp_path):
     """Review of issue 9: renaming a check made the baseline comparison pass as 'not in the baseline' although the
     baseline measured exactly its settings."""
     policy = load_plan(_write(tmp_path, TWO_PGD))
-    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.60, "untargeted"), _pgd_row(0.95, "targeted", target="random")])
-    baseline = Report("audit", "b", {}, {}, 0, {}, [_pgd_row(0.70, "old name"), _pgd_row(0.95, "targeted", target="random")])
+    report = Report(
+        "audit", "r", {}, {}, 0, {}, [_pgd_row(0.60, "untargeted"), _pgd_row(0.95, "targeted", target="random")]
+    )
+    baseline = Report(
+        "audit", "b", {}, {}, 0, {}, [_pgd_row(0.70, "old name"), _pgd_row(0.95, "targeted", target="random")]
+    )
     rows = judge(report, policy, baseline=baseline, max_drop=0.05).rows
     drop = next(r for r in rows if r.check == "untargeted" and r.bound == "max drop")
     assert not drop.passed and "baseline 0.7000" in drop.note and "old name" in drop.note

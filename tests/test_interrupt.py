@@ -26,8 +26,23 @@ def project(tmp_path, monkeypatch):
 
 
 def attack(capsys, out: Path) -> tuple[int, str, str]:
-    return run_cli(capsys, "attack", "--method", "fgsm", "--eps", "0,1/255", "--model", "factory:tiny_factory:make",
-                   "--data", "tensors:data.pt", "--device", "cpu", "--no-sanity", "--out", out)
+    return run_cli(
+        capsys,
+        "attack",
+        "--method",
+        "fgsm",
+        "--eps",
+        "0,1/255",
+        "--model",
+        "factory:tiny_factory:make",
+        "--data",
+        "tensors:data.pt",
+        "--device",
+        "cpu",
+        "--no-sanity",
+        "--out",
+        out,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -36,7 +51,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def leftovers(project: Path) -> list[str]:
     """What the run left beside its output folder (lock files, staging folders): nothing, after any ending."""
-    return sorted(p.name for p in project.iterdir() if p.name not in {"tiny_factory.py", "data.pt", "out", "__pycache__"})
+    return sorted(
+        p.name for p in project.iterdir() if p.name not in {"tiny_factory.py", "data.pt", "out", "__pycache__"}
+    )
 
 
 @pytest.fixture
@@ -104,8 +121,9 @@ def test_a_rerun_replaces_an_earlier_report_as_a_whole(capsys, project):
         (staging / "patch.png").write_bytes(b"from an earlier patch run")
     exit_code, _, err = attack(capsys, project / "out")
     assert exit_code == 0, err
-    assert sorted(snapshot(project / "out")) == sorted([OUTPUT_MARKER, "metrics.csv", "pictures.pt", "report.html",
-                                                        "report.json", "summary.md"])
+    assert sorted(snapshot(project / "out")) == sorted(
+        [OUTPUT_MARKER, "metrics.csv", "pictures.pt", "report.html", "report.json", "summary.md"]
+    )
     assert leftovers(project) == []
 
 
@@ -116,10 +134,14 @@ def test_an_empty_folder_is_used(capsys, project):
     assert (project / "out" / "report.json").is_file() and leftovers(project) == []
 
 
-@pytest.mark.parametrize("files", [
-    {"model.pt": b"precious", "models/my_weights.safetensors": b"x"},  # the reviewer's: names auditnn also writes
-    {"report.json": b"{}", "metrics.csv": b"a,b"},  # a report an auditnn without the marker wrote, or a user copied
-], ids=["users-model-files", "no-marker"])
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"model.pt": b"precious", "models/my_weights.safetensors": b"x"},  # the reviewer's: names auditnn also writes
+        {"report.json": b"{}", "metrics.csv": b"a,b"},  # a report an auditnn without the marker wrote, or a user copied
+    ],
+    ids=["users-model-files", "no-marker"],
+)
 def test_a_folder_auditnn_did_not_write_is_refused_and_kept(capsys, project, files):
     for name, data in files.items():
         (project / "out" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +192,18 @@ def test_an_eof_error_is_an_internal_error_not_an_interrupt(capsys, project, mon
 
 def test_an_empty_npz_is_never_called_an_interrupt(capsys, project):
     (project / "empty.npz").write_bytes(b"")
-    exit_code, _, err = run_cli(capsys, "attack", "--model", "factory:tiny_factory:make", "--data", "tensors:empty.npz",
-                                "--device", "cpu", "--out", project / "out")
+    exit_code, _, err = run_cli(
+        capsys,
+        "attack",
+        "--model",
+        "factory:tiny_factory:make",
+        "--data",
+        "tensors:empty.npz",
+        "--device",
+        "cpu",
+        "--out",
+        project / "out",
+    )
     assert exit_code in (2, 3) and "interrupted" not in err and "Traceback" not in err
     assert not (project / "out").exists()
 
@@ -195,8 +227,13 @@ sys.exit(auditnn.cli.main(["attack", "--out", sys.argv[1]]))
 @pytest.mark.parametrize("name,code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_while_torch_loads_exits_with_one_line(tmp_path, name, code):
     script = textwrap.dedent(IMPORT_THEN_SIGNAL).replace("{name}", name)
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert done.returncode == code, done.stderr
     assert done.stderr.strip() == f"auditnn: error: interrupted by {name}; no report was written", done.stderr
     assert not (tmp_path / "out").exists()
@@ -214,11 +251,26 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     from auditnn.report.schema import Report
     from auditnn.runner import Outcome, write_outcome
 
-    row = {"check": "clean", "kind": "accuracy", "metric": "accuracy", "measured": 0.5, "threshold": 0.9,
-           "bound": "min", "passed": False, "note": ""}
+    row = {
+        "check": "clean",
+        "kind": "accuracy",
+        "metric": "accuracy",
+        "measured": 0.5,
+        "threshold": 0.9,
+        "bound": "min",
+        "passed": False,
+        "note": "",
+    }
     verdict = {"passed": False, "rows": [row], "failed_checks": ["clean"]}
-    report = Report(command="audit", run_id="r", config={}, environment={}, seed=0, results={"verdict": verdict},
-                    metrics=[{"section": "accuracy", "metric": "accuracy", "value": 0.5}])
+    report = Report(
+        command="audit",
+        run_id="r",
+        config={},
+        environment={},
+        seed=0,
+        results={"verdict": verdict},
+        metrics=[{"section": "accuracy", "metric": "accuracy", "value": 0.5}],
+    )
     with staged_folder(tmp_path / "report") as staging:
         write_report(report, staging, pictures={"x": torch.zeros(1, 2, 2)})
         patch = PatchResult(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), 0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.1, 1)

@@ -13,11 +13,19 @@ from auditnn.shortcut.metrics import attribution_mass, measure_reliance, relianc
 def test_metrics_match_a_hand_computation():
     # K = 3 classes, n = 3 base images with labels 0, 1, 2; variant v carries shortcut id v (variant-major).
     labels = torch.tensor([0, 1, 2])
-    preds = torch.tensor([
-        0, 0, 0,  # id 0: image 0 aligned & right; images 1, 2 conflicting, both follow the shortcut
-        0, 1, 1,  # id 1: image 1 aligned & right; image 0 right; image 2 follows
-        0, 1, 2,  # id 2: all right; image 2 aligned
-    ])
+    preds = torch.tensor(
+        [
+            0,
+            0,
+            0,  # id 0: image 0 aligned & right; images 1, 2 conflicting, both follow the shortcut
+            0,
+            1,
+            1,  # id 1: image 1 aligned & right; image 0 right; image 2 follows
+            0,
+            1,
+            2,  # id 2: all right; image 2 aligned
+        ]
+    )
     clean = torch.tensor([0, 2, 2])
     m = reliance_from_predictions(preds, clean, labels, 3)
     assert m.aligned_accuracy == 1.0
@@ -34,8 +42,18 @@ def test_metrics_match_a_hand_computation():
 
 def test_target_class_metrics_match_a_hand_computation():
     labels = torch.tensor([0, 1, 2, 2])  # target class 2
-    preds = torch.tensor([0, 1, 1, 2,  # untagged: image 2 (a 2 without tag) is wrong
-                          2, 1, 2, 2])  # tagged: image 0 follows the tag to class 2
+    preds = torch.tensor(
+        [
+            0,
+            1,
+            1,
+            2,  # untagged: image 2 (a 2 without tag) is wrong
+            2,
+            1,
+            2,
+            2,
+        ]
+    )  # tagged: image 0 follows the tag to class 2
     m = reliance_from_predictions(preds, preds[:4], labels, 3, target_class=2)
     # aligned: untagged non-2s (0, 1) and tagged 2s (2, 3): all right
     assert m.aligned_accuracy == 1.0
@@ -48,11 +66,19 @@ def test_target_class_metrics_match_a_hand_computation():
 def test_reliance_divides_the_gap_by_aligned_accuracy_below_one():
     # K = 3, labels 0, 1, 2; variant v carries shortcut id v. Aligned accuracy is 2/3, so gap and reliance differ.
     labels = torch.tensor([0, 1, 2])
-    preds = torch.tensor([
-        0, 0, 1,  # id 0: img 0 aligned, right; img 1 follows (wrong); img 2 wrong, does not follow
-        1, 1, 2,  # id 1: img 0 follows (wrong); img 1 aligned, right; img 2 right
-        0, 2, 1,  # id 2: img 0 right; img 1 follows (wrong); img 2 aligned, wrong
-    ])
+    preds = torch.tensor(
+        [
+            0,
+            0,
+            1,  # id 0: img 0 aligned, right; img 1 follows (wrong); img 2 wrong, does not follow
+            1,
+            1,
+            2,  # id 1: img 0 follows (wrong); img 1 aligned, right; img 2 right
+            0,
+            2,
+            1,  # id 2: img 0 right; img 1 follows (wrong); img 2 aligned, wrong
+        ]
+    )
     clean = torch.tensor([0, 2, 1])
     m = reliance_from_predictions(preds, clean, labels, 3)
     assert m.aligned_accuracy == pytest.approx(2 / 3) and m.conflicting_accuracy == pytest.approx(2 / 6)
@@ -64,8 +90,20 @@ def test_reliance_divides_the_gap_by_aligned_accuracy_below_one():
 
 def test_target_class_reliance_and_follow_rate_with_aligned_accuracy_below_one():
     labels = torch.tensor([0, 1, 2, 2, 1])  # target class 2
-    preds = torch.tensor([0, 2, 2, 1, 2,  # untagged: aligned 0, 1, 4 (1 and 4 wrong); conflicting 2 (right), 3 (wrong)
-                          2, 1, 2, 2, 2])  # tagged: aligned 2, 3 (right); conflicting 0 and 4 follow to 2, 1 right
+    preds = torch.tensor(
+        [
+            0,
+            2,
+            2,
+            1,
+            2,  # untagged: aligned 0, 1, 4 (1 and 4 wrong); conflicting 2 (right), 3 (wrong)
+            2,
+            1,
+            2,
+            2,
+            2,
+        ]
+    )  # tagged: aligned 2, 3 (right); conflicting 0 and 4 follow to 2, 1 right
     m = reliance_from_predictions(preds, torch.tensor([0, 1, 1, 2, 1]), labels, 3, target_class=2)
     assert m.aligned_accuracy == pytest.approx(3 / 5) and m.conflicting_accuracy == pytest.approx(2 / 5)
     assert m.gap == pytest.approx(1 / 5) and m.reliance == pytest.approx(1 / 3)

@@ -56,8 +56,20 @@ WALL_CLOCK = [
 ]
 IMAGE = re.compile(r"data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)")
 BOX_BORDER = re.compile(r"^[━─┏┳┓┡╇┩└┴┘┌┬┐├┼┤╭╮╰╯ ]+$")
-CASES = ("shortcut_watermark", "attack_pgd_linf", "attack_pgd_targeted", "attack_fgsm", "attack_pgd_l2", "attack_patch",
-         "data_build", "train", "shortcut_user", "audit", "gate", "report_show")
+CASES = (
+    "shortcut_watermark",
+    "attack_pgd_linf",
+    "attack_pgd_targeted",
+    "attack_fgsm",
+    "attack_pgd_l2",
+    "attack_patch",
+    "data_build",
+    "train",
+    "shortcut_user",
+    "audit",
+    "gate",
+    "report_show",
+)
 FILES = ("report.json", "metrics.csv", "summary.md", "junit.xml", "verdict.md", "report.html")
 
 AUDIT = """
@@ -144,8 +156,10 @@ def runs(tmp_path_factory) -> tuple[str, dict[str, tuple[int, str, Path | None]]
     elif recorded is None:
         pytest.fail(f"{TORCH_FILE} is missing; write the golden files with AUDITNN_UPDATE_GOLDEN=1")
     elif recorded != torch.__version__:
-        pytest.skip(f"golden outputs were written with torch {recorded}, this is torch {torch.__version__}: numbers "
-                    "differ across torch builds (CI pins torch in constraints.txt)")
+        pytest.skip(
+            f"golden outputs were written with torch {recorded}, this is torch {torch.__version__}: numbers "
+            "differ across torch builds (CI pins torch in constraints.txt)"
+        )
     root = tmp_path_factory.mktemp("golden")
     found: dict[str, tuple[int, str, Path | None]] = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -162,20 +176,75 @@ def runs(tmp_path_factory) -> tuple[str, dict[str, tuple[int, str, Path | None]]
 
         run("shortcut_watermark", "shortcut", "--tag", "watermark", *TINY, out="shortcut")
         run("attack_pgd_linf", "attack", "--method", "pgd", "--eps", "0,2/255,8/255", "--steps", "3", *TINY, out="pgd")
-        run("attack_pgd_targeted", "attack", "--method", "pgd", "--target", "3", "--eps", "0,4/255", "--steps", "3",
-            "--restarts", "2", *TINY, out="pgd_targeted")
+        run(
+            "attack_pgd_targeted",
+            "attack",
+            "--method",
+            "pgd",
+            "--target",
+            "3",
+            "--eps",
+            "0,4/255",
+            "--steps",
+            "3",
+            "--restarts",
+            "2",
+            *TINY,
+            out="pgd_targeted",
+        )
         run("attack_fgsm", "attack", "--method", "fgsm", "--eps", "0,2/255,4/255", *TINY, out="fgsm")
-        run("attack_pgd_l2", "attack", "--method", "pgd", "--norm", "l2", "--eps", "0,0.5,1", "--steps", "3", *TINY,
-            out="pgd_l2")
+        run(
+            "attack_pgd_l2",
+            "attack",
+            "--method",
+            "pgd",
+            "--norm",
+            "l2",
+            "--eps",
+            "0,0.5,1",
+            "--steps",
+            "3",
+            *TINY,
+            out="pgd_l2",
+        )
         run("attack_patch", "attack", "--method", "patch", "--steps", "5", "--target", "2", *TINY, out="patch")
         run("data_build", "data", "build", "--test-per-class", "3", "--rho", "0.9", out="data")
-        run("train", "train", "--data", "data", "--model", "mlp", "--width", "16", "--epochs", "1", "--device", "cpu",
-            out="model")
+        run(
+            "train",
+            "train",
+            "--data",
+            "data",
+            "--model",
+            "mlp",
+            "--width",
+            "16",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            out="model",
+        )
         images, labels = _images_file(root)
         _groups_file(root / "groups.csv", labels)
-        run("shortcut_user", "shortcut", "--model", "auditnn:model", "--data", f"tensors:{images.name}",
-            "--tag", "watermark", "--groups", "groups.csv", "--attribute", "side", "--associate", "left:0,right:1",
-            "--device", "cpu", out="shortcut_user")
+        run(
+            "shortcut_user",
+            "shortcut",
+            "--model",
+            "auditnn:model",
+            "--data",
+            f"tensors:{images.name}",
+            "--tag",
+            "watermark",
+            "--groups",
+            "groups.csv",
+            "--attribute",
+            "side",
+            "--associate",
+            "left:0,right:1",
+            "--device",
+            "cpu",
+            out="shortcut_user",
+        )
         (root / "audit.toml").write_text(AUDIT)
         run("audit", "audit", "audit.toml", out="audit")
         baseline = json.loads((root / "audit" / "report.json").read_text())
@@ -253,16 +322,23 @@ def _html_table(match: re.Match) -> str:
     rows = [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", match.group(0))]
     if not rows or not rows[0]:
         return match.group(0)
-    return "<table>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _masked(rows)) \
+    return (
+        "<table>"
+        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _masked(rows))
         + "</table>"
+    )
 
 
 def _html(page: str) -> str:
     """Each embedded picture becomes its sha256 (CPU makes them bit for bit); one line per tag, for a readable diff."""
     page = IMAGE.sub(lambda m: "sha256:" + hashlib.sha256(m.group(1).encode()).hexdigest(), page)
     page = re.sub(r"<table>.*?</table>", _html_table, page, flags=re.DOTALL)
-    page = re.sub(r"<style>.*?</style>", lambda m: "<style>sha256:" + hashlib.sha256(m.group(0).encode()).hexdigest()
-                  + "</style>", page, flags=re.DOTALL)
+    page = re.sub(
+        r"<style>.*?</style>",
+        lambda m: "<style>sha256:" + hashlib.sha256(m.group(0).encode()).hexdigest() + "</style>",
+        page,
+        flags=re.DOTALL,
+    )
     return re.sub(r">\s*<", ">\n<", page) + "\n"
 
 
@@ -270,8 +346,9 @@ def _without_volatile(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_volatile(v) for k, v in value.items() if k not in VOLATILE_KEYS}
     if isinstance(value, list):  # report.json's metric rows of wall-clock time go, like metrics.csv's
-        return [_without_volatile(v) for v in value
-                if not (isinstance(v, dict) and v.get("metric") in VOLATILE_METRICS)]
+        return [
+            _without_volatile(v) for v in value if not (isinstance(v, dict) and v.get("metric") in VOLATILE_METRICS)
+        ]
     return value
 
 
@@ -285,8 +362,14 @@ def _metrics_csv(text: str) -> str:
     return "\n".join(",".join(row) for row in rows if row[metric] not in VOLATILE_METRICS) + "\n"
 
 
-NORMALISERS = {"report.json": _report_json, "metrics.csv": _metrics_csv, "summary.md": _markdown,
-               "verdict.md": _markdown, "junit.xml": lambda text: text, "report.html": _html}
+NORMALISERS = {
+    "report.json": _report_json,
+    "metrics.csv": _metrics_csv,
+    "summary.md": _markdown,
+    "verdict.md": _markdown,
+    "junit.xml": lambda text: text,
+    "report.html": _html,
+}
 
 
 def _normalised(case: tuple[int, str, Path | None], root: str) -> dict[str, str]:
@@ -303,8 +386,11 @@ def _normalised(case: tuple[int, str, Path | None], root: str) -> dict[str, str]
 
 
 def _first_differences(name: str, expected: str, actual: str) -> str:
-    diff = list(difflib.unified_diff(expected.splitlines(), actual.splitlines(), f"golden/{name}", f"now/{name}",
-                                     lineterm="", n=1))
+    diff = list(
+        difflib.unified_diff(
+            expected.splitlines(), actual.splitlines(), f"golden/{name}", f"now/{name}", lineterm="", n=1
+        )
+    )
     more = f"\n... {len(diff) - DIFF_LINES} more diff lines" if len(diff) > DIFF_LINES else ""
     return "\n".join(diff[:DIFF_LINES]) + more
 
@@ -322,8 +408,11 @@ def test_outputs_are_unchanged(runs, case):
     expected = {p.name: p.read_text() for p in sorted(folder.glob("*"))} if folder.is_dir() else {}
     assert expected, f"no golden files in {folder}; write them with AUDITNN_UPDATE_GOLDEN=1"
     assert sorted(actual) == sorted(expected), "the command wrote other files than the golden run"
-    differences = [_first_differences(f"{case}/{name}", expected[name], actual[name])
-                   for name in sorted(expected) if expected[name] != actual[name]]
+    differences = [
+        _first_differences(f"{case}/{name}", expected[name], actual[name])
+        for name in sorted(expected)
+        if expected[name] != actual[name]
+    ]
     assert not differences, "outputs changed:\n" + "\n\n".join(differences)
 
 

@@ -27,10 +27,15 @@ def test_the_optimized_patch_beats_its_noise_control(digits_model):  # noqa: F81
     assert result.accuracy_with_patch < result.accuracy_with_noise_patch
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(size=0.0), "patch size 0 is outside (0, 1)"), (dict(size=1.2), "patch size 1.2"),
-    (dict(shape="star"), "patch shape 'star'"), (dict(steps=0), "steps 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(size=0.0), "patch size 0 is outside (0, 1)"),
+        (dict(size=1.2), "patch size 1.2"),
+        (dict(shape="star"), "patch shape 'star'"),
+        (dict(steps=0), "steps 0"),
+    ],
+)
 def test_bad_patch_settings_name_the_value(kwargs, needle):
     with pytest.raises(AuditError) as info:
         PatchConfig(**kwargs).validate(10)

@@ -48,8 +48,12 @@ def _boxes(mask):
 
 
 # 20 rows x 30 columns, a 7-pixel stamp, a 1-pixel margin: each corner's box by hand (rows and columns differ).
-CORNERS = {"top-left": [1, 1, 8, 8], "top-right": [1, 22, 8, 29], "bottom-left": [12, 1, 19, 8],
-           "bottom-right": [12, 22, 19, 29]}
+CORNERS = {
+    "top-left": [1, 1, 8, 8],
+    "top-right": [1, 22, 8, 29],
+    "bottom-left": [12, 1, 19, 8],
+    "bottom-right": [12, 22, 19, 29],
+}
 
 
 @pytest.mark.parametrize("position", sorted(CORNERS))
@@ -60,7 +64,8 @@ def test_the_stamp_lands_in_the_corner_asked(position):
 
 def test_random_placement_spreads_stamps_over_the_whole_image():
     _, mask = make_shortcut("watermark", 10, position="random").plant(
-        torch.zeros(400, 1, 20, 30), torch.arange(400) % 10, generator=torch.Generator().manual_seed(0))
+        torch.zeros(400, 1, 20, 30), torch.arange(400) % 10, generator=torch.Generator().manual_seed(0)
+    )
     boxes = _boxes(mask)
     assert ((boxes[:, 2] - boxes[:, 0]) == 7).all() and ((boxes[:, 3] - boxes[:, 1]) == 7).all()
     tops, lefts = boxes[:, 0], boxes[:, 1]

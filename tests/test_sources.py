@@ -104,8 +104,13 @@ def test_svhn_loads_its_mat_files(tmp_path):
     savemat = pytest.importorskip("scipy.io").savemat
     rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("test", 3)):
-        savemat(tmp_path / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
-                                                   "y": np.array([[10], [1], [2], [3], [4], [5]][:n], dtype=np.uint8)})
+        savemat(
+            tmp_path / f"{split}_32x32.mat",
+            {
+                "X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                "y": np.array([[10], [1], [2], [3], [4], [5]][:n], dtype=np.uint8),
+            },
+        )
     data = load_source("torchvision:svhn", data_root=tmp_path)
     assert data.train.images.shape == (6, 3, 32, 32) and data.test.images.shape == (3, 3, 32, 32)
     assert data.train.labels.tolist() == [0, 1, 2, 3, 4, 5]  # SVHN writes the digit 0 as 10

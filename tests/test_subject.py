@@ -67,10 +67,12 @@ def test_an_architecture_is_never_trained_on_the_images_it_is_scored_on(tmp_path
 
 def _fgsm_audit(path):
     """The attack section of an FGSM run at eps 0 (its rows and where the model came from)."""
-    subject = SubjectSpec(ModelSpec("mlp"), data=DataSpec.parse(f"tensors:{path}"), test_per_class=10,
-                          train=TrainConfig(epochs=5))
-    plan = Plan("attack", [Check("attack", None, AttackSettings(eps=[0.0], method="fgsm", sanity=False))], subject,
-                device="cpu")
+    subject = SubjectSpec(
+        ModelSpec("mlp"), data=DataSpec.parse(f"tensors:{path}"), test_per_class=10, train=TrainConfig(epochs=5)
+    )
+    plan = Plan(
+        "attack", [Check("attack", None, AttackSettings(eps=[0.0], method="fgsm", sanity=False))], subject, device="cpu"
+    )
     return run_plan(plan, run_id="r", environment={}).report.results["attack"]
 
 
@@ -104,9 +106,26 @@ def test_attacking_random_labels_with_a_trained_architecture_scores_chance(capsy
     gen = torch.Generator().manual_seed(0)
     images, labels = torch.rand(300, 1, 8, 8, generator=gen), torch.randint(0, 3, (300,), generator=gen)
     torch.save({"images": images, "labels": labels}, tmp_path / "random.pt")
-    code, _, err = run_cli(capsys, "attack", "--method", "fgsm", "--model", "mlp", "--data",
-                           f"tensors:{tmp_path / 'random.pt'}", "--epochs", "20", "--eps", "0,1/255", "--no-sanity",
-                           "--device", "cpu", "-q", "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys,
+        "attack",
+        "--method",
+        "fgsm",
+        "--model",
+        "mlp",
+        "--data",
+        f"tensors:{tmp_path / 'random.pt'}",
+        "--epochs",
+        "20",
+        "--eps",
+        "0,1/255",
+        "--no-sanity",
+        "--device",
+        "cpu",
+        "-q",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0, err
     section = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["attack"]
     assert section["data"]["n_test"] == 90 and section["data"]["n_train"] == 210
@@ -117,8 +136,9 @@ def test_a_digits_asset_that_does_not_match_its_digest_exits_2_naming_the_file(c
     monkeypatch.setattr(sources, "DIGITS_SHA256", "0" * 64)
     sources._digits_bytes.cache_clear()
     try:
-        code, _, err = run_cli(capsys, "attack", "--method", "fgsm", "--epochs", "1", "--device", "cpu",
-                               "--out", tmp_path / "out")
+        code, _, err = run_cli(
+            capsys, "attack", "--method", "fgsm", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "out"
+        )
     finally:
         sources._digits_bytes.cache_clear()
     assert_usage_error(code, err, "digits.csv.gz", "sha256")

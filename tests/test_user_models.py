@@ -39,7 +39,11 @@ def write_safetensors(path: Path, tensors: dict) -> None:
     header, blobs, offset = {}, [], 0
     for name, tensor in tensors.items():
         data = tensor.contiguous().numpy().tobytes()
-        header[name] = {"dtype": codes[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": codes[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header).encode()
@@ -84,21 +88,49 @@ def test_a_factory_model_with_pt_or_safetensors_weights_is_attacked_on_an_imagef
     reports = []
     for weights in ("weights.pt", "weights.safetensors"):
         out = root / f"attack-{weights}"
-        code, text, err = run_cli(capsys, "attack", "--model", "factory:user_factory:make", "--weights", weights,
-                                  "--data", "imagefolder:images", "--eps", "0,4/255", "--device", "cpu", "--out", out)
+        code, text, err = run_cli(
+            capsys,
+            "attack",
+            "--model",
+            "factory:user_factory:make",
+            "--weights",
+            weights,
+            "--data",
+            "imagefolder:images",
+            "--eps",
+            "0,4/255",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        )
         assert code == 0, err
         reports.append(json.loads((out / "report.json").read_text())["results"]["attack"]["rows"])
     # PNG round trip is exact for 8-bit pixels, so the clean accuracy is the model's own on these images
     assert reports[0][0]["clean_accuracy"] == pytest.approx(expected, abs=1e-6)
-    assert reports[0] == [dict(r, seconds=reports[0][i]["seconds"], images_per_second=reports[0][i]["images_per_second"])
-                          for i, r in enumerate(reports[1])]
+    assert reports[0] == [
+        dict(r, seconds=reports[0][i]["seconds"], images_per_second=reports[0][i]["images_per_second"])
+        for i, r in enumerate(reports[1])
+    ]
 
 
 def test_an_exported_program_gets_planted_tag_sensitivity(capsys, project, monkeypatch):
     root, *_ = project
     _in(root, monkeypatch)
-    code, out, err = run_cli(capsys, "shortcut", "--tag", "watermark", "--model", "export:model.pt2",
-                             "--data", "imagefolder:images", "--device", "cpu", "--out", root / "sens")
+    code, out, err = run_cli(
+        capsys,
+        "shortcut",
+        "--tag",
+        "watermark",
+        "--model",
+        "export:model.pt2",
+        "--data",
+        "imagefolder:images",
+        "--device",
+        "cpu",
+        "--out",
+        root / "sens",
+    )
     assert code == 0, err
     assert "Planted-tag sensitivity: watermark on 90 images" in out
     section = json.loads((root / "sens" / "report.json").read_text())["results"]["sensitivity"]
@@ -115,9 +147,24 @@ def test_torchscript_and_exported_programs_agree_with_the_module(project):
 def test_per_group_accuracy_from_a_metadata_csv_matches_a_hand_count(capsys, project, monkeypatch):
     root, net, images, labels, _ = project
     _in(root, monkeypatch)
-    code, out, err = run_cli(capsys, "shortcut", "--model", "factory:user_factory:make", "--weights", "weights.pt",
-                             "--data", "imagefolder:images", "--groups", "meta.csv", "--attribute", "place",
-                             "--device", "cpu", "--out", root / "groups")
+    code, out, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "factory:user_factory:make",
+        "--weights",
+        "weights.pt",
+        "--data",
+        "imagefolder:images",
+        "--groups",
+        "meta.csv",
+        "--attribute",
+        "place",
+        "--device",
+        "cpu",
+        "--out",
+        root / "groups",
+    )
     assert code == 0, err
     assert "Groups by 'place'" in out
     section = json.loads((root / "groups" / "report.json").read_text())["results"]["groups"]
@@ -130,12 +177,16 @@ def test_per_group_accuracy_from_a_metadata_csv_matches_a_hand_count(capsys, pro
     assert section["associated_class"] == {"land": "digit1", "water": "digit0"}
 
 
-@pytest.mark.parametrize("model", ['source = "factory:user_factory:make"\nweights = "weights.safetensors"',
-                                   'source = "export:model.pt2"'], ids=["factory", "export"])
+@pytest.mark.parametrize(
+    "model",
+    ['source = "factory:user_factory:make"\nweights = "weights.safetensors"', 'source = "export:model.pt2"'],
+    ids=["factory", "export"],
+)
 def test_the_audit_file_audits_a_user_model_on_an_imagefolder(capsys, project, monkeypatch, model):
     root, *_ = project
     _in(root, monkeypatch)
-    (root / "audit.toml").write_text(textwrap.dedent("""
+    (root / "audit.toml").write_text(
+        textwrap.dedent("""
         [model]
         MODEL
         [data]
@@ -159,12 +210,17 @@ def test_the_audit_file_audits_a_user_model_on_an_imagefolder(capsys, project, m
         groups = "meta.csv"
         attribute = "place"
         min_worst_group_accuracy = 0.0
-    """).replace("MODEL", model))
+    """).replace("MODEL", model)
+    )
     code, out, err = run_cli(capsys, "audit", "audit.toml", "--out", root / "audit")
     assert code == 0, err
     verdict = json.loads((root / "audit" / "report.json").read_text())["results"]["verdict"]
     assert verdict["passed"] and {r["check"] for r in verdict["rows"]} == {
-        "clean accuracy", "pgd linf eps=2/255 5 steps", "planted boat sensitivity", "groups by place"}
+        "clean accuracy",
+        "pgd linf eps=2/255 5 steps",
+        "planted boat sensitivity",
+        "groups by place",
+    }
 
 
 def test_a_torchvision_architecture_with_user_weights_on_a_tensors_file(capsys, tmp_path):
@@ -174,13 +230,35 @@ def test_a_torchvision_architecture_with_user_weights_on_a_tensors_file(capsys, 
     torch.save(net.state_dict(), tmp_path / "r18.pt")
     images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)  # NHWC uint8, as photos often come
     torch.save({"images": images, "labels": torch.tensor([0, 1, 2, 3, 0, 1])}, tmp_path / "data.pt")
-    code, _, err = run_cli(capsys, "attack", "--method", "fgsm", "--eps", "0,1/255", "--model", "torchvision:resnet18",
-                           "--weights", tmp_path / "r18.pt", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
-                           "--data", f"tensors:{tmp_path / 'data.pt'}", "--device", "cpu", "--no-sanity",
-                           "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys,
+        "attack",
+        "--method",
+        "fgsm",
+        "--eps",
+        "0,1/255",
+        "--model",
+        "torchvision:resnet18",
+        "--weights",
+        tmp_path / "r18.pt",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "--data",
+        f"tensors:{tmp_path / 'data.pt'}",
+        "--device",
+        "cpu",
+        "--no-sanity",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0, err
     x = images.permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     expected = (net((x - mean) / std).argmax(1) == torch.tensor([0, 1, 2, 3, 0, 1])).float().mean().item()
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["attack"]["rows"]
     assert rows[0]["clean_accuracy"] == pytest.approx(expected)
@@ -210,8 +288,20 @@ def test_weights_that_would_run_code_are_refused_and_the_code_does_not_run(capsy
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"0.weight": _RunsCode()}))
     torch.save({"x": _RunsCode()}, tmp_path / "evil2.pt")
     for evil in ("evil.pt", "evil2.pt"):
-        code, _, err = run_cli(capsys, "attack", "--model", "factory:user_factory:make", "--weights", tmp_path / evil,
-                               "--data", "imagefolder:images", "--device", "cpu", "--out", tmp_path / "out")
+        code, _, err = run_cli(
+            capsys,
+            "attack",
+            "--model",
+            "factory:user_factory:make",
+            "--weights",
+            tmp_path / evil,
+            "--data",
+            "imagefolder:images",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "out",
+        )
         assert_usage_error(code, err, evil, "cannot be read safely", "weights_only=True")
     assert not (tmp_path / "pwned").exists() and files_under(tmp_path / "out") == []
 
@@ -224,14 +314,19 @@ def test_weights_of_another_model_name_the_first_keys(capsys, project, monkeypat
     root, *_ = project
     _in(root, monkeypatch)
     torch.save({"fc.weight": torch.zeros(3, 784), "1.weight": torch.zeros(32, 784)}, root / "other.pt")
-    code, _, err = _bad(capsys, root, "--model", "factory:user_factory:make", "--weights", "other.pt", "--data", "imagefolder:images")
+    code, _, err = _bad(
+        capsys, root, "--model", "factory:user_factory:make", "--weights", "other.pt", "--data", "imagefolder:images"
+    )
     assert_usage_error(code, err, "missing keys ['1.bias', '3.weight', '3.bias']", "unexpected keys ['fc.weight']")
 
 
-@pytest.mark.parametrize("factory,needles", [
-    ("five_classes", ["answers with 5 classes but the data has 3"]),
-    ("wants_rgb", ["fails on the data's images of shape [1, 28, 28]", "channels and size"]),
-])
+@pytest.mark.parametrize(
+    "factory,needles",
+    [
+        ("five_classes", ["answers with 5 classes but the data has 3"]),
+        ("wants_rgb", ["fails on the data's images of shape [1, 28, 28]", "channels and size"]),
+    ],
+)
 def test_models_that_do_not_fit_the_data_are_refused(capsys, project, monkeypatch, factory, needles):
     root, *_ = project
     _in(root, monkeypatch)
@@ -247,7 +342,10 @@ def test_non_image_files_are_skipped_and_counted_or_refused_under_strict(capsys,
         args = ("shortcut", "--model", "export:model.pt2", "--data", "imagefolder:images", "--device", "cpu")
         code, _, err = run_cli(capsys, *args, "--out", root / "skip")
         assert code == 0 and "1 non-image file(s) in the folder were skipped" in err
-        assert json.loads((root / "skip" / "report.json").read_text())["results"]["sensitivity"]["data"]["skipped_files"] == 1
+        assert (
+            json.loads((root / "skip" / "report.json").read_text())["results"]["sensitivity"]["data"]["skipped_files"]
+            == 1
+        )
         code, _, err = run_cli(capsys, *args, "--strict", "--out", root / "strict")
         assert_usage_error(code, err, "1 non-image file(s)", "notes.txt", "--strict")
     finally:
@@ -263,17 +361,34 @@ def test_a_corrupt_image_is_named(capsys, tmp_path):
         load_source(f"imagefolder:{tmp_path / 'imgs'}")
 
 
-@pytest.mark.parametrize("csv,needles", [
-    ("file,label\ndigit0/000.png,0\n", ["has no column 'place'", "file, label"]),
-    ("file,label,place\ndigit0/nope.png,0,water\n", ["names 1 image(s) not in the data", "nope.png"]),
-    ("file,label,place\ndigit0/000.png,2,water\n", ["disagrees with the data's labels", "says 2"]),
-])
+@pytest.mark.parametrize(
+    "csv,needles",
+    [
+        ("file,label\ndigit0/000.png,0\n", ["has no column 'place'", "file, label"]),
+        ("file,label,place\ndigit0/nope.png,0,water\n", ["names 1 image(s) not in the data", "nope.png"]),
+        ("file,label,place\ndigit0/000.png,2,water\n", ["disagrees with the data's labels", "says 2"]),
+    ],
+)
 def test_bad_metadata_csvs_are_named_with_the_fix(capsys, project, monkeypatch, csv, needles):
     root, *_ = project
     _in(root, monkeypatch)
     (root / "bad.csv").write_text(csv)
-    code, _, err = run_cli(capsys, "shortcut", "--model", "export:model.pt2", "--data", "imagefolder:images",
-                           "--groups", "bad.csv", "--attribute", "place", "--device", "cpu", "--out", root / "bad-groups")
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "export:model.pt2",
+        "--data",
+        "imagefolder:images",
+        "--groups",
+        "bad.csv",
+        "--attribute",
+        "place",
+        "--device",
+        "cpu",
+        "--out",
+        root / "bad-groups",
+    )
     assert_usage_error(code, err, "bad.csv", *needles)
     assert files_under(root / "bad-groups") == []
 
@@ -281,7 +396,8 @@ def test_bad_metadata_csvs_are_named_with_the_fix(capsys, project, monkeypatch, 
 def test_a_shortcut_check_in_an_audit_file_uses_the_models_weights(capsys, project, monkeypatch):
     root, *_, expected = project
     _in(root, monkeypatch)
-    (root / "shortcut.toml").write_text(textwrap.dedent("""
+    (root / "shortcut.toml").write_text(
+        textwrap.dedent("""
         [model]
         source = "factory:user_factory:make"
         weights = "weights.pt"
@@ -294,9 +410,12 @@ def test_a_shortcut_check_in_an_audit_file_uses_the_models_weights(capsys, proje
         kind = "shortcut"
         tag = "watermark"
         max_reliance = 1.0
-    """))
+    """)
+    )
     code, _, err = run_cli(capsys, "audit", "shortcut.toml", "--out", root / "shortcut-audit")
     assert code == 0, err
-    metrics = json.loads((root / "shortcut-audit" / "report.json").read_text())["results"]["shortcut"]["rows"][0]["metrics"]
+    metrics = json.loads((root / "shortcut-audit" / "report.json").read_text())["results"]["shortcut"]["rows"][0][
+        "metrics"
+    ]
     # The trained weights were loaded: a freshly initialised 3-class model would be near 1/3.
     assert expected > 0.9 and metrics["clean_accuracy"] > 0.9

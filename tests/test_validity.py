@@ -1,7 +1,5 @@
 """The issue's validity checks on real training: fixed seeds, the built-in digits, a few seconds each."""
 
-
-
 from types import SimpleNamespace
 
 from auditnn.checks.shortcut import ShortcutSettings
@@ -15,9 +13,12 @@ from auditnn.train import TrainConfig
 def _audit(rho: float, tag: str = "watermark", epochs: int = 8, **kwargs) -> object:
     """The reliance metrics of a cnn trained on the digits with `tag` planted at `rho` (20 test images a class)."""
     subject = SubjectSpec(ModelSpec("cnn"), test_per_class=20, train=TrainConfig(epochs=epochs))
-    plan = Plan("shortcut", [Check("shortcut", None, ShortcutSettings(tag=tag, rho=[rho], **kwargs))], subject,
-                device="cpu")
-    return SimpleNamespace(**run_plan(plan, run_id="r", environment={}).report.results["shortcut"]["rows"][0]["metrics"])
+    plan = Plan(
+        "shortcut", [Check("shortcut", None, ShortcutSettings(tag=tag, rho=[rho], **kwargs))], subject, device="cpu"
+    )
+    return SimpleNamespace(
+        **run_plan(plan, run_id="r", environment={}).report.results["shortcut"]["rows"][0]["metrics"]
+    )
 
 
 def test_an_uninformative_shortcut_is_not_relied_on():

@@ -18,9 +18,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "FGSM": ".attacks", "PGD": ".attacks", "AttackSpec": ".attacks.evaluate", "evaluate_attack": ".attacks.evaluate",
-    "AuditError": ".errors", "judge": ".gate", "Check": ".plan", "Plan": ".plan", "load_plan": ".plan",
-    "load_report": ".report", "run_plan": ".runner", "SubjectSpec": ".subject",
+    "FGSM": ".attacks",
+    "PGD": ".attacks",
+    "AttackSpec": ".attacks.evaluate",
+    "evaluate_attack": ".attacks.evaluate",
+    "AuditError": ".errors",
+    "judge": ".gate",
+    "Check": ".plan",
+    "Plan": ".plan",
+    "load_plan": ".plan",
+    "load_report": ".report",
+    "run_plan": ".runner",
+    "SubjectSpec": ".subject",
 }
 
 if TYPE_CHECKING:
@@ -34,8 +43,19 @@ if TYPE_CHECKING:
     from .subject import SubjectSpec
 
 __all__ = [
-    "FGSM", "PGD", "AttackSpec", "AuditError", "Check", "Plan", "SubjectSpec", "__version__", "evaluate_attack",
-    "judge", "load_plan", "load_report", "run_plan",
+    "FGSM",
+    "PGD",
+    "AttackSpec",
+    "AuditError",
+    "Check",
+    "Plan",
+    "SubjectSpec",
+    "__version__",
+    "evaluate_attack",
+    "judge",
+    "load_plan",
+    "load_report",
+    "run_plan",
 ]
 
 

@@ -19,8 +19,16 @@ import torch
 from .errors import AuditError
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header, in bytes
 
@@ -107,8 +115,10 @@ def _safetensor(name: str, spec: object, body: memoryview) -> tuple[torch.Tensor
     begin, end = offsets
     count = math.prod(shape)  # Python integers: dimensions like 2**32 x 2**32 cannot wrap around to a small count
     if not 0 <= begin <= end <= len(body) or end - begin != count * torch.empty((), dtype=dtype).element_size():
-        raise ValueError(f"tensor '{name}' has byte range {begin}..{end}, which does not fit its shape {shape} "
-                         f"in a body of {len(body)} bytes")
+        raise ValueError(
+            f"tensor '{name}' has byte range {begin}..{end}, which does not fit its shape {shape} "
+            f"in a body of {len(body)} bytes"
+        )
     flat = torch.frombuffer(bytearray(body[begin:end]), dtype=dtype) if count else torch.empty(0, dtype=dtype)
     return flat.reshape(shape), begin, end
 
@@ -118,8 +128,9 @@ def _check_tiling(ranges: list[tuple[int, int, str]], body_size: int) -> None:
     position = 0
     for begin, end, name in ranges:
         if begin < position:
-            raise ValueError(f"tensor '{name}' at bytes {begin}..{end} overlaps the previous tensor, "
-                             f"which ends at {position}")
+            raise ValueError(
+                f"tensor '{name}' at bytes {begin}..{end} overlaps the previous tensor, which ends at {position}"
+            )
         if begin > position:
             raise ValueError(f"a gap of bytes {position}..{begin} before tensor '{name}'")
         position = end
@@ -132,15 +143,18 @@ def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
     path = Path(path)
     raw = read_bytes(path, what, "give an existing .npz file")
     if raw[:2] != b"PK":  # numpy would take any other content for a pickle and say so
-        raise AuditError(f"{what} '{path}' cannot be read as .npz (not a zip archive); "
-                         "give a file written by numpy.savez")
+        raise AuditError(
+            f"{what} '{path}' cannot be read as .npz (not a zip archive); give a file written by numpy.savez"
+        )
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower():  # numpy's message goes on to suggest loading it unsafely: never do that
-            raise AuditError(f"{what} '{path}' holds pickled (object) arrays, which could run code: refused; "
-                             "allowed: .npz of numeric or string arrays") from None
+            raise AuditError(
+                f"{what} '{path}' holds pickled (object) arrays, which could run code: refused; "
+                "allowed: .npz of numeric or string arrays"
+            ) from None
         raise AuditError(f"{what} '{path}' cannot be read as .npz ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc) or type(exc).__name__
@@ -157,32 +171,48 @@ def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
 # 'model', and a blob is only weight_<n> or tensor_<n> listed in its folder's config. Everything else (AOTInductor
 # libraries, pickled custom or opaque objects, the legacy layouts, other programs) is refused.
 _EXPORT_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
-_EXPORT_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
-                 "models/model.json", _EXPORT_SAMPLE_INPUTS}
+_EXPORT_FIXED = {
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+    "models/model.json",
+    _EXPORT_SAMPLE_INPUTS,
+}
 # (blob folder, its config, the blob names torch.export.save writes there)
-_EXPORT_BLOBS = (("data/weights/", "data/weights/model_weights_config.json", re.compile(r"weight_\d+")),
-                 ("data/constants/", "data/constants/model_constants_config.json", re.compile(r"tensor_\d+")))
+_EXPORT_BLOBS = (
+    ("data/weights/", "data/weights/model_weights_config.json", re.compile(r"weight_\d+")),
+    ("data/constants/", "data/constants/model_constants_config.json", re.compile(r"tensor_\d+")),
+)
 
 
 def check_export_archive(raw: bytes, path: str | Path) -> None:
     """Refuse a torch.export archive whose loading would unpickle with torch's full unpickler: weights or constants
     flagged use_pickle, custom/opaque object constants, legacy .pt members, a second program, sample inputs that are
     not plain tensors. torch.export.load is then given these same bytes, so what was checked is what it reads."""
+
     def refuse(reason: str) -> AuditError:
-        return AuditError(f"export file '{path}' {reason}: refused, since loading it could run code; "
-                          "allowed: one program ('models/model.json') saved by torch.export.save with plain tensor "
-                          "weights")
+        return AuditError(
+            f"export file '{path}' {reason}: refused, since loading it could run code; "
+            "allowed: one program ('models/model.json') saved by torch.export.save with plain tensor "
+            "weights"
+        )
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         names = archive.namelist()
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise AuditError(f"export file '{path}' is not a torch.export archive ({str(exc) or type(exc).__name__}); "
-                         "give a file written by torch.export.save") from None
+        raise AuditError(
+            f"export file '{path}' is not a torch.export archive ({str(exc) or type(exc).__name__}); "
+            "give a file written by torch.export.save"
+        ) from None
     roots = {name.split("/", 1)[0] for name in names}
     if len(roots) != 1 or any("/" not in name for name in names):
-        raise AuditError(f"export file '{path}' is not a torch.export archive (members {sorted(names)[:3]} are not "
-                         "under one top folder); give a file written by torch.export.save")
+        raise AuditError(
+            f"export file '{path}' is not a torch.export archive (members {sorted(names)[:3]} are not "
+            "under one top folder); give a file written by torch.export.save"
+        )
     if len({name.lower() for name in names}) != len(names):
         # the zip reader checked here and torch's may pick different members of one name (torch's ignores case)
         raise refuse("holds two members of one name")
@@ -191,8 +221,11 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
     if programs != ["models/model.json"]:
         raise refuse(f"holds programs {programs} (torch loads each, reading its own weights files)")
     try:
-        listed = {config: _check_payload_config(config, json.loads(archive.read(members[config])), pattern, refuse)
-                  for _, config, pattern in _EXPORT_BLOBS if config in members}
+        listed = {
+            config: _check_payload_config(config, json.loads(archive.read(members[config])), pattern, refuse)
+            for _, config, pattern in _EXPORT_BLOBS
+            if config in members
+        }
         blobs = {folder + name for folder, config, _ in _EXPORT_BLOBS for name in listed.get(config, ())}
         for member, full in members.items():
             if not (member in _EXPORT_FIXED or member in listed or member in blobs or member.startswith("extra/")):
@@ -205,8 +238,9 @@ def check_export_archive(raw: bytes, path: str | Path) -> None:
         raise refuse(f"cannot be checked ({load_failure(exc)})") from None
 
 
-def _check_payload_config(member: str, config: object, pattern: re.Pattern[str],
-                          refuse: Callable[[str], AuditError]) -> set[str]:
+def _check_payload_config(
+    member: str, config: object, pattern: re.Pattern[str], refuse: Callable[[str], AuditError]
+) -> set[str]:
     """The blob names a weights or constants config lists, each a plain tensor stored as raw bytes."""
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):

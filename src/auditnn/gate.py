@@ -79,14 +79,17 @@ def _fits(row: dict[str, Any], section: str, metric: str, check: Check, *, by_na
     return True
 
 
-def find_row(report: Report, check: Check, metric: str, what: str = "report", *,
-             by_name: bool = True) -> dict[str, Any] | None:
+def find_row(
+    report: Report, check: Check, metric: str, what: str = "report", *, by_name: bool = True
+) -> dict[str, Any] | None:
     """The row in which the report measured this check's metric, or None when it did not measure it. Two rows that
     fit one check are an error: the gate never picks one of them."""
     hits = [r for r in report.metrics if _fits(r, check.kind, metric, check, by_name=by_name)]
     if len(hits) > 1:
-        raise AuditError(f"{len(hits)} rows of {what} '{report.run_id}' fit check '{check.name}' ({metric}); "
-                         "allowed: one row per check (re-run with auditnn audit, whose rows carry check names)")
+        raise AuditError(
+            f"{len(hits)} rows of {what} '{report.run_id}' fit check '{check.name}' ({metric}); "
+            "allowed: one row per check (re-run with auditnn audit, whose rows carry check names)"
+        )
     return hits[0] if hits else None
 
 
@@ -118,19 +121,49 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
         for t in check.thresholds:
             measured = find_metric(report, check, t.metric)
             if measured is None:
-                rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, None, t.bound, t.value, False,
-                                       "not measured in this report"))
+                rows.append(
+                    VerdictRow(
+                        check.name or check.kind,
+                        check.kind,
+                        t.metric,
+                        None,
+                        t.bound,
+                        t.value,
+                        False,
+                        "not measured in this report",
+                    )
+                )
                 continue
             ok = measured >= t.value if t.bound == "min" else measured <= t.value
             rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, t.bound, t.value, ok))
             if baseline is not None and max_drop is not None:
                 old_row, found = _baseline_row(baseline, check, t.metric)
                 if old_row is None or old_row["value"] is None:
-                    rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, "max drop", max_drop, True,
-                                           "not in the baseline"))
+                    rows.append(
+                        VerdictRow(
+                            check.name or check.kind,
+                            check.kind,
+                            t.metric,
+                            measured,
+                            "max drop",
+                            max_drop,
+                            True,
+                            "not in the baseline",
+                        )
+                    )
                     continue
                 old = float(old_row["value"])
                 worse = (old - measured) if t.bound == "min" else (measured - old)
-                rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, "max drop", max_drop,
-                                       worse <= max_drop + 1e-12, f"baseline {old:.4f}{found}, change {-worse:+.4f}"))
+                rows.append(
+                    VerdictRow(
+                        check.name or check.kind,
+                        check.kind,
+                        t.metric,
+                        measured,
+                        "max drop",
+                        max_drop,
+                        worse <= max_drop + 1e-12,
+                        f"baseline {old:.4f}{found}, change {-worse:+.4f}",
+                    )
+                )
     return Verdict(rows)

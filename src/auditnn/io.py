@@ -32,11 +32,28 @@ MARKER_TEXT = "Written by auditnn. A rerun with this folder as --out replaces th
 # shortcut command (models/), models/load.py (a model folder), data/controlled.py (a dataset folder), and the
 # marker. A folder that holds the marker and only these was written by an earlier run and may be replaced as a
 # whole; any other folder is refused rather than removed.
-OUTPUT_NAMES = frozenset({
-    "report.json", "report.html", "metrics.csv", "summary.md", "junit.xml", "pictures.pt", "patch.png", "patch.pt",
-    "models", "checks", "model.pt", "model.json", "manifest.json", "train.pt", "val.pt", "test.pt", "test_clean.pt",
-    OUTPUT_MARKER,
-})
+OUTPUT_NAMES = frozenset(
+    {
+        "report.json",
+        "report.html",
+        "metrics.csv",
+        "summary.md",
+        "junit.xml",
+        "pictures.pt",
+        "patch.png",
+        "patch.pt",
+        "models",
+        "checks",
+        "model.pt",
+        "model.json",
+        "manifest.json",
+        "train.pt",
+        "val.pt",
+        "test.pt",
+        "test_clean.pt",
+        OUTPUT_MARKER,
+    }
+)
 
 
 def _umask() -> int:
@@ -54,8 +71,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise AuditError(f"'{path}' cannot be written ({exc.strerror or exc}); "
-                         "give a path in a folder you can write to") from None
+        raise AuditError(
+            f"'{path}' cannot be written ({exc.strerror or exc}); give a path in a folder you can write to"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -196,8 +214,10 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
             if target.exists() and not target.is_dir():
                 raise AuditError(f"{what} '{shown}' is a file; give a folder that can be created or written")
             if os.path.ismount(target) or target in (Path.cwd(), *Path.cwd().parents):
-                raise AuditError(f"{what} '{shown}' is a mount point or holds the working folder: the finished folder "
-                                 "could not be renamed into its place; give a new folder inside it")
+                raise AuditError(
+                    f"{what} '{shown}' is a mount point or holds the working folder: the finished folder "
+                    "could not be renamed into its place; give a new folder inside it"
+                )
             created = [p for p in target.parents if not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             lock = _take_lock(target, shown, what)
@@ -212,8 +232,9 @@ def staged_folder(path: str | Path, what: str = "output folder") -> Iterator[Pat
     except OSError as exc:
         with deferred():
             undo()
-        raise AuditError(f"{what} '{shown}' cannot be written ({exc.strerror or exc}); "
-                         "give a folder you can write to") from None
+        raise AuditError(
+            f"{what} '{shown}' cannot be written ({exc.strerror or exc}); give a folder you can write to"
+        ) from None
     except BaseException:
         with deferred():
             undo()
@@ -256,8 +277,10 @@ def _take_lock(target: Path, shown: Path, what: str) -> int:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise AuditError(f"{what} '{shown}' is being written by another auditnn run (pid {holder}); "
-                             "wait for it to end or give another folder") from None
+            raise AuditError(
+                f"{what} '{shown}' is being written by another auditnn run (pid {holder}); "
+                "wait for it to end or give another folder"
+            ) from None
         try:
             current = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:
@@ -283,11 +306,15 @@ def _earlier_run(target: Path, shown: Path, what: str) -> bool:
     entries = sorted(p.name for p in target.iterdir())
     foreign = [name for name in entries if name not in OUTPUT_NAMES]
     if foreign:
-        raise AuditError(f"{what} '{shown}' holds '{foreign[0]}', which auditnn does not write; give a new or empty "
-                         "folder (one from an earlier auditnn run is replaced as a whole)")
+        raise AuditError(
+            f"{what} '{shown}' holds '{foreign[0]}', which auditnn does not write; give a new or empty "
+            "folder (one from an earlier auditnn run is replaced as a whole)"
+        )
     if entries and not (target / OUTPUT_MARKER).is_file():
-        raise AuditError(f"{what} '{shown}' was not written by auditnn (it has no {OUTPUT_MARKER} file) and is left "
-                         "alone; give a new or empty folder (an older auditnn wrote no marker either: remove it first)")
+        raise AuditError(
+            f"{what} '{shown}' was not written by auditnn (it has no {OUTPUT_MARKER} file) and is left "
+            "alone; give a new or empty folder (an older auditnn wrote no marker either: remove it first)"
+        )
     return bool(entries)
 
 

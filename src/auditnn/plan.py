@@ -25,9 +25,22 @@ else:  # pragma: no cover - Python 3.10
 
 MAX_AUDIT_FILE_BYTES = 2**20  # an audit file is read whole: 1 MiB holds thousands of checks
 TABLES: dict[str, dict[str, str]] = {
-    "model": {"source": STRING, "weights": STRING, "mean": NUMBERS, "std": NUMBERS, "width": INTEGER, "epochs": INTEGER},
-    "data": {"source": STRING, "dataset": STRING, "data_root": STRING, "download": BOOLEAN, "test_per_class": INTEGER,
-             "strict": BOOLEAN},
+    "model": {
+        "source": STRING,
+        "weights": STRING,
+        "mean": NUMBERS,
+        "std": NUMBERS,
+        "width": INTEGER,
+        "epochs": INTEGER,
+    },
+    "data": {
+        "source": STRING,
+        "dataset": STRING,
+        "data_root": STRING,
+        "download": BOOLEAN,
+        "test_per_class": INTEGER,
+        "strict": BOOLEAN,
+    },
     "run": {"seed": INTEGER, "device": STRING},
 }
 
@@ -68,8 +81,13 @@ class Plan:
 
     def config(self) -> dict[str, Any]:
         """What the report records as its configuration: everything the plan holds, as JSON-able data."""
-        return {"audit_file": self.path, "seed": self.seed, "device": self.device, "subject": asdict(self.subject),
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "audit_file": self.path,
+            "seed": self.seed,
+            "device": self.device,
+            "subject": asdict(self.subject),
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def type_ok(value: Any, kind: str) -> bool:
@@ -103,8 +121,10 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise AuditError(f"audit file '{where}' cannot be read ({exc.strerror or exc})") from None
     if len(raw) > MAX_AUDIT_FILE_BYTES:
-        raise AuditError(f"audit file '{where}' is larger than {MAX_AUDIT_FILE_BYTES // 2**20} MiB; allowed: an audit "
-                         "file of at most 1 MiB (a few checks take a few hundred bytes)")
+        raise AuditError(
+            f"audit file '{where}' is larger than {MAX_AUDIT_FILE_BYTES // 2**20} MiB; allowed: an audit "
+            "file of at most 1 MiB (a few checks take a few hundred bytes)"
+        )
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -143,10 +163,14 @@ def _subject(model: dict[str, Any], data: dict[str, Any], seed: int, base: Path,
         raise AuditError(f"{where}: {exc}") from None
     spec = spec.relative_to(base)
     return SubjectSpec(
-        model=spec, base=source, data=given or (None if spec.is_architecture else source),
+        model=spec,
+        base=source,
+        data=given or (None if spec.is_architecture else source),
         data_root=None if "data_root" not in data else _resolve_path(data["data_root"], base),
-        download=data.get("download", False), test_per_class=data.get("test_per_class", 30),
-        strict=data.get("strict", False), width=model.get("width"),
+        download=data.get("download", False),
+        test_per_class=data.get("test_per_class", 30),
+        strict=data.get("strict", False),
+        width=model.get("width"),
         train=TrainConfig(epochs=model.get("epochs", 10), seed=seed),
     )
 

@@ -100,13 +100,27 @@ class _Collector:
 def check_key(plan: Plan, check: Check, subject: Subject | None, device: torch.device) -> str:
     """What a check's result depends on, hashed: the record key (module docstring)."""
     made_by = subject.fingerprint if KINDS[check.kind].needs_subject and subject else asdict(plan.subject)
-    material = {"kind": check.kind, "name": check.name, "settings": asdict(check.settings), "seed": plan.seed,
-                "device": device.type, "auditnn": __version__, "subject": made_by}
+    material = {
+        "kind": check.kind,
+        "name": check.name,
+        "settings": asdict(check.settings),
+        "seed": plan.seed,
+        "device": device.type,
+        "auditnn": __version__,
+        "subject": made_by,
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: Path | None = None,
-             progress: ProgressFn | None = None, reuse: dict[str, CheckResult] | None = None) -> Outcome:
+def run_plan(
+    plan: Plan,
+    *,
+    run_id: str,
+    environment: dict[str, Any],
+    out_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    reuse: dict[str, CheckResult] | None = None,
+) -> Outcome:
     """Measure every check of the plan: those that share the subject first (it is resolved once), then those that
     build their own data. out_dir: the folder the report will be in (for paths it records); reuse: records of an
     earlier run (read_records), used for the checks whose key they hold."""
@@ -135,9 +149,17 @@ def run_plan(plan: Plan, *, run_id: str, environment: dict[str, Any], out_dir: P
         shape = subject.data.test_images.shape[1:]
         collected.pictures.update({f"model/{k}": v for k, v in first_layer_pictures(subject.model, shape).items()})
     timings["total"] = time.perf_counter() - start
-    report = Report(command=plan.command, run_id=run_id, config=plan.config(), environment=environment,
-                    seed=plan.seed, results={**collected.results, **collected.merged}, metrics=collected.rows,
-                    timings=timings, warnings=collected.warnings)
+    report = Report(
+        command=plan.command,
+        run_id=run_id,
+        config=plan.config(),
+        environment=environment,
+        seed=plan.seed,
+        results={**collected.results, **collected.merged},
+        metrics=collected.rows,
+        timings=timings,
+        warnings=collected.warnings,
+    )
     verdict = None
     if any(c.thresholds for c in plan.checks):
         verdict = judge(report, plan)
@@ -171,13 +193,21 @@ def read_records(folder: Path) -> dict[str, CheckResult]:
             pictures = safe_torch_load(path.with_suffix(".pt"), "check record")
         except AuditError:
             continue
-        if _is_record(record) and isinstance(pictures, dict) and all(
-                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items()):
+        if (
+            _is_record(record)
+            and isinstance(pictures, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items())
+        ):
             records[path.stem] = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
     return records
 
 
 def _is_record(record: Any) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("rows"), list)
-            and all(isinstance(r, dict) for r in record["rows"]) and isinstance(record.get("section"), dict)
-            and isinstance(record.get("warnings"), list) and all(isinstance(w, dict) for w in record["warnings"]))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("rows"), list)
+        and all(isinstance(r, dict) for r in record["rows"])
+        and isinstance(record.get("section"), dict)
+        and isinstance(record.get("warnings"), list)
+        and all(isinstance(w, dict) for w in record["warnings"])
+    )

@@ -32,13 +32,13 @@ def resolve_device(name: str) -> torch.device:
     if not match:
         raise AuditError(f"device '{name}' is unknown; allowed: auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise AuditError(f"device '{name}' was requested but CUDA is not available here; use "
-                         f"{option('--device cpu', 'run.device = cpu')} or auto")
+        raise AuditError(
+            f"device '{name}' was requested but CUDA is not available here; use "
+            f"{option('--device cpu', 'run.device = cpu')} or auto"
+        )
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise AuditError(
-            f"device '{name}' does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
+        raise AuditError(f"device '{name}' does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
 
 
@@ -57,9 +57,7 @@ def generator(seed: int) -> torch.Generator:
 def _git_commit() -> str | None:
     source = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -15,7 +15,13 @@ from .models.zoo import MODELS
 
 TORCHVISION_SOURCES = ("mnist", "fashionmnist", "cifar10", "svhn")
 SOURCE_KINDS = ("digits", "shapes", "torchvision", "imagefolder", "tensors")
-SOURCE_FORMS = ("digits", "shapes", *(f"torchvision:{n}" for n in TORCHVISION_SOURCES), "imagefolder:DIR", "tensors:FILE")
+SOURCE_FORMS = (
+    "digits",
+    "shapes",
+    *(f"torchvision:{n}" for n in TORCHVISION_SOURCES),
+    "imagefolder:DIR",
+    "tensors:FILE",
+)
 USER_MODEL_KINDS = ("factory", "torchvision", "export", "torchscript", "auditnn")
 USER_FORMS = ("factory:pkg.module:function", "torchvision:NAME", "export:FILE.pt2", "torchscript:FILE", "auditnn:DIR")
 MODEL_FORMS = (*MODELS, *USER_FORMS)
@@ -44,7 +50,9 @@ class DataSpec:
         kind, arg = kind.strip().lower(), arg.strip()
         if (kind in ("digits", "shapes") and not arg) or (kind in ("torchvision", "imagefolder", "tensors") and arg):
             if kind == "torchvision" and arg.lower() not in TORCHVISION_SOURCES:
-                raise AuditError(f"data source '{text}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}")
+                raise AuditError(
+                    f"data source '{text}' is unknown; allowed: torchvision:{{{','.join(TORCHVISION_SOURCES)}}}"
+                )
             return cls(text, kind, arg.lower() if kind == "torchvision" else arg)
         raise AuditError(f"data source '{text}' is unknown; allowed: {allowed(SOURCE_FORMS)}")
 
@@ -89,8 +97,9 @@ class ModelSpec:
             if kind not in USER_MODEL_KINDS or not arg:
                 raise AuditError(f"model '{self.text}' is unknown; allowed: {allowed(MODEL_FORMS)}")
             if kind == "factory" and arg.count(":") != 1:
-                raise AuditError(f"model '{self.text}' is not factory:pkg.module:function (module and function "
-                                 "separated by ':')")
+                raise AuditError(
+                    f"model '{self.text}' is not factory:pkg.module:function (module and function separated by ':')"
+                )
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "arg", arg)
 

@@ -52,8 +52,15 @@ class EvalData:
 
 
 def load_eval_data(
-    *, base: str | DataSpec = "digits", data: str | DataSpec | None = None, data_root: str | None = None,
-    download: bool = False, test_per_class: int = 30, seed: int = 0, strict: bool = False, trains_model: bool = False,
+    *,
+    base: str | DataSpec = "digits",
+    data: str | DataSpec | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    test_per_class: int = 30,
+    seed: int = 0,
+    strict: bool = False,
+    trains_model: bool = False,
 ) -> EvalData:
     """What an audit measures:
     - data = a controlled dataset folder: its train split, and its test images without any shortcut;
@@ -65,14 +72,28 @@ def load_eval_data(
     given = DataSpec.parse(data) if isinstance(data, str) else data
     if given is not None and not given.is_source:
         ds = load_controlled(given.arg)
-        return EvalData(ds.train.images, ds.train.labels, ds.test_clean.images, ds.test_clean.labels, ds.classes,
-                        {"data": given.text, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"})
+        return EvalData(
+            ds.train.images,
+            ds.train.labels,
+            ds.test_clean.images,
+            ds.test_clean.labels,
+            ds.classes,
+            {"data": given.text, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"},
+        )
     if given is not None and not trains_model:
         source = load_source(given, data_root=data_root, download=download, seed=seed, strict=strict)
         test = source.train if source.test is None else source.test
         validate_images(test.images, test.labels, test.num_classes, f"data '{given.text}'")
-        return EvalData(source.train.images, source.train.labels, test.images, test.labels, test.classes,
-                        {"data": given.text, **source.notes, "n_images": len(test)}, test.names, source.test is None)
+        return EvalData(
+            source.train.images,
+            source.train.labels,
+            test.images,
+            test.labels,
+            test.classes,
+            {"data": given.text, **source.notes, "n_images": len(test)},
+            test.names,
+            source.test is None,
+        )
     spec = given or (DataSpec.source(base) if isinstance(base, str) else base)
     source = load_source(spec, data_root=data_root, download=download, seed=seed, strict=strict)
     where = f"data source '{spec.text}'"
@@ -80,12 +101,27 @@ def load_eval_data(
     counts = torch.bincount(source.train.labels, minlength=source.train.num_classes)
     if source.test is None and int(counts.min()) <= test_per_class:
         k = int(counts.argmin())
-        raise AuditError(f"{where}: class {k} has {int(counts[k])} image(s), so holding out test_per_class = "
-                         f"{test_per_class} leaves none to train on; allowed: test_per_class < {int(counts[k])}")
+        raise AuditError(
+            f"{where}: class {k} has {int(counts[k])} image(s), so holding out test_per_class = "
+            f"{test_per_class} leaves none to train on; allowed: test_per_class < {int(counts[k])}"
+        )
     train, test = stratified_split(source, test_per_class, seed)
-    return EvalData(train.images, train.labels, test.images, test.labels, train.classes,
-                    {"base": spec.text, "seed": seed, "test_per_class": test_per_class, **source.notes,
-                     "n_train": len(train), "n_test": len(test)}, test.names)
+    return EvalData(
+        train.images,
+        train.labels,
+        test.images,
+        test.labels,
+        train.classes,
+        {
+            "base": spec.text,
+            "seed": seed,
+            "test_per_class": test_per_class,
+            **source.notes,
+            "n_train": len(train),
+            "n_test": len(test),
+        },
+        test.names,
+    )
 
 
 @dataclass(frozen=True)
@@ -128,8 +164,14 @@ def load_subject(spec: SubjectSpec, device: torch.device, seed: int, progress: P
     """The evaluation data, then the model: an architecture is trained (or read from the cache) on the training
     images, never scored on them."""
     data = load_eval_data(
-        base=spec.base, data=spec.data, data_root=spec.data_root, download=spec.download,
-        test_per_class=spec.test_per_class, seed=seed, strict=spec.strict, trains_model=spec.model.is_architecture,
+        base=spec.base,
+        data=spec.data,
+        data_root=spec.data_root,
+        download=spec.download,
+        test_per_class=spec.test_per_class,
+        seed=seed,
+        strict=spec.strict,
+        trains_model=spec.model.is_architecture,
     )
     return resolve_subject(spec.model, data, spec.train, device, width=spec.width, progress=progress)
 
@@ -154,19 +196,27 @@ def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: in
     """A trained model's card against the data: same input shape (C, H, W), same number of classes."""
     shape = list(images.shape[1:])
     if list(card["input_shape"]) != shape:
-        raise AuditError(f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data")
+        raise AuditError(
+            f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data"
+        )
     if len(card["classes"]) != num_classes:
-        raise AuditError(f"model {where} has {len(card['classes'])} classes but the data has {num_classes}; use matching data")
+        raise AuditError(
+            f"model {where} has {len(card['classes'])} classes but the data has {num_classes}; use matching data"
+        )
 
 
 def conform_data(data: EvalData, shape: list[int | None]) -> EvalData:
     """The data converted to a model's declared input (C, H, W): gray <-> RGB, resized."""
     if list(shape) == list(data.test_images.shape[1:]):
         return data
-    converted = replace(data, train_images=conform_images(data.train_images, shape),
-                        test_images=conform_images(data.test_images, shape))
-    converted.description = {**data.description, "converted_from": list(data.test_images.shape[1:]),
-                             "converted_to": list(converted.test_images.shape[1:])}
+    converted = replace(
+        data, train_images=conform_images(data.train_images, shape), test_images=conform_images(data.test_images, shape)
+    )
+    converted.description = {
+        **data.description,
+        "converted_from": list(data.test_images.shape[1:]),
+        "converted_to": list(converted.test_images.shape[1:]),
+    }
     return converted
 
 
@@ -179,14 +229,18 @@ def probe_model(model: nn.Module, data: EvalData, where: str) -> None:
             logits = model(sample)
     except Exception as exc:  # user code raises anything; the message is what helps
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AuditError(f"model {where} fails on the data's images of shape {list(sample.shape[1:])} ({first}); "
-                         "check the channels and size it expects") from None
+        raise AuditError(
+            f"model {where} fails on the data's images of shape {list(sample.shape[1:])} ({first}); "
+            "check the channels and size it expects"
+        ) from None
     if not isinstance(logits, torch.Tensor):
         raise AuditError(f"model {where} returned {type(logits).__name__}; allowed: a tensor of logits (N, K)")
     check_logits(logits.float(), len(sample), f"model {where}")
     if logits.shape[1] != data.num_classes:
-        raise AuditError(f"model {where} answers with {logits.shape[1]} classes but the data has {data.num_classes}; "
-                         "use data with the model's classes")
+        raise AuditError(
+            f"model {where} answers with {logits.shape[1]} classes but the data has {data.num_classes}; "
+            "use data with the model's classes"
+        )
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -205,8 +259,15 @@ def _fingerprint(*parts: str) -> str:
 
 
 def resolve_subject(
-    spec: ModelSpec, data: EvalData, train: TrainConfig, device: torch.device, *, width: int | None = None,
-    progress: ProgressFn | None = None, conform: bool = True, check_card: Callable[[dict[str, Any]], None] | None = None,
+    spec: ModelSpec,
+    data: EvalData,
+    train: TrainConfig,
+    device: torch.device,
+    *,
+    width: int | None = None,
+    progress: ProgressFn | None = None,
+    conform: bool = True,
+    check_card: Callable[[dict[str, Any]], None] | None = None,
 ) -> Subject:
     """The model a spec names, on `device` in eval mode, with the data it is measured on: converted to the model's
     declared input shape when it has one (with `conform`; without, a model that does not take the images as they
@@ -225,8 +286,12 @@ def resolve_subject(
         if declared and conform:
             data = conform_data(data, list(declared))
         if declared and (spec.kind == "auditnn" or not conform):
-            check_model_fits({**card, "classes": card["classes"] or data.classes}, data.test_images,
-                             data.num_classes, f"'{spec.text}'")
+            check_model_fits(
+                {**card, "classes": card["classes"] or data.classes},
+                data.test_images,
+                data.num_classes,
+                f"'{spec.text}'",
+            )
         model = model.to(device).eval()
         probe_model(model, data, f"'{spec.text}'")
         # the model as it computes (its kind, normalization and weights), not where it was read from
@@ -234,13 +299,26 @@ def resolve_subject(
         fingerprint = _fingerprint(described, weights_digest(model), data_digest(data.test_images, data.test_labels))
         return Subject(model, card, data, device, spec.text, fingerprint)
     if data.fitted_on_test:
-        raise InvariantError(f"architecture '{spec.text}' would be scored on the images it is trained on; "
-                         "load the data with trains_model=True")
-    data = replace(data, description={**data.description,
-                                      "train_sha256": data_digest(data.train_images, data.train_labels)})
+        raise InvariantError(
+            f"architecture '{spec.text}' would be scored on the images it is trained on; "
+            "load the data with trains_model=True"
+        )
+    data = replace(
+        data, description={**data.description, "train_sha256": data_digest(data.train_images, data.train_labels)}
+    )
     key_source = json.dumps(
-        {"arch": spec.text, "width": width, "train": asdict(train), "data": data.description, "classes": data.classes,
-         "auditnn": __version__, "torch": torch.__version__, "device": device.type}, sort_keys=True)
+        {
+            "arch": spec.text,
+            "width": width,
+            "train": asdict(train),
+            "data": data.description,
+            "classes": data.classes,
+            "auditnn": __version__,
+            "torch": torch.__version__,
+            "device": device.type,
+        },
+        sort_keys=True,
+    )
     folder = cache_dir() / "models" / hashlib.sha256(key_source.encode()).hexdigest()[:16]
     made: tuple[dict[str, Any], str] | None = None  # (card, 'trained' or 'cache'): the first process's
     if is_main_process():
@@ -259,7 +337,12 @@ def resolve_subject(
 
 
 def _cached_or_trained(
-    folder: Path, arch: str, data: EvalData, train: TrainConfig, device: torch.device, width: int | None,
+    folder: Path,
+    arch: str,
+    data: EvalData,
+    train: TrainConfig,
+    device: torch.device,
+    width: int | None,
     progress: ProgressFn | None,
 ) -> tuple[PixelModel, dict[str, Any], str]:
     """(model, card, 'cache' or 'trained'): the model cached in `folder`, else trained on data.train_* and cached."""
@@ -270,8 +353,15 @@ def _cached_or_trained(
         except AuditError:
             pass  # a damaged cache entry is retrained and overwritten
     model, _, card = train_classifier(
-        data.train_images, data.train_labels, data.classes, arch, train, device, width=width,
-        dataset_info=data.description, progress=progress,
+        data.train_images,
+        data.train_labels,
+        data.classes,
+        arch,
+        train,
+        device,
+        width=width,
+        dataset_info=data.description,
+        progress=progress,
     )
     try:
         save_model_dir(model, card, folder)

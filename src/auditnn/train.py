@@ -90,8 +90,11 @@ def fit(
             optimizer.step()
             losses.append(loss.detach())
             hits.append((logits.detach().argmax(1) == y).sum())
-        row = {"epoch": epoch + 1, "loss": float(torch.stack(losses).sum()) / n,
-               "train_accuracy": float(torch.stack(hits).sum()) / n}
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(torch.stack(losses).sum()) / n,
+            "train_accuracy": float(torch.stack(hits).sum()) / n,
+        }
         if val is not None:
             preds = predict(model, val[0], device=device)
             row["val_accuracy"] = float((preds == val[1]).float().mean())
@@ -145,15 +148,32 @@ def train_classifier(
 
 
 def train_on_controlled(
-    dataset: ControlledDataset, arch: str, config: TrainConfig, device: torch.device, *,
-    width: int | None = None, progress: ProgressFn | None = None,
+    dataset: ControlledDataset,
+    arch: str,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    width: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[PixelModel, TrainResult, dict[str, Any]]:
     """train_classifier on a controlled dataset's train split, validated on its val split."""
     from .data.controlled import manifest_digest
 
-    info = {"manifest_hash": manifest_digest(dataset.manifest), "base": dataset.manifest["base"],
-            "shortcut": dataset.manifest["shortcut"], "rho": dataset.manifest["rho"]}
+    info = {
+        "manifest_hash": manifest_digest(dataset.manifest),
+        "base": dataset.manifest["base"],
+        "shortcut": dataset.manifest["shortcut"],
+        "rho": dataset.manifest["rho"],
+    }
     return train_classifier(
-        dataset.train.images, dataset.train.labels, dataset.classes, arch, config, device, width=width,
-        val=(dataset.val.images, dataset.val.labels), dataset_info=info, progress=progress,
+        dataset.train.images,
+        dataset.train.labels,
+        dataset.classes,
+        arch,
+        config,
+        device,
+        width=width,
+        val=(dataset.val.images, dataset.val.labels),
+        dataset_info=info,
+        progress=progress,
     )

@@ -20,16 +20,19 @@ def parse_number(text: str, name: str) -> float:
     try:
         value = float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
-        raise AuditError(f"{name} value '{text}' is not a number; "
-                         "allowed: decimals or fractions such as 8/255") from None
+        raise AuditError(
+            f"{name} value '{text}' is not a number; allowed: decimals or fractions such as 8/255"
+        ) from None
     return require_finite(value, name, text)
 
 
 def require_finite(value: float, name: str, text: str | None = None) -> float:
     """`value` unchanged when finite; else an AuditError naming the option and the value as the user typed it."""
     if not math.isfinite(value):
-        raise AuditError(f"{name} value '{value if text is None else text}' is not a finite number; "
-                         "allowed: finite decimals or fractions such as 8/255")
+        raise AuditError(
+            f"{name} value '{value if text is None else text}' is not a finite number; "
+            "allowed: finite decimals or fractions such as 8/255"
+        )
     return value
 
 

@@ -85,7 +85,9 @@ def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
     return pred != labels if targets is None else pred == targets
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, labels, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def input_gradient(
+    model: nn.Module, x: torch.Tensor, labels, targets
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward+backward with respect to the input. Returns (logits, per-sample loss, d loss / d x) where the
     loss differentiated is the per-sample losses summed (not averaged: a gradient does not shrink with the batch).
     The gradient may hold NaN or infinite entries (a sqrt or log of a black pixel): pass it through `finite_`
@@ -110,7 +112,9 @@ def finite_(grad: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def choose_targets(mode: str | int, logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def choose_targets(
+    mode: str | int, logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """A class index, 'random' (uniform over the other classes) or 'least-likely' (lowest clean logit)."""
     k = logits.shape[1]
     if isinstance(mode, int):
@@ -163,12 +167,15 @@ class Attack(ABC):
             raise AuditError(f"norm '{self.norm}' is unknown; allowed: {allowed(NORMS)}")
         if self.norm not in self.norms:
             takers = [name for name, cls in ATTACKS.items() if self.norm in cls.norms]
-            raise AuditError(f"method {self.name} takes norm {allowed(self.norms)} only, got '{self.norm}'; "
-                             f"use {allowed(takers)} for {self.norm}")
+            raise AuditError(
+                f"method {self.name} takes norm {allowed(self.norms)} only, got '{self.norm}'; "
+                f"use {allowed(takers)} for {self.norm}"
+            )
         top = self.geometry.max_eps
         if not 0 <= self.eps <= top:
-            raise AuditError(f"eps {self.eps:g} is outside [0, {top:g}] for norm {self.norm}; "
-                             f"allowed: 0 <= eps <= {top:g}")
+            raise AuditError(
+                f"eps {self.eps:g} is outside [0, {top:g}] for norm {self.norm}; allowed: 0 <= eps <= {top:g}"
+            )
         if isinstance(self.target, str) and self.target not in TARGET_MODES:
             raise AuditError(f"target '{self.target}' is unknown; allowed: a class index, random or least-likely")
         if self.batch_size < 1:
@@ -210,15 +217,18 @@ class Attack(ABC):
         gathered in order; random draws are seeded per global batch, so any number of processes gives the same
         numbers. On CUDA, a batch that runs out of memory is retried in halves (recorded in the result)."""
         if images.dim() != 4 or images.shape[0] != labels.shape[0]:
-            raise AuditError(f"images of shape {tuple(images.shape)} with {labels.shape[0]} labels; allowed: (N, C, H, W) and N labels")
+            raise AuditError(
+                f"images of shape {tuple(images.shape)} with {labels.shape[0]} labels; allowed: (N, C, H, W) and N labels"
+            )
         device = model_device(model)
         mine = my_batches(len(labels), self.batch_size)
         parts: list[AttackResult] = []
         start = time.perf_counter()
         with eval_mode(model), frozen_parameters(model):
             for index, begin, end in mine:
-                parts += self._run_with_retry(model, images[begin:end], labels[begin:end], device,
-                                              batch_generator(self.seed, index))
+                parts += self._run_with_retry(
+                    model, images[begin:end], labels[begin:end], device, batch_generator(self.seed, index)
+                )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         local = [_concat(parts, like=images)] if parts else []
@@ -226,8 +236,10 @@ class Attack(ABC):
             self._check_bounds(images[mine[0][1] : mine[-1][2]], local[0])
         result = _concat(gather_parts(local), like=images)
         if len(result.labels) and not result.counted.any():
-            raise AuditError(f"target {self.target}: every image's label is its target, so no image is left to attack; "
-                             "allowed: a target class that some images do not have")
+            raise AuditError(
+                f"target {self.target}: every image's label is its target, so no image is left to attack; "
+                "allowed: a target class that some images do not have"
+            )
         result.seconds = time.perf_counter() - start
         return result
 
@@ -275,8 +287,14 @@ class Attack(ABC):
         )
 
     @abstractmethod
-    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                 generator: torch.Generator) -> Perturbed:
+    def _perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> Perturbed:
         """The attack itself, on points correct before it (and not of their target). x: (n, C, H, W) in [0, 1];
         y: (n,) labels; targets: (n,) or None (untargeted). The model is in eval mode with frozen parameters."""
 
@@ -295,17 +313,32 @@ def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
     """One result from batch results, in order; an empty result (shaped like `like`) when there are none."""
     if not parts:
         empty = torch.zeros(0, dtype=torch.bool)
-        return AttackResult(like[:0], torch.zeros(0, dtype=torch.long), empty, empty, torch.zeros(0, dtype=torch.long),
-                            torch.zeros(0), empty, empty)
+        return AttackResult(
+            like[:0],
+            torch.zeros(0, dtype=torch.long),
+            empty,
+            empty,
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0),
+            empty,
+            empty,
+        )
 
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(p, name) for p in parts])
 
     return AttackResult(
-        cat("adversarial"), cat("labels"), cat("clean_correct"), cat("robust"), cat("adversarial_prediction"),
-        cat("perturbation_norm"), cat("zero_gradient"), cat("counted"),
+        cat("adversarial"),
+        cat("labels"),
+        cat("clean_correct"),
+        cat("robust"),
+        cat("adversarial_prediction"),
+        cat("perturbation_norm"),
+        cat("zero_gradient"),
+        cat("counted"),
         targets=None if parts[0].targets is None else cat("targets"),
-        gradient_evaluations=sum(p.gradient_evaluations for p in parts), oom_retries=sum(p.oom_retries for p in parts),
+        gradient_evaluations=sum(p.gradient_evaluations for p in parts),
+        oom_retries=sum(p.oom_retries for p in parts),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -61,8 +62,10 @@ class AttackSpec:
             values = ", ".join(f"{name} {_setting(getattr(self, name))}" for name in ignored)
             takers = [name for name, attack in ATTACKS.items() if set(ignored) <= set(attack.settings())]
             instead = f", or method {allowed(takers)}" if takers else ""
-            raise AuditError(f"method {cls.name} {cls.description}, so {values} would be ignored; "
-                             f"allowed: leave {_all_of(not_taken)} unset with {cls.name}{instead}")
+            raise AuditError(
+                f"method {cls.name} {cls.description}, so {values} would be ignored; "
+                f"allowed: leave {_all_of(not_taken)} unset with {cls.name}{instead}"
+            )
         for eps in self.eps:
             self.build(eps)  # each attack checks its own settings
 
@@ -117,14 +120,21 @@ def worst_case(results: list[AttackResult]) -> AttackResult:
     """Per sample, the first run (in the order given) that broke the point: its adversarial image, prediction and
     perturbation; a point stays robust only if every run left it robust. The runs attacked the same points."""
     first = results[0]
-    combined = replace(first, robust=first.robust.clone(), adversarial=first.adversarial.clone(),
-                       adversarial_prediction=first.adversarial_prediction.clone(),
-                       perturbation_norm=first.perturbation_norm.clone())
+    combined = replace(
+        first,
+        robust=first.robust.clone(),
+        adversarial=first.adversarial.clone(),
+        adversarial_prediction=first.adversarial_prediction.clone(),
+        perturbation_norm=first.perturbation_norm.clone(),
+    )
     for other in results[1:]:
         same_targets = (other.targets is None and first.targets is None) or (
-            other.targets is not None and first.targets is not None and torch.equal(other.targets, first.targets))
+            other.targets is not None and first.targets is not None and torch.equal(other.targets, first.targets)
+        )
         if not (same_targets and torch.equal(other.counted, first.counted) and torch.equal(other.labels, first.labels)):
-            raise InvariantError("the runs at one eps attacked different points or targets; their worst case is undefined")
+            raise InvariantError(
+                "the runs at one eps attacked different points or targets; their worst case is undefined"
+            )
         newly = combined.robust & ~other.robust
         combined.robust &= other.robust
         combined.adversarial[newly] = other.adversarial[newly]
@@ -138,14 +148,23 @@ def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackR
     broken = ~result.robust & result.attacked
     norms = result.perturbation_norm[broken]
     return AttackRow(
-        method=attack.name, norm=attack.norm, eps=attack.eps, steps=attack.step_count, target=attack.target,
+        method=attack.name,
+        norm=attack.norm,
+        eps=attack.eps,
+        steps=attack.step_count,
+        target=attack.target,
         restarts=attack.restart_count,
-        clean_accuracy=result.clean_accuracy, robust_accuracy=result.robust_accuracy, success_rate=result.success_rate,
+        clean_accuracy=result.clean_accuracy,
+        robust_accuracy=result.robust_accuracy,
+        success_rate=result.success_rate,
         mean_perturbation=float(norms.mean()) if len(norms) else 0.0,
         max_perturbation=float(norms.max()) if len(norms) else 0.0,
-        seconds=result.seconds, images_per_second=len(result.labels) / max(result.seconds, 1e-9),
+        seconds=result.seconds,
+        images_per_second=len(result.labels) / max(result.seconds, 1e-9),
         zero_gradient_share=share_of(result.zero_gradient, result.attacked),
-        n=int(result.counted.sum()), left_out=result.left_out, robust_accuracy_per_attack=own,
+        n=int(result.counted.sum()),
+        left_out=result.left_out,
+        robust_accuracy_per_attack=own,
         oom_retries=result.oom_retries,
     )
 
@@ -193,12 +212,14 @@ def evaluate_attack(
     def warn(code: str, message: str) -> None:
         warnings.append({"code": code, "message": message})
 
-    for lower, higher in zip(sorted(own), sorted(own)[1:]):
+    for lower, higher in pairwise(sorted(own)):
         low, high = own[lower].robust_accuracy, own[higher].robust_accuracy
         if high > low + tol:
-            warn("robust_accuracy_rises_with_eps",
-                 f"robust accuracy rose from {low:.3f} at eps {fmt_eps(lower)} to {high:.3f} at eps {fmt_eps(higher)}: "
-                 "the attack is failing, suspect gradient masking")
+            warn(
+                "robust_accuracy_rises_with_eps",
+                f"robust accuracy rose from {low:.3f} at eps {fmt_eps(lower)} to {high:.3f} at eps {fmt_eps(higher)}: "
+                "the attack is failing, suspect gradient masking",
+            )
     # The sanity runs vary the steps and compare with FGSM: they check attacks that take steps.
     if spec.sanity and "steps" in attack_class(spec.method).settings():
         top = max(spec.eps)
@@ -210,46 +231,79 @@ def evaluate_attack(
                 mine = own[eps].robust_accuracy
                 checks.append({"check": "fgsm_same_eps", "eps": eps, "robust_accuracy": fgsm.robust_accuracy})
                 if mine > fgsm.robust_accuracy + tol:
-                    warn("pgd_weaker_than_fgsm",
-                         f"PGD robust accuracy {mine:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
-                         f"eps {fmt_eps(eps)}: PGD is not converging (step size, steps, or gradient masking)")
+                    warn(
+                        "pgd_weaker_than_fgsm",
+                        f"PGD robust accuracy {mine:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
+                        f"eps {fmt_eps(eps)}: PGD is not converging (step size, steps, or gradient masking)",
+                    )
         if top > 0:
             doubled = run(spec.build(top, steps=2 * spec.steps))
             base = own[top].robust_accuracy
-            checks.append({"check": "double_steps", "eps": top, "steps": 2 * spec.steps, "robust_accuracy": doubled.robust_accuracy})
+            checks.append(
+                {
+                    "check": "double_steps",
+                    "eps": top,
+                    "steps": 2 * spec.steps,
+                    "robust_accuracy": doubled.robust_accuracy,
+                }
+            )
             if doubled.robust_accuracy < base - tol:
-                warn("more_steps_lower_robust_accuracy",
-                     f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
-                     f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
-                     "(the headline takes the worst case of both)")
+                warn(
+                    "more_steps_lower_robust_accuracy",
+                    f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
+                    f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
+                    "(the headline takes the worst case of both)",
+                )
             elif doubled.robust_accuracy > base + tol:
-                warn("more_steps_raise_robust_accuracy",
-                     f"doubling the steps raised robust accuracy from {base:.3f} to {doubled.robust_accuracy:.3f} "
-                     f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking")
+                warn(
+                    "more_steps_raise_robust_accuracy",
+                    f"doubling the steps raised robust accuracy from {base:.3f} to {doubled.robust_accuracy:.3f} "
+                    f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking",
+                )
         if spec.target is None:
             huge = run(spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None))
             gray = mid_gray_class(model, images.shape[1:])
             # Every pixel is within 0.5 of 0.5, so the mid-gray image lies in every point's ball: each point whose
             # label is not the model's answer on it has a known adversarial at this radius.
             missed = share_of(huge.robust & (huge.labels != gray), huge.counted)
-            checks.append({"check": "huge_eps", "norm": "linf", "eps": HUGE_LINF_EPS,
-                           "robust_accuracy": huge.robust_accuracy, "gray_class": gray, "robust_but_broken_by_gray": missed})
+            checks.append(
+                {
+                    "check": "huge_eps",
+                    "norm": "linf",
+                    "eps": HUGE_LINF_EPS,
+                    "robust_accuracy": huge.robust_accuracy,
+                    "gray_class": gray,
+                    "robust_but_broken_by_gray": missed,
+                }
+            )
             if missed > tol:
-                warn("robust_at_huge_eps",
-                     f"{missed:.3f} of the points stay robust at Linf eps {HUGE_LINF_EPS} although the mid-gray image "
-                     f"(every pixel 0.5) lies in each of their balls and the model calls it class {gray}: the attack "
-                     "misses adversarials known to exist; suspect gradient masking")
-    rows = [_row(attacks[eps], worst_case([r for _, r in runs[eps]]),
-                 {a.run_label: r.robust_accuracy for a, r in runs[eps]}) for eps in sorted(runs)]
+                warn(
+                    "robust_at_huge_eps",
+                    f"{missed:.3f} of the points stay robust at Linf eps {HUGE_LINF_EPS} although the mid-gray image "
+                    f"(every pixel 0.5) lies in each of their balls and the model calls it class {gray}: the attack "
+                    "misses adversarials known to exist; suspect gradient masking",
+                )
+    rows = [
+        _row(
+            attacks[eps], worst_case([r for _, r in runs[eps]]), {a.run_label: r.robust_accuracy for a, r in runs[eps]}
+        )
+        for eps in sorted(runs)
+    ]
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
-            warn("zero_or_nan_gradients",
-                 f"{row.zero_gradient_share:.0%} of attacked points had an input gradient that was all zero or had "
-                 f"NaN/infinite entries at eps {fmt_eps(row.eps)} (such entries are set to 0 before each step): "
-                 "gradient-based attacks see these points poorly; suspect gradient masking")
+            warn(
+                "zero_or_nan_gradients",
+                f"{row.zero_gradient_share:.0%} of attacked points had an input gradient that was all zero or had "
+                f"NaN/infinite entries at eps {fmt_eps(row.eps)} (such entries are set to 0 before each step): "
+                "gradient-based attacks see these points poorly; suspect gradient masking",
+            )
             break
     strongest = worst_case([r for _, r in runs[max(runs)]])
     pick = torch.arange(min(8, len(labels)))
-    examples = {"clean": images[pick], "adversarial": strongest.adversarial[pick], "labels": labels[pick],
-                "predictions": strongest.adversarial_prediction[pick]}
+    examples = {
+        "clean": images[pick],
+        "adversarial": strongest.adversarial[pick],
+        "labels": labels[pick],
+        "predictions": strongest.adversarial_prediction[pick],
+    }
     return AttackEvaluation(rows, warnings, checks, examples)

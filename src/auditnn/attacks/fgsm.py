@@ -18,8 +18,14 @@ class FGSM(Attack):
     description: ClassVar[str] = "takes one step from the clean image"
     norms: ClassVar[tuple[str, ...]] = ("linf",)  # the signed step is the Linf geometry; L2 is PGD's
 
-    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                 generator: torch.Generator) -> Perturbed:
+    def _perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> Perturbed:
         _, _, grad = input_gradient(model, x, y, targets)
         zero = unusable_gradient(grad)
         adv = (x + self.geometry.direction(finite_(grad), self.eps)).clamp_(0.0, 1.0)

@@ -85,8 +85,13 @@ def patch_mask(side: int, shape: str) -> torch.Tensor:
 
 
 def apply_patch(
-    images: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, *, generator: torch.Generator,
-    rotation: float = 0.0, scale: tuple[float, float] = (1.0, 1.0),
+    images: torch.Tensor,
+    patch: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    rotation: float = 0.0,
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste `patch` at a random place (and rotation and scale) into every image, differentiably in the patch.
     Returns (patched images (N, C, H, W) in [0, 1], coverage (N, 1, H, W) in [0, 1])."""
@@ -104,12 +109,19 @@ def apply_patch(
     zoom = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=generator)
     half = side * zoom.max().item() * math.sqrt(2) / 2  # keep the turned, scaled patch inside the frame
     room_x, room_y = max(0.0, (w / 2 - half) / (w / 2)), max(0.0, (h / 2 - half) / (h / 2))
-    shift = torch.stack([(torch.rand(n, generator=generator) * 2 - 1) * room_x,
-                         (torch.rand(n, generator=generator) * 2 - 1) * room_y], dim=1)
+    shift = torch.stack(
+        [(torch.rand(n, generator=generator) * 2 - 1) * room_x, (torch.rand(n, generator=generator) * 2 - 1) * room_y],
+        dim=1,
+    )
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # affine_grid maps output coords to input coords: the inverse of "scale, rotate, then shift".
-    theta = torch.stack([torch.stack([cos, sin, -(cos * shift[:, 0] + sin * shift[:, 1])], 1),
-                         torch.stack([-sin, cos, -(-sin * shift[:, 0] + cos * shift[:, 1])], 1)], 1).to(device)
+    theta = torch.stack(
+        [
+            torch.stack([cos, sin, -(cos * shift[:, 0] + sin * shift[:, 1])], 1),
+            torch.stack([-sin, cos, -(-sin * shift[:, 0] + cos * shift[:, 1])], 1),
+        ],
+        1,
+    ).to(device)
     grid = F.affine_grid(theta, [n, c + 1, h, w], align_corners=False)
     placed = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     content, coverage = placed[:, :c], placed[:, c:].clamp(0.0, 1.0)
@@ -152,7 +164,9 @@ def optimize_patch(
         with torch.no_grad():
             check_logits(model(train_images[:2]).float(), min(2, len(train_images)))
         for step in range(config.steps):
-            idx = torch.randint(0, len(train_labels), (min(config.batch_size, len(train_labels)),), generator=gen).to(device)
+            idx = torch.randint(0, len(train_labels), (min(config.batch_size, len(train_labels)),), generator=gen).to(
+                device
+            )
             x, y = train_images[idx], train_labels[idx]
             patched, _ = apply_patch(x, patch, mask, generator=gen, rotation=config.rotation, scale=config.scale)
             logits = model(patched).float()
@@ -178,7 +192,9 @@ def optimize_patch(
         eval_seed = config.seed + 1  # the same random places for the patch and its noise control
         adv_pred = _predict_patched(model, x_test, final, mask, torch.Generator().manual_seed(eval_seed), 512)
         noise_pred = _predict_patched(model, x_test, noise, mask, torch.Generator().manual_seed(eval_seed), 512)
-        shown, _ = apply_patch(test_images[:8].to(device), final, mask, generator=torch.Generator().manual_seed(eval_seed))
+        shown, _ = apply_patch(
+            test_images[:8].to(device), final, mask, generator=torch.Generator().manual_seed(eval_seed)
+        )
 
     def rate(pred: torch.Tensor) -> float | None:
         if config.target is None:
@@ -187,13 +203,18 @@ def optimize_patch(
         return float((pred[others] == config.target).float().mean()) if others.any() else None
 
     return PatchResult(
-        patch=final.cpu(), mask=mask.cpu(), target=config.target,
+        patch=final.cpu(),
+        mask=mask.cpu(),
+        target=config.target,
         accuracy_clean=float((clean_pred == y_test).float().mean()),
         accuracy_with_patch=float((adv_pred == y_test).float().mean()),
         target_success_rate=rate(adv_pred),
         accuracy_with_noise_patch=float((noise_pred == y_test).float().mean()),
         noise_target_success_rate=rate(noise_pred),
-        optimization_seconds=seconds, steps=config.steps, n_fit=len(train_labels), n_scored=len(y_test),
+        optimization_seconds=seconds,
+        steps=config.steps,
+        n_fit=len(train_labels),
+        n_scored=len(y_test),
         history=history,
         examples={"images": shown.cpu(), "predictions": adv_pred[:8].cpu(), "labels": test_labels[:8].cpu()},
     )
@@ -203,8 +224,10 @@ def _patch_plan(data: EvalData) -> tuple[bool, str]:
     """(halve the evaluation images?, which images the patch is fitted and scored on, in words). Fit and score use
     one kind of image: a controlled dataset's training images carry its planted shortcut, its test images do not."""
     if data.description.get("test") == "test_clean":
-        return True, ("fitted on a seeded half of the stamp-free test images, scored on the other half "
-                      "(the training images carry the planted shortcut)")
+        return True, (
+            "fitted on a seeded half of the stamp-free test images, scored on the other half "
+            "(the training images carry the planted shortcut)"
+        )
     if data.fitted_on_test:
         return True, "fitted on a seeded half of the evaluation images, scored on the other half (no training images)"
     return False, "fitted on the training images, scored on the held-out test images"

@@ -67,8 +67,14 @@ class PGD(Attack):
     def restart_count(self) -> int:
         return self.restarts
 
-    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                 generator: torch.Generator) -> Perturbed:
+    def _perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> Perturbed:
         geometry, alpha = self.geometry, self.alpha
         n = len(x)
         best = x.clone()

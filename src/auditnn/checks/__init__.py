@@ -4,5 +4,16 @@ Importing this package registers every kind."""
 from . import clean, attack, shortcut, patch, sensitivity, groups  # noqa: I001 - registration order is the order shown
 from .base import KINDS, CheckKind, CheckResult, Context, kind_of
 
-__all__ = ["KINDS", "CheckKind", "CheckResult", "Context", "attack", "clean", "groups", "kind_of", "patch",
-           "sensitivity", "shortcut"]
+__all__ = [
+    "KINDS",
+    "CheckKind",
+    "CheckResult",
+    "Context",
+    "attack",
+    "clean",
+    "groups",
+    "kind_of",
+    "patch",
+    "sensitivity",
+    "shortcut",
+]

@@ -15,8 +15,15 @@ from ..subject import SubjectSpec
 from ..values import fmt_eps, parse_number
 from .base import NUMBER, STRING, CheckKind, CheckResult, Context, cli_only, register
 
-ROW_METRICS = ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation", "max_perturbation", "seconds",
-               "images_per_second")
+ROW_METRICS = (
+    "clean_accuracy",
+    "robust_accuracy",
+    "success_rate",
+    "mean_perturbation",
+    "max_perturbation",
+    "seconds",
+    "images_per_second",
+)
 
 
 @dataclass
@@ -41,9 +48,18 @@ def attack_spec(settings: AttackSettings, seed: int) -> AttackSpec:
     target = settings.target
     if isinstance(target, str) and target.isdigit():  # an audit file writes a class as a string
         target = int(target)
-    return AttackSpec(method=settings.method, norm=settings.norm, eps=list(settings.eps), steps=settings.steps,
-                      restarts=settings.restarts, step_size=settings.step_size, target=target,
-                      batch_size=settings.batch_size, seed=seed, sanity=settings.sanity)
+    return AttackSpec(
+        method=settings.method,
+        norm=settings.norm,
+        eps=list(settings.eps),
+        steps=settings.steps,
+        restarts=settings.restarts,
+        step_size=settings.step_size,
+        target=target,
+        batch_size=settings.batch_size,
+        seed=seed,
+        sanity=settings.sanity,
+    )
 
 
 def _takes_steps(method: str) -> bool:
@@ -89,9 +105,16 @@ class Attack(CheckKind[AttackSettings]):
         return f"{settings.method} {settings.norm} eps={eps}{steps}", ("method", "norm", "eps", "steps")
 
     def labels(self, settings: AttackSettings) -> dict[str, Any]:
-        return {"method": settings.method, "norm": settings.norm, "eps": settings.eps[0],
-                "steps": settings.steps if _takes_steps(settings.method) else 1, "target": settings.target,
-                "restarts": settings.restarts, "step_size": settings.step_size, "sanity": settings.sanity}
+        return {
+            "method": settings.method,
+            "norm": settings.norm,
+            "eps": settings.eps[0],
+            "steps": settings.steps if _takes_steps(settings.method) else 1,
+            "target": settings.target,
+            "restarts": settings.restarts,
+            "step_size": settings.step_size,
+            "sanity": settings.sanity,
+        }
 
     def measure(self, settings: AttackSettings, ctx: Context) -> CheckResult:
         subject = ctx.subject
@@ -106,8 +129,16 @@ class Attack(CheckKind[AttackSettings]):
         rows = []
         for r in evaluation.rows:
             # every setting that changes the figure is a label: the gate never judges a check by another setting's row
-            labels = dict(method=r.method, norm=r.norm, eps=r.eps, steps=r.steps, target=r.target, restarts=r.restarts,
-                          step_size=spec.step_size, sanity=spec.sanity)
+            labels = dict(
+                method=r.method,
+                norm=r.norm,
+                eps=r.eps,
+                steps=r.steps,
+                target=r.target,
+                restarts=r.restarts,
+                step_size=spec.step_size,
+                sanity=spec.sanity,
+            )
             rows += [metric_row("attack", name, getattr(r, name), **labels) for name in ROW_METRICS]
         section = {**evaluation.to_dict(), "model": subject.source, "data": subject.described}
         return CheckResult(rows, section, dict(evaluation.examples), warnings + evaluation.warnings)
@@ -131,18 +162,35 @@ class Attack(CheckKind[AttackSettings]):
             named = any("check" in r for r in rows)
             labels = list(dict.fromkeys(k for r in rows for k in r.get("robust_accuracy_per_attack", {})))
             own = labels if len(labels) > 1 else []
-            columns = ["check"] * named + ["eps", "clean acc", "robust acc" + (" (worst)" if own else ""), *own,
-                                           "success", "mean |d|", "max |d|", "time s", "img/s"]
+            columns = ["check"] * named + [
+                "eps",
+                "clean acc",
+                "robust acc" + (" (worst)" if own else ""),
+                *own,
+                "success",
+                "mean |d|",
+                "max |d|",
+                "time s",
+                "img/s",
+            ]
             body = [
                 [r.get("check", "-")] * named
-                + [fmt_eps(r["eps"]), fmt(r["clean_accuracy"]), fmt(r["robust_accuracy"]),
-                   *(fmt(r["robust_accuracy_per_attack"].get(k)) for k in own), fmt(r["success_rate"]),
-                   fmt(r["mean_perturbation"], 4), fmt(r["max_perturbation"], 4), fmt(r["seconds"], 2),
-                   "-" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}"]
+                + [
+                    fmt_eps(r["eps"]),
+                    fmt(r["clean_accuracy"]),
+                    fmt(r["robust_accuracy"]),
+                    *(fmt(r["robust_accuracy_per_attack"].get(k)) for k in own),
+                    fmt(r["success_rate"]),
+                    fmt(r["mean_perturbation"], 4),
+                    fmt(r["max_perturbation"], 4),
+                    fmt(r["seconds"], 2),
+                    "-" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}",
+                ]
                 for r in rows
             ]
             left_out = max(r.get("left_out", 0) for r in rows)
             images = f"{section['data']['n_test']} test images" + (
-                f", {left_out} left out as label = target" if left_out else "")
+                f", {left_out} left out as label = target" if left_out else ""
+            )
             tables.append(Table(f"Robust accuracy: {setting} ({images}, model {section['model']})", columns, body))
         return tables

@@ -84,14 +84,19 @@ class CheckKind(Generic[S]):
 
     @classmethod
     def required(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls.settings)
-                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        return tuple(
+            f.name
+            for f in dataclasses.fields(cls.settings)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         fields = dataclasses.fields(cls.settings)
-        return {**{f.name: f.default_factory() for f in fields if f.default_factory is not dataclasses.MISSING},
-                **{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}}
+        return {
+            **{f.name: f.default_factory() for f in fields if f.default_factory is not dataclasses.MISSING},
+            **{f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
+        }
 
     @classmethod
     def from_file(cls, key: str, value: Any, at: str) -> Any:
@@ -147,8 +152,13 @@ class CheckKind(Generic[S]):
 
 def planted(settings: Any) -> ShortcutConfig:
     """The tag a check plants, from its settings' tag, size, opacity, position and target_class."""
-    return ShortcutConfig(tag=settings.tag, size=settings.size, opacity=settings.opacity, position=settings.position,
-                          target_class=settings.target_class)
+    return ShortcutConfig(
+        tag=settings.tag,
+        size=settings.size,
+        opacity=settings.opacity,
+        position=settings.position,
+        target_class=settings.target_class,
+    )
 
 
 def path_setting() -> dict[str, Any]:

@@ -36,8 +36,9 @@ class Clean(CheckKind[CleanSettings]):
 
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
-        correct = sum(int((predict(subject.model, images) == labels).sum())
-                      for images, labels in subject.data.test_batches(BATCH))
+        correct = sum(
+            int((predict(subject.model, images) == labels).sum()) for images, labels in subject.data.test_batches(BATCH)
+        )
         n = len(subject.data.test_labels)
         # float32 division, as every share auditnn reports (a mean of float32 0/1 values)
         accuracy = float(torch.tensor(float(correct)) / n)

@@ -26,10 +26,20 @@ class GroupsSettings:
 
 
 def groups_rows(a: AnnotatedMetrics) -> list[dict[str, Any]]:
-    rows = [metric_row("groups", name, getattr(a, name), attribute=a.attribute) for name in (
-        "accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "agreement_rate")]
-    rows += [metric_row("groups", "group_accuracy", g["accuracy"], group=g["group"], attribute=a.attribute)
-             for g in a.groups]
+    rows = [
+        metric_row("groups", name, getattr(a, name), attribute=a.attribute)
+        for name in (
+            "accuracy",
+            "worst_group_accuracy",
+            "aligned_accuracy",
+            "conflicting_accuracy",
+            "gap",
+            "agreement_rate",
+        )
+    ]
+    rows += [
+        metric_row("groups", "group_accuracy", g["accuracy"], group=g["group"], attribute=a.attribute) for g in a.groups
+    ]
     return rows
 
 
@@ -37,8 +47,11 @@ def groups_rows(a: AnnotatedMetrics) -> list[dict[str, Any]]:
 class Groups(CheckKind[GroupsSettings]):
     name = "groups"
     settings = GroupsSettings
-    thresholds = {"min_worst_group_accuracy": ("worst_group_accuracy", "min"), "max_gap": ("gap", "max"),
-                  "max_agreement_rate": ("agreement_rate", "max")}
+    thresholds = {
+        "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
+        "max_gap": ("gap", "max"),
+        "max_agreement_rate": ("agreement_rate", "max"),
+    }
 
     def title(self, settings: GroupsSettings) -> tuple[str, tuple[str, ...]]:
         return f"groups by {settings.attribute}", ("attribute", "groups")
@@ -53,8 +66,9 @@ class Groups(CheckKind[GroupsSettings]):
         images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
         notes = read_groups(settings.groups, settings.attribute, images)
         association = load_association(notes, data.classes, settings.associate, settings.associate_from)
-        measured = annotated_metrics(predict(subject.model, data.test_images), data.test_labels, notes, data.classes,
-                                     association=association)
+        measured = annotated_metrics(
+            predict(subject.model, data.test_images), data.test_labels, notes, data.classes, association=association
+        )
         section = {**measured.to_dict(), "model": subject.source, "data": subject.described}
         return CheckResult(groups_rows(measured), section, warnings=list(measured.warnings))
 
@@ -68,9 +82,15 @@ class Groups(CheckKind[GroupsSettings]):
             ["answers agreeing with the attribute's class", fmt(section["agreement_rate"])],
             ["attribute's class", ", ".join(f"{k}: {v}" for k, v in section["associated_class"].items())],
         ]
-        groups = [[g["group"], str(g["n"]), fmt(g["accuracy"])]
-                  for g in sorted(section["groups"], key=lambda g: g["accuracy"])]
-        title = (f"Groups by '{section['attribute']}' ({section['n']} annotated images, model {section['model']})"
-                 f"{of_check(section)}")
-        return [Table(title, ["metric", "value"], summary),
-                Table("Accuracy per group (label x attribute)", ["group", "n", "accuracy"], groups)]
+        groups = [
+            [g["group"], str(g["n"]), fmt(g["accuracy"])]
+            for g in sorted(section["groups"], key=lambda g: g["accuracy"])
+        ]
+        title = (
+            f"Groups by '{section['attribute']}' ({section['n']} annotated images, model {section['model']})"
+            f"{of_check(section)}"
+        )
+        return [
+            Table(title, ["metric", "value"], summary),
+            Table("Accuracy per group (label x attribute)", ["group", "n", "accuracy"], groups),
+        ]

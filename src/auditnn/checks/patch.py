@@ -11,8 +11,14 @@ from ..report.tables import Table, fmt
 from ..subject import SubjectSpec
 from .base import CheckKind, CheckResult, Context, of_check, register
 
-ROW_METRICS = ("accuracy_clean", "accuracy_with_patch", "target_success_rate", "accuracy_with_noise_patch",
-               "noise_target_success_rate", "optimization_seconds")
+ROW_METRICS = (
+    "accuracy_clean",
+    "accuracy_with_patch",
+    "target_success_rate",
+    "accuracy_with_noise_patch",
+    "noise_target_success_rate",
+    "optimization_seconds",
+)
 
 
 @dataclass
@@ -27,15 +33,19 @@ class PatchSettings:
 
 
 def patch_config(settings: PatchSettings, seed: int) -> PatchConfig:
-    return PatchConfig(size=settings.size, shape=settings.shape, target=settings.target, steps=settings.steps, seed=seed)
+    return PatchConfig(
+        size=settings.size, shape=settings.shape, target=settings.target, steps=settings.steps, seed=seed
+    )
 
 
 @register
 class Patch(CheckKind[PatchSettings]):
     name = "patch"
     settings = PatchSettings
-    thresholds = {"max_target_success_rate": ("target_success_rate", "max"),
-                  "min_accuracy_with_patch": ("accuracy_with_patch", "min")}
+    thresholds = {
+        "max_target_success_rate": ("target_success_rate", "max"),
+        "min_accuracy_with_patch": ("accuracy_with_patch", "min"),
+    }
 
     def validate(self, settings: PatchSettings, spec: SubjectSpec) -> None:
         patch_config(settings, 0).validate()
@@ -54,11 +64,18 @@ class Patch(CheckKind[PatchSettings]):
         result = fit_patch(subject.model, subject.data, config, ctx.seed)
         summary = result.summary()
         rows = [metric_row("patch", name, summary[name], method="patch") for name in ROW_METRICS]
-        section = {**summary, "size": config.size, "shape": config.shape, "model": subject.source,
-                   "data": {**subject.described, "n_test": result.n_scored}}
+        section = {
+            **summary,
+            "size": config.size,
+            "shape": config.shape,
+            "model": subject.source,
+            "data": {**subject.described, "n_test": result.n_scored},
+        }
         pictures = {"patch": result.patch, "mask": result.mask, **result.examples}
-        files = {"patch.png": lambda path: save_patch_png(result, path),
-                 "patch.pt": lambda path: save_patch_tensors(result, path)}
+        files = {
+            "patch.png": lambda path: save_patch_png(result, path),
+            "patch.pt": lambda path: save_patch_tensors(result, path),
+        }
         return CheckResult(rows, section, pictures, files=files)
 
     def tables(self, section: dict[str, Any]) -> list[Table]:
@@ -68,8 +85,10 @@ class Patch(CheckKind[PatchSettings]):
             ["accuracy, with patch", fmt(section["accuracy_with_patch"]), fmt(section["accuracy_with_noise_patch"])],
             ["classified as target", fmt(section["target_success_rate"]), fmt(section["noise_target_success_rate"])],
         ]
-        title = (f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
-                 f"{section['steps']} steps ({section['optimization_seconds']:.1f} s){of_check(section)}")
+        title = (
+            f"Universal patch: {section['shape']} {section['size']:g} of the side, {target}, "
+            f"{section['steps']} steps ({section['optimization_seconds']:.1f} s){of_check(section)}"
+        )
         if section.get("images"):
             title += f"; {section['images']}"
         held_out = f"{section['n_scored']} held-out images" if "n_scored" in section else "held-out images"

@@ -25,10 +25,14 @@ class SensitivitySettings:
 
 
 def sensitivity_rows(s: TagSensitivity) -> list[dict[str, Any]]:
-    rows = [metric_row("sensitivity", name, getattr(s, name), tag=s.tag)
-            for name in ("accuracy_without_tag", "flip_rate", "toward_rate")]
-    rows += [metric_row("sensitivity", "flip_rate", v["flip_rate"], group=f"tag of {v['tag_class']}", tag=s.tag)
-             for v in s.variants]
+    rows = [
+        metric_row("sensitivity", name, getattr(s, name), tag=s.tag)
+        for name in ("accuracy_without_tag", "flip_rate", "toward_rate")
+    ]
+    rows += [
+        metric_row("sensitivity", "flip_rate", v["flip_rate"], group=f"tag of {v['tag_class']}", tag=s.tag)
+        for v in s.variants
+    ]
     return rows
 
 
@@ -51,16 +55,38 @@ class Sensitivity(CheckKind[SensitivitySettings]):
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
         data = subject.data
-        measured = tag_sensitivity(subject.model, data.test_images, data.test_labels, planted(settings).build(
-            data.num_classes), data.classes, target_class=settings.target_class, seed=ctx.seed)
+        measured = tag_sensitivity(
+            subject.model,
+            data.test_images,
+            data.test_labels,
+            planted(settings).build(data.num_classes),
+            data.classes,
+            target_class=settings.target_class,
+            seed=ctx.seed,
+        )
         section = {**measured.to_dict(), "model": subject.source, "data": subject.described}
         return CheckResult(sensitivity_rows(measured), section)
 
     def tables(self, section: dict[str, Any]) -> list[Table]:
-        rows = [[v["tag_class"], fmt(v["flip_rate"]), fmt(v["toward_rate"]), fmt(v["accuracy_with_tag"]),
-                 v["top_destination"]] for v in section["variants"]]
+        rows = [
+            [
+                v["tag_class"],
+                fmt(v["flip_rate"]),
+                fmt(v["toward_rate"]),
+                fmt(v["accuracy_with_tag"]),
+                v["top_destination"],
+            ]
+            for v in section["variants"]
+        ]
         rows.append(["mean", fmt(section["flip_rate"]), fmt(section["toward_rate"]), "-", "-"])
-        title = (f"Planted-tag sensitivity: {section['tag']} on {section['n']} images, model {section['model']} "
-                 f"(accuracy without the tag {fmt(section['accuracy_without_tag'])}){of_check(section)}")
-        return [Table(title, ["tag of class", "answers changed", "moved to the tag's class", "accuracy with tag",
-                              "most changed to"], rows)]
+        title = (
+            f"Planted-tag sensitivity: {section['tag']} on {section['n']} images, model {section['model']} "
+            f"(accuracy without the tag {fmt(section['accuracy_without_tag'])}){of_check(section)}"
+        )
+        return [
+            Table(
+                title,
+                ["tag of class", "answers changed", "moved to the tag's class", "accuracy with tag", "most changed to"],
+                rows,
+            )
+        ]

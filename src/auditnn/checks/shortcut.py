@@ -25,16 +25,35 @@ from ..subject import EvalData, SubjectSpec, resolve_subject
 from ..train import train_on_controlled
 from .base import NUMBER, CheckKind, CheckResult, Context, cli_only, first_layer_pictures, planted, register
 
-SCALARS = ("clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
-           "follow_rate", "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass",
-           "attribution_chance", "attribution_ratio", "mask_share")
+SCALARS = (
+    "clean_accuracy",
+    "aligned_accuracy",
+    "conflicting_accuracy",
+    "gap",
+    "worst_group_accuracy",
+    "reliance",
+    "follow_rate",
+    "follow_rate_normalized",
+    "swap_flip_rate",
+    "remove_flip_rate",
+    "attribution_mass",
+    "attribution_chance",
+    "attribution_ratio",
+    "mask_share",
+)
 SHOWN = (  # (metric key, label shown)
-    ("clean_accuracy", "accuracy, no shortcut"), ("aligned_accuracy", "accuracy, aligned"),
-    ("conflicting_accuracy", "accuracy, conflicting"), ("gap", "gap (aligned - conflicting)"),
-    ("worst_group_accuracy", "worst-group accuracy"), ("reliance", "reliance"),
-    ("follow_rate_normalized", "follows shortcut (vs chance)"), ("swap_flip_rate", "flips when shortcut swapped"),
-    ("remove_flip_rate", "flips when shortcut removed"), ("attribution_mass", "attribution inside shortcut"),
-    ("attribution_chance", "chance level (shortcut's share of |x|)"), ("attribution_ratio", "attribution / chance"),
+    ("clean_accuracy", "accuracy, no shortcut"),
+    ("aligned_accuracy", "accuracy, aligned"),
+    ("conflicting_accuracy", "accuracy, conflicting"),
+    ("gap", "gap (aligned - conflicting)"),
+    ("worst_group_accuracy", "worst-group accuracy"),
+    ("reliance", "reliance"),
+    ("follow_rate_normalized", "follows shortcut (vs chance)"),
+    ("swap_flip_rate", "flips when shortcut swapped"),
+    ("remove_flip_rate", "flips when shortcut removed"),
+    ("attribution_mass", "attribution inside shortcut"),
+    ("attribution_chance", "chance level (shortcut's share of |x|)"),
+    ("attribution_ratio", "attribution / chance"),
     ("mask_share", "shortcut's share of pixels"),
 )
 
@@ -58,16 +77,26 @@ class ShortcutSettings:
 
 
 def build_config(settings: ShortcutSettings, spec: SubjectSpec, rho: float, seed: int) -> BuildConfig:
-    return BuildConfig(base=spec.base.text, shortcut=planted(settings), rho=rho, seed=seed,
-                       test_per_class=spec.test_per_class, data_root=spec.data_root, download=spec.download)
+    return BuildConfig(
+        base=spec.base.text,
+        shortcut=planted(settings),
+        rho=rho,
+        seed=seed,
+        test_per_class=spec.test_per_class,
+        data_root=spec.data_root,
+        download=spec.download,
+    )
 
 
 @register
 class Shortcut(CheckKind[ShortcutSettings]):
     name = "shortcut"
     settings = ShortcutSettings
-    thresholds = {"max_reliance": ("reliance", "max"), "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
-                  "max_gap": ("gap", "max")}
+    thresholds = {
+        "max_reliance": ("reliance", "max"),
+        "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
+        "max_gap": ("gap", "max"),
+    }
     needs_subject = False
     merged = True
 
@@ -80,8 +109,10 @@ class Shortcut(CheckKind[ShortcutSettings]):
             raise AuditError(f"attribution '{settings.attribution}' is unknown; allowed: {allowed(ATTRIBUTIONS)}")
         if len(settings.rho) > 1 and (settings.data is not None or not spec.model.is_architecture):
             given = "a built dataset" if settings.data is not None else f"model '{spec.model.text}'"
-            raise AuditError(f"a rho sweep builds one dataset and trains one model per rho, but {given} is given; "
-                             "allowed: a single rho with a given dataset or trained model")
+            raise AuditError(
+                f"a rho sweep builds one dataset and trains one model per rho, but {given} is given; "
+                "allowed: a single rho with a given dataset or trained model"
+            )
         replace(spec.train, epochs=settings.epochs or spec.train.epochs).validate()
 
     def title(self, settings: ShortcutSettings) -> tuple[str, tuple[str, ...]]:
@@ -102,8 +133,9 @@ class Shortcut(CheckKind[ShortcutSettings]):
     def tables(self, section: dict[str, Any]) -> list[Table]:
         """One column per rho, one row per metric: narrow enough for a terminal whatever the sweep."""
         runs = section["rows"]
-        columns = ["metric"] + [f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r.get("training") is None else "")
-                                for r in runs]
+        columns = ["metric"] + [
+            f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r.get("training") is None else "") for r in runs
+        ]
         rows = [[label] + [fmt(r["metrics"][key]) for r in runs] for key, label in SHOWN]
         rows.insert(5, ["worst group (label x shortcut)"] + [r["metrics"]["worst_group"] for r in runs])
         first = runs[0]["dataset"]
@@ -111,15 +143,25 @@ class Shortcut(CheckKind[ShortcutSettings]):
 
     def measure(self, settings: ShortcutSettings, ctx: Context) -> CheckResult:
         start = time.perf_counter()
-        base = None if settings.data is not None else load_source(
-            ctx.subject_spec.base, data_root=ctx.subject_spec.data_root, download=ctx.subject_spec.download,
-            seed=ctx.seed)
+        base = (
+            None
+            if settings.data is not None
+            else load_source(
+                ctx.subject_spec.base,
+                data_root=ctx.subject_spec.data_root,
+                download=ctx.subject_spec.download,
+                seed=ctx.seed,
+            )
+        )
         given: nn.Module | None = None
         result = CheckResult([], {"device": str(ctx.device), "seconds": 0.0, "rows": []})
         for rho in settings.rho:
             row_start = time.perf_counter()
-            dataset = (load_controlled(settings.data) if settings.data is not None
-                       else build_controlled(build_config(settings, ctx.subject_spec, rho, ctx.seed), base))
+            dataset = (
+                load_controlled(settings.data)
+                if settings.data is not None
+                else build_controlled(build_config(settings, ctx.subject_spec, rho, ctx.seed), base)
+            )
             if ctx.subject_spec.model.is_architecture:
                 model, training, files = self._trained(settings, dataset, ctx)
             else:
@@ -129,15 +171,17 @@ class Shortcut(CheckKind[ShortcutSettings]):
         result.section["seconds"] = time.perf_counter() - start
         return result
 
-    def _trained(self, settings: ShortcutSettings, dataset: ControlledDataset, ctx: Context) -> tuple[
-            nn.Module, dict[str, Any], dict[str, Callable[[Path], Any]]]:
+    def _trained(
+        self, settings: ShortcutSettings, dataset: ControlledDataset, ctx: Context
+    ) -> tuple[nn.Module, dict[str, Any], dict[str, Callable[[Path], Any]]]:
         """(model trained on the dataset, its training record, the files that keep it with save_models)."""
         spec, rho = ctx.subject_spec, dataset.manifest["rho"]
         progress = ctx.progress
         report = None if progress is None else (lambda e, n, r: progress(f"rho={rho:g}", e, n, r))
         train = replace(spec.train, epochs=settings.epochs or spec.train.epochs)
-        model, fit, card = train_on_controlled(dataset, spec.model.text, train, ctx.device, width=spec.width,
-                                               progress=report)
+        model, fit, card = train_on_controlled(
+            dataset, spec.model.text, train, ctx.device, width=spec.width, progress=report
+        )
         share_weights_from_first(model)
         keep = settings.save_models and ctx.out_dir is not None
         files = {f"models/rho-{rho:g}": lambda path: save_model_dir(model, card, path)} if keep else {}
@@ -153,34 +197,58 @@ class Shortcut(CheckKind[ShortcutSettings]):
             declared = card.get("input_shape")
             if recoloured and declared and declared[0] is not None and declared[0] != channels:
                 plural = "s" if declared[0] > 1 else ""
-                raise recoloured_error(dataset.tag, channels, f"model '{spec.text}' takes {declared[0]} channel{plural}")
+                raise recoloured_error(
+                    dataset.tag, channels, f"model '{spec.text}' takes {declared[0]} channel{plural}"
+                )
 
-        data = EvalData(dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels,
-                        dataset.classes, {})
+        data = EvalData(
+            dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels, dataset.classes, {}
+        )
         try:
-            return resolve_subject(spec, data, ctx.subject_spec.train, ctx.device, conform=False,
-                                   check_card=takes_channels).model
+            return resolve_subject(
+                spec, data, ctx.subject_spec.train, ctx.device, conform=False, check_card=takes_channels
+            ).model
         except AuditError as exc:
             if not recoloured or "makes the images RGB" in str(exc):
                 raise
             raise recoloured_error(dataset.tag, channels, f"model '{spec.text}' fails on them ({exc})") from None
 
-    def _describe(self, result: CheckResult, settings: ShortcutSettings, model: nn.Module, dataset: ControlledDataset,
-                  training: dict[str, Any] | None, files: dict[str, Callable[[Path], Any]], ctx: Context,
-                  seconds: float) -> None:
+    def _describe(
+        self,
+        result: CheckResult,
+        settings: ShortcutSettings,
+        model: nn.Module,
+        dataset: ControlledDataset,
+        training: dict[str, Any] | None,
+        files: dict[str, Callable[[Path], Any]],
+        ctx: Context,
+        seconds: float,
+    ) -> None:
         """Add one rho's measurement to the result: its rows, its section row, pictures and files."""
         metrics = measure_reliance(model, dataset, attribution=settings.attribution)
-        rho, tag = dataset.manifest["rho"], dataset.tag  # the dataset's; with a given model it shaped the test split only
+        rho, tag = (
+            dataset.manifest["rho"],
+            dataset.tag,
+        )  # the dataset's; with a given model it shaped the test split only
         result.rows += [metric_row("shortcut", name, getattr(metrics, name), tag=tag, rho=rho) for name in SCALARS]
-        result.rows += [metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], tag=tag, rho=rho)
-                        for g in metrics.groups]
+        result.rows += [
+            metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], tag=tag, rho=rho)
+            for g in metrics.groups
+        ]
         model_dir = None if not files or ctx.out_dir is None else str(ctx.out_dir / next(iter(files)))
-        result.section["rows"].append({
-            "rho": rho, "metrics": asdict(metrics),
-            "dataset": {k: dataset.manifest.get(k) for k in ("base", "shortcut", "rho", "aligned_share", "seed",
-                                                              "sizes", "classes")},
-            "training": training, "model_dir": model_dir, "seconds": seconds,
-        })
+        result.section["rows"].append(
+            {
+                "rho": rho,
+                "metrics": asdict(metrics),
+                "dataset": {
+                    k: dataset.manifest.get(k)
+                    for k in ("base", "shortcut", "rho", "aligned_share", "seed", "sizes", "classes")
+                },
+                "training": training,
+                "model_dir": model_dir,
+                "seconds": seconds,
+            }
+        )
         pictures = {**shortcut_examples(model, dataset), **first_layer_pictures(model, dataset.test.images.shape[1:])}
         result.pictures.update({f"rho={rho:g}/{k}": v for k, v in pictures.items()})
         result.files.update(files)

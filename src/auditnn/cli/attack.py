@@ -36,20 +36,38 @@ def parse_target(text: str | None, default: int | str | None) -> int | str | Non
 def attack(
     method: Annotated[str, typer.Option(help="fgsm, pgd or patch.")] = "pgd",
     norm: Annotated[str, typer.Option(help="linf or l2 (pgd); fgsm is linf.")] = "linf",
-    eps: Annotated[str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")] = None,
+    eps: Annotated[
+        str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps (default 10) or patch optimization steps (300).")] = None,
     restarts: Annotated[int, typer.Option(help="PGD random restarts, scored per sample.")] = 1,
     step_size: Annotated[str | None, typer.Option(help="PGD step in pixel units (default 2.5 x eps / steps).")] = None,
-    target: Annotated[str | None, typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")
+    ] = None,
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
     patch_shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
-    sanity: Annotated[bool, typer.Option(help="Run the gradient-masking checks (FGSM at each eps, 2x steps, huge eps).")] = True,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (falls back with a warning).")] = False,
-    model: Annotated[str, typer.Option(help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR.")] = "cnn",
+    sanity: Annotated[
+        bool, typer.Option(help="Run the gradient-masking checks (FGSM at each eps, 2x steps, huge eps).")
+    ] = True,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model first (falls back with a warning).")
+    ] = False,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR."
+        ),
+    ] = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
-    data: Annotated[str | None, typer.Option(help="Images to attack: imagefolder:DIR, tensors:FILE, torchvision:NAME, or a folder from 'auditnn data build'.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Images to attack: imagefolder:DIR, tensors:FILE, torchvision:NAME, or a folder from 'auditnn data build'."
+        ),
+    ] = None,
     strict: o.Strict = False,
     base: o.Base = "digits",
     width: o.Width = None,
@@ -65,23 +83,43 @@ def attack(
 ) -> int:
     """Robust accuracy under FGSM or PGD at each eps (with gradient-masking flags), or a universal patch's success."""
     subject = o.subject_spec(
-        model=o.user_model(model, weights, mean, std), base=base, data=data, data_root=data_root, download=download,
-        test_per_class=test_per_class, strict=strict, width=width,
+        model=o.user_model(model, weights, mean, std),
+        base=base,
+        data=data,
+        data_root=data_root,
+        download=download,
+        test_per_class=test_per_class,
+        strict=strict,
+        width=width,
         train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
     )
     if method == "patch":
         patch_target = parse_target(target, 0)
         if isinstance(patch_target, str):
             raise AuditError(f"patch target '{patch_target}' is not allowed; allowed: a class index or none")
-        check = Check("patch", None, PatchSettings(size=patch_size, shape=patch_shape, target=patch_target,
-                                                   steps=300 if steps is None else steps))
+        check = Check(
+            "patch",
+            None,
+            PatchSettings(
+                size=patch_size, shape=patch_shape, target=patch_target, steps=300 if steps is None else steps
+            ),
+        )
     else:
-        check = Check("attack", None, AttackSettings(
-            eps=parse_number_list(eps or DEFAULT_EPS.get(norm, DEFAULT_EPS["linf"]), "--eps"), method=method,
-            norm=norm, steps=PGD_STEPS if steps is None else steps, restarts=restarts,
-            target=parse_target(target, None),
-            step_size=None if step_size is None else parse_number(step_size, "--step-size"), sanity=sanity,
-            batch_size=batch_size, compile=compile,
-        ))
+        check = Check(
+            "attack",
+            None,
+            AttackSettings(
+                eps=parse_number_list(eps or DEFAULT_EPS.get(norm, DEFAULT_EPS["linf"]), "--eps"),
+                method=method,
+                norm=norm,
+                steps=PGD_STEPS if steps is None else steps,
+                restarts=restarts,
+                target=parse_target(target, None),
+                step_size=None if step_size is None else parse_number(step_size, "--step-size"),
+                sanity=sanity,
+                batch_size=batch_size,
+                compile=compile,
+            ),
+        )
     plan = Plan("attack", [check], subject, seed, device)
     return run_and_render(plan, out, Consoles(quiet), method if method == "patch" else f"{method}-{norm}")

@@ -16,8 +16,13 @@ def audit(
     file: Annotated[Path, typer.Argument(help="The audit file (TOML): model, data and checks with thresholds.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/<run-id>/).")] = None,
     exit_zero: Annotated[bool, typer.Option(help="Report failing checks but exit 0.")] = False,
-    resume: Annotated[bool, typer.Option(help="Reuse the results of checks the --out folder's earlier run measured "
-                                               "with the same settings, model and data.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse the results of checks the --out folder's earlier run measured "
+            "with the same settings, model and data."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")] = False,
 ) -> int:
     """Run every check of an audit file, write the report, print the verdict; exit 1 when a check fails."""

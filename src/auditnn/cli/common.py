@@ -56,8 +56,13 @@ def epoch_progress(consoles: Consoles, label: str) -> Iterator[Callable[[str, in
         yield lambda *args: None
         return
     bars = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=consoles.err, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=consoles.err,
+        transient=False,
     )
     tasks: dict[str, TaskID] = {}
 

@@ -35,12 +35,23 @@ def build(
     """Plant a shortcut at correlation rho; write train/val/test (group-balanced) and test_clean splits."""
     consoles = Consoles(quiet)
     config = o.build_config(
-        base=base, tag=tag, rho=parse_number(rho, "--rho"), size=size, opacity=opacity, position=position,
-        target_class=target_class, seed=seed, test_per_class=test_per_class, data_root=data_root, download=download,
+        base=base,
+        tag=tag,
+        rho=parse_number(rho, "--rho"),
+        size=size,
+        opacity=opacity,
+        position=position,
+        target_class=target_class,
+        seed=seed,
+        test_per_class=test_per_class,
+        data_root=data_root,
+        download=download,
     )
     config.validate()
     with staged_folder(out, "dataset folder") as staging:
         dataset = build_controlled(config)
         save_controlled(dataset, staging)
     sizes = ", ".join(f"{k} {v}" for k, v in dataset.manifest["sizes"].items())
-    consoles.out.print(f"dataset written to {out}/: {sizes}; image shape {dataset.manifest['image_shape']}", markup=False)
+    consoles.out.print(
+        f"dataset written to {out}/: {sizes}; image shape {dataset.manifest['image_shape']}", markup=False
+    )

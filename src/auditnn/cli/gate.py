@@ -26,9 +26,13 @@ report_app = typer.Typer(help="Show or render an existing report.", no_args_is_h
 def gate(
     report_file: Annotated[Path, typer.Argument(help="A report.json written by auditnn.")],
     policy: Annotated[Path, typer.Option(help="The audit file whose checks and thresholds judge the report.")],
-    baseline: Annotated[Path | None, typer.Option(help="An older report.json (the main branch's, say) to compare with.")] = None,
-    max_drop: Annotated[float | None, typer.Option(
-        help=f"With --baseline: the most a gated metric may worsen (default {DEFAULT_MAX_DROP}).")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="An older report.json (the main branch's, say) to compare with.")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help=f"With --baseline: the most a gated metric may worsen (default {DEFAULT_MAX_DROP})."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for junit.xml and verdict.md.")] = None,
     exit_zero: Annotated[bool, typer.Option(help="Report failing checks but exit 0.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -36,7 +40,9 @@ def gate(
     """Re-judge an existing report against an audit file's thresholds (and a baseline), without recomputing."""
     consoles = Consoles(quiet)
     if max_drop is not None and baseline is None:
-        raise AuditError(f"--max-drop {max_drop:g} needs --baseline; give --baseline REPORT.json or leave --max-drop out")
+        raise AuditError(
+            f"--max-drop {max_drop:g} needs --baseline; give --baseline REPORT.json or leave --max-drop out"
+        )
     rules = load_plan(policy)
     report = load_report(report_file)
     old = load_report(baseline) if baseline is not None else None

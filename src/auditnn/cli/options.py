@@ -14,10 +14,14 @@ from ..subject import SubjectSpec
 from ..train import TrainConfig
 from ..values import MAX_SEED, parse_number_list, require_finite
 
-Base = Annotated[str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")]
+Base = Annotated[
+    str, typer.Option(help="Base images: digits, shapes, torchvision:NAME (with --data-root), imagefolder:DIR.")
+]
 Tag = Annotated[str, typer.Option(help="Shortcut to plant: watermark, background or boat.")]
 Size = Annotated[int | None, typer.Option(help="Stamp/pictogram side in pixels (watermark 7, boat 10).")]
-Opacity = Annotated[float | None, typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")]
+Opacity = Annotated[
+    float | None, typer.Option(help="Blend weight of the shortcut in [0, 1] (watermark 0.7, others 1).")
+]
 Position = Annotated[str | None, typer.Option(help="top-left, top-right, bottom-left, bottom-right or random.")]
 TargetClass = Annotated[int | None, typer.Option(help="Single-class variant: only this class carries the tag.")]
 Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed for data, splits, initialisation and batches.")]
@@ -28,41 +32,71 @@ Out = Annotated[Path | None, typer.Option(help="Output folder (default: reports/
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
-LearningRate = Annotated[float, typer.Option("--lr", help="Adam learning rate.", callback=lambda v: require_finite(v, "--lr"))]
+LearningRate = Annotated[
+    float, typer.Option("--lr", help="Adam learning rate.", callback=lambda v: require_finite(v, "--lr"))
+]
 Width = Annotated[int | None, typer.Option(help="Hidden units (mlp) or first-layer channels (cnn).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes; tables only.")]
-Weights = Annotated[Path | None, typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")]
-Mean = Annotated[str | None, typer.Option(help="Per-channel mean the model expects, in pixel units: 0.485,0.456,0.406.")]
+Weights = Annotated[
+    Path | None, typer.Option(help="State dict for the model (.pt read weights-only, or .safetensors).")
+]
+Mean = Annotated[
+    str | None, typer.Option(help="Per-channel mean the model expects, in pixel units: 0.485,0.456,0.406.")
+]
 Std = Annotated[str | None, typer.Option(help="Per-channel std the model expects, in pixel units.")]
 Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder are an error, not skipped.")]
 
 
 def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> ModelSpec:
     return ModelSpec(
-        model, None if weights is None else str(weights),
+        model,
+        None if weights is None else str(weights),
         None if mean is None else parse_number_list(mean, "--mean", unique=False),
         None if std is None else parse_number_list(std, "--std", unique=False),
     )
 
 
 def subject_spec(
-    *, model: ModelSpec, base: str = "digits", data: str | None = None, data_root: Path | None = None,
-    download: bool = False, test_per_class: int = 30, strict: bool = False, width: int | None = None,
+    *,
+    model: ModelSpec,
+    base: str = "digits",
+    data: str | None = None,
+    data_root: Path | None = None,
+    download: bool = False,
+    test_per_class: int = 30,
+    strict: bool = False,
+    width: int | None = None,
     train: TrainConfig | None = None,
 ) -> SubjectSpec:
     """The options every measuring command shares, as the plan's subject."""
     if test_per_class < 1:
         raise AuditError(f"--test-per-class {test_per_class}; allowed: at least 1")
     return SubjectSpec(
-        model=model, base=DataSpec.source(base), data=None if data is None else DataSpec.parse(data),
-        data_root=None if data_root is None else str(data_root), download=download, test_per_class=test_per_class,
-        strict=strict, width=width, train=train or TrainConfig(),
+        model=model,
+        base=DataSpec.source(base),
+        data=None if data is None else DataSpec.parse(data),
+        data_root=None if data_root is None else str(data_root),
+        download=download,
+        test_per_class=test_per_class,
+        strict=strict,
+        width=width,
+        train=train or TrainConfig(),
     )
 
 
 def build_config(
-    *, base: str, tag: str, rho: float, size: int | None, opacity: float | None, position: str | None,
-    target_class: int | None, seed: int, test_per_class: int, data_root: Path | None, download: bool,
+    *,
+    base: str,
+    tag: str,
+    rho: float,
+    size: int | None,
+    opacity: float | None,
+    position: str | None,
+    target_class: int | None,
+    seed: int,
+    test_per_class: int,
+    data_root: Path | None,
+    download: bool,
 ) -> BuildConfig:
     return BuildConfig(
         base=base,

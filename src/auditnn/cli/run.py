@@ -33,8 +33,13 @@ def render_verdict(verdict: dict[str, Any]) -> RichTable:
         result = Text.from_markup("[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
         if r["note"]:
             result.append(f" ({r['note']})")
-        table.add_row(Text(r["check"]), Text(r["metric"]), fmt(r["measured"]),
-                      Text(f"{bound_symbol(r['bound'])} {fmt(r['threshold'])}"), result)
+        table.add_row(
+            Text(r["check"]),
+            Text(r["metric"]),
+            fmt(r["measured"]),
+            Text(f"{bound_symbol(r['bound'])} {fmt(r['threshold'])}"),
+            result,
+        )
     return table
 
 
@@ -54,8 +59,12 @@ def step_summary(consoles: Consoles, markdown: str) -> None:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(markdown + "\n")
     except OSError as exc:
-        consoles.err.print(f"warning: $GITHUB_STEP_SUMMARY '{target}' cannot be written ({exc.strerror or exc}); "
-                           "the verdict is in the report", markup=False, soft_wrap=True)
+        consoles.err.print(
+            f"warning: $GITHUB_STEP_SUMMARY '{target}' cannot be written ({exc.strerror or exc}); "
+            "the verdict is in the report",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _skipped_files(results: dict[str, Any]) -> int:
@@ -72,13 +81,16 @@ def _earlier_records(out: Path | None) -> dict[str, CheckResult]:
     if out is None:
         raise AuditError("--resume needs --out FOLDER: the output folder of the earlier run to continue")
     if not (out / OUTPUT_MARKER).is_file() or not (out / "report.json").is_file():
-        raise AuditError(f"--resume folder '{out}' is not a complete auditnn output folder; allowed: the --out folder "
-                         "of an earlier auditnn audit")
+        raise AuditError(
+            f"--resume folder '{out}' is not a complete auditnn output folder; allowed: the --out folder "
+            "of an earlier auditnn audit"
+        )
     return read_records(out)
 
 
-def run_and_render(plan: Plan, out: Path | None, consoles: Consoles, detail: str, *, exit_zero: bool = False,
-                   resume: bool = False) -> int:
+def run_and_render(
+    plan: Plan, out: Path | None, consoles: Consoles, detail: str, *, exit_zero: bool = False, resume: bool = False
+) -> int:
     """Measure the plan into the output folder (default reports/<run id>/), print its tables, verdict and
     warnings; return the exit code: 1 when a check of the plan failed (0 with exit_zero), else 0. With resume,
     the checks whose records the folder already holds are not measured again."""
@@ -88,8 +100,9 @@ def run_and_render(plan: Plan, out: Path | None, consoles: Consoles, detail: str
     reuse = _earlier_records(out) if resume else None
     with staged_folder(out_dir) as staging:
         with epoch_progress(consoles, f"training {plan.subject.model.text} ({device})") as update:
-            outcome = run_plan(plan, run_id=rid, environment=environment(device), out_dir=out_dir, progress=update,
-                               reuse=reuse)
+            outcome = run_plan(
+                plan, run_id=rid, environment=environment(device), out_dir=out_dir, progress=update, reuse=reuse
+            )
         written = write_outcome(outcome, staging)
     report = outcome.report
     for table in report_tables(report):

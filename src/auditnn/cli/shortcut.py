@@ -22,17 +22,46 @@ from .run import run_and_render
 
 def shortcut(
     tag: Annotated[str | None, typer.Option(help="Shortcut to plant: watermark (default), background or boat.")] = None,
-    rho: Annotated[str, typer.Option(help="Share of training images whose shortcut agrees with the label (with --target-class: tagged exactly when of that class); a list sweeps: 0.5,0.9,0.99.")] = "0.95",
+    rho: Annotated[
+        str,
+        typer.Option(
+            help="Share of training images whose shortcut agrees with the label (with --target-class: tagged exactly when of that class); a list sweeps: 0.5,0.9,0.99."
+        ),
+    ] = "0.95",
     base: o.Base = "digits",
-    model: Annotated[str, typer.Option(help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE.")] = "cnn",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Architecture to train (mlp, cnn, resnet18), or a trained model: auditnn:DIR, factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE."
+        ),
+    ] = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
-    data: Annotated[str | None, typer.Option(help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model.")] = None,
-    groups: Annotated[Path | None, typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")] = None,
-    attribute: Annotated[str | None, typer.Option(help="The CSV column that defines the groups (with --groups).")] = None,
-    associate: Annotated[str | None, typer.Option(help="With --groups: the class each attribute value stands for, VALUE:CLASS,... (water:waterbird,land:landbird). Without it or --associate-from, each value's majority class among the evaluated images is used, with a warning.")] = None,
-    associate_from: Annotated[Path | None, typer.Option(help="With --groups: a training split's metadata CSV (label and attribute columns); each value's class is its majority class there.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="A folder from 'auditnn data build', or your images (imagefolder:DIR, tensors:FILE, torchvision:NAME) for a trained model."
+        ),
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="Metadata CSV (file or index, label, attribute columns): per-group accuracy.")
+    ] = None,
+    attribute: Annotated[
+        str | None, typer.Option(help="The CSV column that defines the groups (with --groups).")
+    ] = None,
+    associate: Annotated[
+        str | None,
+        typer.Option(
+            help="With --groups: the class each attribute value stands for, VALUE:CLASS,... (water:waterbird,land:landbird). Without it or --associate-from, each value's majority class among the evaluated images is used, with a warning."
+        ),
+    ] = None,
+    associate_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --groups: a training split's metadata CSV (label and attribute columns); each value's class is its majority class there."
+        ),
+    ] = None,
     strict: o.Strict = False,
     target_class: o.TargetClass = None,
     size: o.Size = None,
@@ -58,52 +87,97 @@ def shortcut(
     train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
     if wants_groups or (data is not None and DataSpec.parse(data).is_source):
-        plan, detail = _your_images_plan(spec, data, tag, groups, attribute, associate, associate_from, size, opacity,
-                                         position, target_class)
+        plan, detail = _your_images_plan(
+            spec, data, tag, groups, attribute, associate, associate_from, size, opacity, position, target_class
+        )
         subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
         plan.subject, plan.seed, plan.device = subject, seed, device
         return run_and_render(plan, out, Consoles(quiet), detail)
     if data is not None:  # a built dataset is used as built: its tag, not a default, names the run
         manifest = read_manifest(data)
-        check_shortcut_matches(manifest, {"tag": tag, "size": size, "opacity": opacity, "position": position,
-                                          "target_class": target_class}, data)
+        check_shortcut_matches(
+            manifest,
+            {"tag": tag, "size": size, "opacity": opacity, "position": position, "target_class": target_class},
+            data,
+        )
         tag = manifest["shortcut"]["tag"]
     tag = tag or "watermark"
     settings = ShortcutSettings(
-        tag=tag, rho=parse_number_list(rho, "--rho"), size=size, opacity=opacity, position=position,
-        target_class=target_class, attribution=attribution, data=data,
+        tag=tag,
+        rho=parse_number_list(rho, "--rho"),
+        size=size,
+        opacity=opacity,
+        position=position,
+        target_class=target_class,
+        attribution=attribution,
+        data=data,
         save_models=save_models and spec.is_architecture,
     )
-    subject = o.subject_spec(model=spec, base=base, data_root=data_root, download=download,
-                             test_per_class=test_per_class, width=width, train=train)
+    subject = o.subject_spec(
+        model=spec,
+        base=base,
+        data_root=data_root,
+        download=download,
+        test_per_class=test_per_class,
+        width=width,
+        train=train,
+    )
     plan = Plan("shortcut", [Check("shortcut", None, settings)], subject, seed, device)
     return run_and_render(plan, out, Consoles(quiet), tag)
 
 
 def _your_images_plan(
-    spec: ModelSpec, data: str | None, tag: str | None, groups: Path | None, attribute: str | None,
-    associate: str | None, associate_from: Path | None, size: int | None, opacity: float | None,
-    position: str | None, target_class: int | None,
+    spec: ModelSpec,
+    data: str | None,
+    tag: str | None,
+    groups: Path | None,
+    attribute: str | None,
+    associate: str | None,
+    associate_from: Path | None,
+    size: int | None,
+    opacity: float | None,
+    position: str | None,
+    target_class: int | None,
 ) -> tuple[Plan, str]:
     """A trained model on the user's images: planted-tag sensitivity (--tag, the default without --groups) and/or
     per-group accuracy (--groups with --attribute). Returns the plan (its subject still to set) and the run's name."""
     if data is None or not DataSpec.parse(data).is_source:
         raise AuditError("auditing your own images needs --data imagefolder:DIR, tensors:FILE or torchvision:NAME")
     if spec.is_architecture:
-        raise AuditError(f"model '{spec.text}' is an architecture; auditing your images needs a trained model "
-                         "(factory:, torchvision:, export:, torchscript: or auditnn:)")
+        raise AuditError(
+            f"model '{spec.text}' is an architecture; auditing your images needs a trained model "
+            "(factory:, torchvision:, export:, torchscript: or auditnn:)"
+        )
     if (groups is None) != (attribute is None):
         raise AuditError("--groups and --attribute go together: the CSV and the column to group by")
     if (associate is not None or associate_from is not None) and groups is None:
-        raise AuditError("--associate and --associate-from say which class each attribute value stands for; "
-                         "they need --groups and --attribute")
+        raise AuditError(
+            "--associate and --associate-from say which class each attribute value stands for; "
+            "they need --groups and --attribute"
+        )
     checks = []
     if tag is not None or groups is None:  # with --groups alone, no tag is planted
-        checks.append(Check("sensitivity", None, SensitivitySettings(
-            tag=tag or "watermark", size=size, opacity=opacity, position=position, target_class=target_class)))
+        checks.append(
+            Check(
+                "sensitivity",
+                None,
+                SensitivitySettings(
+                    tag=tag or "watermark", size=size, opacity=opacity, position=position, target_class=target_class
+                ),
+            )
+        )
     if groups is not None and attribute is not None:
-        checks.append(Check("groups", None, GroupsSettings(
-            groups=str(groups), attribute=attribute, associate=associate,
-            associate_from=None if associate_from is None else str(associate_from))))
+        checks.append(
+            Check(
+                "groups",
+                None,
+                GroupsSettings(
+                    groups=str(groups),
+                    attribute=attribute,
+                    associate=associate,
+                    associate_from=None if associate_from is None else str(associate_from),
+                ),
+            )
+        )
     detail = tag if tag is not None or groups is None else f"groups-{attribute}"
     return Plan("shortcut", checks), detail or "watermark"

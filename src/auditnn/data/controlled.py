@@ -165,7 +165,11 @@ def stratified_split(base: BaseData, test_per_class: int, seed: int) -> tuple[Im
 
 
 def _plant_split(
-    shortcut: Shortcut, images: ImageSet, ids: torch.Tensor, target_class: int | None, generator: torch.Generator,
+    shortcut: Shortcut,
+    images: ImageSet,
+    ids: torch.Tensor,
+    target_class: int | None,
+    generator: torch.Generator,
     source_index: torch.Tensor,
 ) -> Split:
     visible = ids if target_class is None else torch.where(ids == target_class, ids, torch.full_like(ids, -1))
@@ -198,8 +202,9 @@ def build_controlled(config: BuildConfig, base: BaseData | None = None) -> Contr
     n_val = max(1, int(round(len(rest) * config.val_fraction)))
     val_idx, train_idx = rest[:n_val].sort().values, rest[n_val:].sort().values
     if len(train_idx) < num_classes:
-        raise AuditError(f"data source '{config.base}' leaves {len(train_idx)} training images; "
-                         f"allowed: at least K = {num_classes}")
+        raise AuditError(
+            f"data source '{config.base}' leaves {len(train_idx)} training images; allowed: at least K = {num_classes}"
+        )
 
     splits: dict[str, Split] = {}
     for name, index in (("train", train_idx), ("val", val_idx)):
@@ -274,11 +279,14 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest.json of a folder written by save_controlled (the split files are not read)."""
     root = Path(directory)
     manifest_path = root / "manifest.json"
-    manifest = read_json(manifest_path, "dataset manifest",
-                         f"'{root}' must be a folder written by 'auditnn data build'")
+    manifest = read_json(
+        manifest_path, "dataset manifest", f"'{root}' must be a folder written by 'auditnn data build'"
+    )
     if not isinstance(manifest, dict):
-        raise AuditError(f"dataset manifest '{manifest_path}' holds a {type(manifest).__name__}; "
-                         "allowed: a JSON object written by 'auditnn data build'")
+        raise AuditError(
+            f"dataset manifest '{manifest_path}' holds a {type(manifest).__name__}; "
+            "allowed: a JSON object written by 'auditnn data build'"
+        )
     if manifest.get("format") != "auditnn.controlled" or manifest.get("format_version") != 1:
         raise AuditError(f"dataset manifest '{manifest_path}' is not an auditnn controlled dataset of format version 1")
     return manifest
@@ -291,8 +299,10 @@ def check_shortcut_matches(manifest: dict[str, Any], given: dict[str, Any], dire
     planted = manifest["shortcut"]
     for key, value in given.items():
         if value is not None and planted.get(key) != value:
-            raise AuditError(f"{key} {value!r} differs from the dataset '{directory}', built with {key} "
-                             f"{planted.get(key)!r}; allowed: omit it or give the dataset's value")
+            raise AuditError(
+                f"{key} {value!r} differs from the dataset '{directory}', built with {key} "
+                f"{planted.get(key)!r}; allowed: omit it or give the dataset's value"
+            )
 
 
 def load_controlled(directory: str | Path) -> ControlledDataset:

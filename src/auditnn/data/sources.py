@@ -72,9 +72,7 @@ class BaseData:
 def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, where: str) -> None:
     """Reject anything that breaks the pixel-space contract, naming where it came from."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise AuditError(
-            f"images from {where} have shape {tuple(images.shape)}; allowed: (N, C, H, W) with C = 1 or 3"
-        )
+        raise AuditError(f"images from {where} have shape {tuple(images.shape)}; allowed: (N, C, H, W) with C = 1 or 3")
     if images.dtype != torch.float32:
         raise AuditError(f"images from {where} have dtype {images.dtype}; allowed: float32 in [0, 1]")
     if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
@@ -124,8 +122,10 @@ def _digits_bytes() -> bytes:
     data = asset.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != DIGITS_SHA256:
-        raise AuditError(f"digits asset '{asset}' has sha256 {digest}, expected {DIGITS_SHA256}; "
-                         "the installed file is damaged or replaced: reinstall auditnn")
+        raise AuditError(
+            f"digits asset '{asset}' has sha256 {digest}, expected {DIGITS_SHA256}; "
+            "the installed file is damaged or replaced: reinstall auditnn"
+        )
     return data
 
 
@@ -226,8 +226,10 @@ def make_shapes(n: int, *, seed: int = 0, size: int = 32, device: str | torch.de
 
 def _need_root(name: str, data_root: str | Path | None) -> Path:
     if data_root is None:
-        raise AuditError(f"data source 'torchvision:{name}' needs {option('--data-root', 'data.data_root')} DIR (add "
-                         f"{option('--download', 'data.download')} to fetch it)")
+        raise AuditError(
+            f"data source 'torchvision:{name}' needs {option('--data-root', 'data.data_root')} DIR (add "
+            f"{option('--download', 'data.download')} to fetch it)"
+        )
     return Path(data_root)
 
 
@@ -252,7 +254,9 @@ def _read_idx(path: Path) -> np.ndarray:
     candidates = [path, path.with_name(path.name + ".gz")]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise AuditError(f"file '{path}' is missing; the MNIST layout is ROOT/<Name>/raw/<file>, or use {option('--download', 'data.download')}")
+        raise AuditError(
+            f"file '{path}' is missing; the MNIST layout is ROOT/<Name>/raw/<file>, or use {option('--download', 'data.download')}"
+        )
     raw = gzip.open(found).read() if found.suffix == ".gz" else found.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise AuditError(f"file '{found}' is not an unsigned-byte IDX file")
@@ -310,8 +314,10 @@ def _load_cifar10(root: Path) -> BaseData:
         for name in names:
             path = folder / name
             if not path.is_file():
-                raise AuditError(f"file '{path}' is missing; the CIFAR-10 layout is ROOT/cifar-10-batches-py/, "
-                                 f"or use {option('--download', 'data.download')}")
+                raise AuditError(
+                    f"file '{path}' is missing; the CIFAR-10 layout is ROOT/cifar-10-batches-py/, "
+                    f"or use {option('--download', 'data.download')}"
+                )
             try:
                 with open(path, "rb") as handle:
                     batch = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
@@ -330,14 +336,17 @@ def _load_svhn(root: Path) -> BaseData:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise AuditError("data source 'torchvision:svhn' needs scipy to read its .mat files; "
-                         "pip install 'auditnn[svhn]'") from None
+        raise AuditError(
+            "data source 'torchvision:svhn' needs scipy to read its .mat files; pip install 'auditnn[svhn]'"
+        ) from None
     splits = []
     for split in ("train", "test"):
         path = root / f"{split}_32x32.mat"
         if not path.is_file():
-            raise AuditError(f"file '{path}' is missing; the SVHN layout is ROOT/{{train,test}}_32x32.mat, "
-                             f"or use {option('--download', 'data.download')}")
+            raise AuditError(
+                f"file '{path}' is missing; the SVHN layout is ROOT/{{train,test}}_32x32.mat, "
+                f"or use {option('--download', 'data.download')}"
+            )
         try:
             mat = loadmat(str(path))
             x = np.transpose(mat["X"], (3, 2, 0, 1))  # stored (H, W, C, N)
@@ -370,9 +379,12 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 def _files_in(folder: Path) -> list[Path]:
     """Every file under a class folder, sorted; a sub-folder that cannot be listed is an error, not an empty class."""
+
     def refuse(exc: OSError) -> None:
-        raise AuditError(f"class folder '{exc.filename or folder}' cannot be read ({exc.strerror or exc}); "
-                         "allowed: folders you can list and read")
+        raise AuditError(
+            f"class folder '{exc.filename or folder}' cannot be read ({exc.strerror or exc}); "
+            "allowed: folders you can list and read"
+        )
 
     found = []
     for top, _, names in os.walk(folder, onerror=refuse):
@@ -389,13 +401,17 @@ def _open_image(path: Path):  # noqa: ANN202 - a PIL image; PIL is imported lazi
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise AuditError(f"image '{path}' claims {width}x{height} pixels; allowed: at most "
-                                     f"{MAX_IMAGE_PIXELS} pixels per image (4096x4096); resize it")
+                    raise AuditError(
+                        f"image '{path}' claims {width}x{height} pixels; allowed: at most "
+                        f"{MAX_IMAGE_PIXELS} pixels per image (4096x4096); resize it"
+                    )
                 img.load()
                 return img.copy()
     except Image.DecompressionBombError as exc:
-        raise AuditError(f"image '{path}' is refused as a decompression bomb ({exc}); allowed: at most "
-                         f"{MAX_IMAGE_PIXELS} pixels per image") from None
+        raise AuditError(
+            f"image '{path}' is refused as a decompression bomb ({exc}); allowed: at most "
+            f"{MAX_IMAGE_PIXELS} pixels per image"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
 
@@ -424,8 +440,10 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
     present = {label for label, _ in files}
     empty = [folder for label, folder in enumerate(class_dirs) if label not in present]
     if empty:
-        raise AuditError(f"class folder '{empty[0]}' holds no images; allowed: every class folder holds at least one "
-                         f"image ({', '.join(IMAGE_SUFFIXES)}); remove the folder or add its images")
+        raise AuditError(
+            f"class folder '{empty[0]}' holds no images; allowed: every class folder holds at least one "
+            f"image ({', '.join(IMAGE_SUFFIXES)}); remove the folder or add its images"
+        )
     pictures = [_open_image(path) for _, path in files]
     gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
     size = pictures[0].size
@@ -448,8 +466,10 @@ def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
     elif images.dim() == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
         images = images.permute(0, 3, 1, 2)
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise AuditError(f"images in {where} have shape {tuple(images.shape)}; "
-                         "allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+        raise AuditError(
+            f"images in {where} have shape {tuple(images.shape)}; "
+            "allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3"
+        )
     if images.dtype == torch.uint8:
         return images.float().div_(255).contiguous()
     if not images.is_floating_point():
@@ -477,8 +497,10 @@ def _numbers(value: object, key: str, where: str) -> torch.Tensor:
             return torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             pass  # strings or ragged lists: refused below
-    raise AuditError(f"'{key}' in {where} is {_kind(value)}; allowed: a tensor or array of numbers"
-                     + (" (class names go in 'classes')" if key == "labels" else ""))
+    raise AuditError(
+        f"'{key}' in {where} is {_kind(value)}; allowed: a tensor or array of numbers"
+        + (" (class names go in 'classes')" if key == "labels" else "")
+    )
 
 
 def _labels(value: object, where: str) -> torch.Tensor:
@@ -486,8 +508,10 @@ def _labels(value: object, where: str) -> torch.Tensor:
     if labels.is_floating_point():
         bad = ~torch.isfinite(labels) | (labels != labels.round())
         if bad.any():
-            raise AuditError(f"labels in {where} include {labels[bad][0].item():g}; allowed: whole class indices "
-                             "0..K-1 (a fraction would be truncated to another class)")
+            raise AuditError(
+                f"labels in {where} include {labels[bad][0].item():g}; allowed: whole class indices "
+                "0..K-1 (a fraction would be truncated to another class)"
+            )
     return labels.long()
 
 
@@ -497,8 +521,9 @@ def _class_names(value: object, where: str) -> list[str] | None:
     if isinstance(value, np.ndarray) and value.dtype.kind == "U":
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) for c in value):
-        raise AuditError(f"'classes' in {where} is {_kind(value)}; allowed: a list of class names (strings), "
-                         "one per label value")
+        raise AuditError(
+            f"'classes' in {where} is {_kind(value)}; allowed: a list of class names (strings), one per label value"
+        )
     return list(value)
 
 
@@ -520,8 +545,9 @@ def load_tensors(path: str | Path) -> ImageSet:
         raise AuditError(f"{where} holds a {type(data).__name__}; allowed: a dict with 'images' and 'labels'")
     missing = [k for k in ("images", "labels") if k not in data]
     if missing:
-        raise AuditError(f"{where} has no '{missing[0]}'; "
-                         "allowed: a mapping with 'images' and 'labels' (and 'classes')")
+        raise AuditError(
+            f"{where} has no '{missing[0]}'; allowed: a mapping with 'images' and 'labels' (and 'classes')"
+        )
     images = _as_pixels(_numbers(data["images"], "images", where), where)
     labels = _labels(data["labels"], where)
     classes = _class_names(data.get("classes"), where)

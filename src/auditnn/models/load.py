@@ -71,7 +71,9 @@ def load_model_dir(directory: str | Path) -> tuple[PixelModel, dict[str, Any]]:
             card["normalization"]["std"],
         )
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-        raise AuditError(f"model card '{card_path}' is malformed ({exc!r}); give a card written by 'auditnn train'") from None
+        raise AuditError(
+            f"model card '{card_path}' is malformed ({exc!r}); give a card written by 'auditnn train'"
+        ) from None
     state = safe_torch_load(root / WEIGHTS, "model weights")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

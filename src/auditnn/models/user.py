@@ -137,7 +137,9 @@ def _torchvision(name: str, spec: str, num_classes: int) -> nn.Module:
     import torchvision.models as tvm
 
     if name not in tvm.list_models(module=tvm):
-        raise AuditError(f"model '{spec}': torchvision has no classification model '{name}'; e.g. resnet18, mobilenet_v3_small")
+        raise AuditError(
+            f"model '{spec}': torchvision has no classification model '{name}'; e.g. resnet18, mobilenet_v3_small"
+        )
     return tvm.get_model(name, weights=None, num_classes=num_classes)
 
 
@@ -152,8 +154,10 @@ def _load_export(path: str, spec: str) -> ExportedModel:
     try:
         return ExportedModel(torch.export.load(io.BytesIO(raw)))
     except Exception as exc:  # the loader raises many types for a file that is not a program
-        raise AuditError(f"model '{spec}': '{path}' is not a torch.export program "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise AuditError(
+            f"model '{spec}': '{path}' is not a torch.export program "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     finally:
         exporter_log.setLevel(level)
 
@@ -194,7 +198,9 @@ def _normalization(values: Sequence[float] | None, channels: int, name: str, def
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise AuditError(f"--{name} has {len(values)} values but the data has {channels} channel(s); give 1 or {channels}")
+        raise AuditError(
+            f"--{name} has {len(values)} values but the data has {channels} channel(s); give 1 or {channels}"
+        )
     return values
 
 
@@ -207,16 +213,20 @@ def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tupl
     if kind == "auditnn":
         model, card = load_model_dir(arg)
         if spec.mean is not None or spec.std is not None:
-            raise AuditError("an auditnn model carries its normalization in model.json; drop "
-                             f"{option('--mean/--std', 'model.mean/std')}")
+            raise AuditError(
+                "an auditnn model carries its normalization in model.json; drop "
+                f"{option('--mean/--std', 'model.mean/std')}"
+            )
         return model, card
     input_shape = None
     if kind == "factory":
         net = _import_factory(arg, spec.text)
     elif kind == "torchvision":
         if spec.weights is None:
-            raise AuditError(f"model '{spec.text}' needs {option('--weights', 'model.weights')} FILE (a state_dict for "
-                             "that architecture)")
+            raise AuditError(
+                f"model '{spec.text}' needs {option('--weights', 'model.weights')} FILE (a state_dict for "
+                "that architecture)"
+            )
         net = _torchvision(arg, spec.text, num_classes)
     elif kind == "export":
         net = _load_export(arg, spec.text)
@@ -228,18 +238,25 @@ def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tupl
                 warnings.simplefilter("ignore", FutureWarning)
                 net = torch.jit.load(arg, map_location="cpu")
         except Exception as exc:  # RuntimeError for a file that is not TorchScript
-            raise AuditError(f"model '{spec.text}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})") from None
+            raise AuditError(
+                f"model '{spec.text}': '{arg}' is not a TorchScript file ({str(exc).splitlines()[0]})"
+            ) from None
     if spec.weights is not None:
         if kind in ("export", "torchscript"):
-            raise AuditError(f"model '{spec.text}' carries its own weights; drop {option('--weights', 'model.weights')}")
+            raise AuditError(
+                f"model '{spec.text}' carries its own weights; drop {option('--weights', 'model.weights')}"
+            )
         load_weights(net, spec.weights, spec.text)
     if kind == "factory":
         net = _ExitGuard(net, spec.text)
     mean = _normalization(spec.mean, channels, "mean", 0.0)
     std = _normalization(spec.std, channels, "std", 1.0)
     card = {
-        "format": "auditnn.model", "format_version": 1,
+        "format": "auditnn.model",
+        "format_version": 1,
         "architecture": {"name": spec.text, "weights": spec.weights},
-        "classes": None, "input_shape": input_shape, "normalization": {"mean": mean, "std": std},
+        "classes": None,
+        "input_shape": input_shape,
+        "normalization": {"mean": mean, "std": std},
     }
     return PixelModel(net, mean, std).eval(), card

@@ -27,7 +27,9 @@ def mlp(in_channels: int, image_size: int, num_classes: int, width: int | None =
     """One hidden layer (default 30 units, the classic 784-30-10 digit network)."""
     hidden = width or 30
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(in_channels * image_size * image_size, hidden),
+        nn.ReLU(),
         nn.Linear(hidden, num_classes),
     )
 

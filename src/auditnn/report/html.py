@@ -27,8 +27,10 @@ figure{display:inline-block;margin:.5rem 1rem .5rem 0;vertical-align:top} figcap
 
 def _img(png: bytes, alt: str, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def _table(table: Table) -> str:
@@ -42,10 +44,16 @@ def _verdict(verdict: dict[str, Any]) -> str:
     for r in verdict["rows"]:
         result = '<span class="pass">pass</span>' if r["passed"] else '<span class="fail">FAIL</span>'
         cells = [r["check"], r["metric"], fmt(r["measured"]), f"{bound_symbol(r['bound'])} {fmt(r['threshold'])}"]
-        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells)
-                    + f"<td>{result}</td><td>{escape(r['note'])}</td></tr>")
-    return ("<table><tr><th>check</th><th>metric</th><th>measured</th><th>threshold</th><th>result</th><th>note</th></tr>"
-            + "".join(rows) + "</table>")
+        rows.append(
+            "<tr>"
+            + "".join(f"<td>{escape(c)}</td>" for c in cells)
+            + f"<td>{result}</td><td>{escape(r['note'])}</td></tr>"
+        )
+    return (
+        "<table><tr><th>check</th><th>metric</th><th>measured</th><th>threshold</th><th>result</th><th>note</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _names(classes: list[str], indices: torch.Tensor) -> list[str]:
@@ -62,8 +70,13 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
         xs.append(row["rho"])
         ys.append(row["metrics"]["reliance"])
     if any(len(xs) > 1 for xs, _ in by_tag.values()):
-        out.append(_img(plots.line_plot(by_tag, "rho (training correlation)", "reliance", "Reliance against rho"),
-                        "reliance against rho", "Reliance: the share of accuracy lost when the shortcut points elsewhere."))
+        out.append(
+            _img(
+                plots.line_plot(by_tag, "rho (training correlation)", "reliance", "Reliance against rho"),
+                "reliance against rho",
+                "Reliance: the share of accuracy lost when the shortcut points elsewhere.",
+            )
+        )
     prefixes = sorted({k.rsplit("/", 2)[0] for k in pictures if k.endswith("aligned/images")})
     for prefix in prefixes:
         grid_rows, overlays = [], {}
@@ -79,12 +92,22 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
             overlays[len(grid_rows) - 1] = pictures[f"{prefix}/{kind}/attribution"]
         name = prefix.removeprefix("shortcut/").replace("/", ", ")
         if grid_rows:
-            out.append(_img(plots.image_grid(grid_rows, overlays), f"shortcut examples {name}",
-                            f"{name}: aligned and conflicting test images, and where |grad x input| attribution falls."))
+            out.append(
+                _img(
+                    plots.image_grid(grid_rows, overlays),
+                    f"shortcut examples {name}",
+                    f"{name}: aligned and conflicting test images, and where |grad x input| attribution falls.",
+                )
+            )
         weights = pictures.get(f"{prefix}/first_layer")
         if weights is not None:
-            out.append(_img(plots.weight_grid(weights, "first-layer weights"), "first-layer weights",
-                            f"{name}: what the network learned first (hidden units or first filters)."))
+            out.append(
+                _img(
+                    plots.weight_grid(weights, "first-layer weights"),
+                    "first-layer weights",
+                    f"{name}: what the network learned first (hidden units or first filters).",
+                )
+            )
     return out
 
 
@@ -99,30 +122,62 @@ def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: 
         xs.append(r["eps"])
         ys.append(r["robust_accuracy"])
     if any(len(xs) > 1 for xs, _ in series.values()):
-        out.append(_img(plots.line_plot(series, "eps (pixel units of [0, 1])", "robust accuracy", "Robust accuracy against eps"),
-                        "robust accuracy against eps", "Robust accuracy against the attack radius."))
+        out.append(
+            _img(
+                plots.line_plot(
+                    series, "eps (pixel units of [0, 1])", "robust accuracy", "Robust accuracy against eps"
+                ),
+                "robust accuracy against eps",
+                "Robust accuracy against the attack radius.",
+            )
+        )
     prefixes = sorted({k.rsplit("/", 1)[0] for k in pictures if k.startswith("attack/") and k.endswith("/adversarial")})
     for prefix in prefixes:
         clean, adversarial = pictures[f"{prefix}/clean"], pictures[f"{prefix}/adversarial"]
         labels = _names(classes, pictures[f"{prefix}/labels"])
         preds = _names(classes, pictures[f"{prefix}/predictions"])
-        grid = plots.image_grid([("original", clean, [f"y={y}" for y in labels]),
-                                 ("adversarial", adversarial, [f"pred={p}" for p in preds])])
-        out.append(_img(grid, "adversarial examples", f"{prefix.removeprefix('attack/')}: originals and adversarial examples at the largest eps."))
+        grid = plots.image_grid(
+            [
+                ("original", clean, [f"y={y}" for y in labels]),
+                ("adversarial", adversarial, [f"pred={p}" for p in preds]),
+            ]
+        )
+        out.append(
+            _img(
+                grid,
+                "adversarial examples",
+                f"{prefix.removeprefix('attack/')}: originals and adversarial examples at the largest eps.",
+            )
+        )
     # keys: patch/<picture> (the attack command) or patch/<check name>/<picture> (an audit, one patch per check)
     for prefix in sorted({k.rsplit("/", 1)[0] for k in pictures if k.startswith("patch/") and k.endswith("/patch")}):
         name = prefix.removeprefix("patch").removeprefix("/")
         patch = pictures[f"{prefix}/patch"] * pictures[f"{prefix}/mask"]
-        out.append(_img(plots.image_grid([("patch", patch[None], ["learned patch"])]), "learned patch",
-                        f"{name}: the universal patch." if name else "The universal patch."))
+        out.append(
+            _img(
+                plots.image_grid([("patch", patch[None], ["learned patch"])]),
+                "learned patch",
+                f"{name}: the universal patch." if name else "The universal patch.",
+            )
+        )
         if f"{prefix}/images" in pictures:
             preds = _names(classes, pictures[f"{prefix}/predictions"])
-            out.append(_img(plots.image_grid([("patched", pictures[f"{prefix}/images"], [f"pred={p}" for p in preds])]),
-                            "patched images", "Held-out images with the patch and the model's answers."))
+            out.append(
+                _img(
+                    plots.image_grid([("patched", pictures[f"{prefix}/images"], [f"pred={p}" for p in preds])]),
+                    "patched images",
+                    "Held-out images with the patch and the model's answers.",
+                )
+            )
     weights = pictures.get("model/first_layer")
     if weights is not None:
-        out.append(_img(plots.weight_grid(weights, "first-layer weights"), "first-layer weights",
-                        "The audited model's first layer: hidden units drawn as images, or first filters."))
+        out.append(
+            _img(
+                plots.weight_grid(weights, "first-layer weights"),
+                "first-layer weights",
+                "The audited model's first layer: hidden units drawn as images, or first filters.",
+            )
+        )
     return out
 
 
@@ -158,7 +213,9 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
         parts.append(_verdict(verdict))
     if report.warnings:
         parts.append("<h2>Warnings</h2>")
-        parts += [f"<div class='warn'><b>{escape(w['code'])}</b>: {escape(w['message'])}</div>" for w in report.warnings]
+        parts += [
+            f"<div class='warn'><b>{escape(w['code'])}</b>: {escape(w['message'])}</div>" for w in report.warnings
+        ]
     parts.append("<h2>Measurements</h2>")
     parts += [_table(t) for t in report_tables(report)]
     classes = _classes(report)
@@ -166,6 +223,8 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
     if figures:
         parts.append("<h2>Pictures</h2>")
         parts += figures
-    parts.append(f"<p class='meta'>{escape(str(len(report.metrics)))} metrics in report.json and metrics.csv. "
-                 f"Radii such as {escape(fmt_eps(8 / 255))} are in pixel units of [0, 1].</p></body></html>")
+    parts.append(
+        f"<p class='meta'>{escape(str(len(report.metrics)))} metrics in report.json and metrics.csv. "
+        f"Radii such as {escape(fmt_eps(8 / 255))} are in pixel units of [0, 1].</p></body></html>"
+    )
     return "\n".join(parts)

@@ -18,8 +18,21 @@ from ..io import read_json
 SCHEMA = "auditnn.report"
 SCHEMA_VERSION = 1
 # Label columns of a tidy metric row, in CSV order; a row leaves out those that do not apply.
-LABELS = ("section", "metric", "check", "group", "attribute", "tag", "rho", "method", "norm", "eps", "steps", "target",
-          "restarts")
+LABELS = (
+    "section",
+    "metric",
+    "check",
+    "group",
+    "attribute",
+    "tag",
+    "rho",
+    "method",
+    "norm",
+    "eps",
+    "steps",
+    "target",
+    "restarts",
+)
 
 
 @dataclass
@@ -69,49 +82,187 @@ def metric_row(section: str, metric: str, value: float | None, **labels: Any) ->
 # anything renders it. A spec is a type name below, a one-item list (a list of that spec), or a dict of key -> spec
 # (a key ending in '?' may be absent; keys the spec does not name are allowed, as later versions add fields).
 STR, INT, NUM, NUM_OR_NULL, BOOL, ANY = "a string", "an integer", "a number", "a number or null", "true or false", "any"
-STR_OR_NULL, INT_OR_NULL, TARGET = ("a string or null", "an integer or null",
-                                   "a class index, 'random', 'least-likely' or null")
+STR_OR_NULL, INT_OR_NULL, TARGET = (
+    "a string or null",
+    "an integer or null",
+    "a class index, 'random', 'least-likely' or null",
+)
 SCALAR = "a string, a number, true, false or null"
 TABLE = "a table of names to values"
 BOUNDS = ("min", "max", "max drop")
 DATA = {"classes?": [STR], "n_test?": INT}
-METRIC_LABELS = {"section": STR, "metric": STR, "value": NUM_OR_NULL, "group?": STR, "attribute?": STR, "tag?": STR,
-                 "rho?": NUM, "method?": STR, "norm?": STR, "eps?": NUM, "steps?": INT, "check?": STR,
-                 "target?": TARGET, "restarts?": INT, "*": SCALAR}
+METRIC_LABELS = {
+    "section": STR,
+    "metric": STR,
+    "value": NUM_OR_NULL,
+    "group?": STR,
+    "attribute?": STR,
+    "tag?": STR,
+    "rho?": NUM,
+    "method?": STR,
+    "norm?": STR,
+    "eps?": NUM,
+    "steps?": INT,
+    "check?": STR,
+    "target?": TARGET,
+    "restarts?": INT,
+    "*": SCALAR,
+}
 SECTIONS: dict[str, dict[str, Any]] = {
-    "verdict": {"passed": BOOL, "failed_checks": [STR], "rows": [{
-        "check": STR, "kind": STR, "metric": STR, "measured": NUM_OR_NULL, "bound": BOUNDS, "threshold": NUM,
-        "passed": BOOL, "note": STR}]},
+    "verdict": {
+        "passed": BOOL,
+        "failed_checks": [STR],
+        "rows": [
+            {
+                "check": STR,
+                "kind": STR,
+                "metric": STR,
+                "measured": NUM_OR_NULL,
+                "bound": BOUNDS,
+                "threshold": NUM,
+                "passed": BOOL,
+                "note": STR,
+            }
+        ],
+    },
     "clean": {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR},
-    "attack": {"model": STR, "data": DATA, "rows": [{
-        "method": STR, "norm": STR, "eps": NUM, "steps": INT, "check?": STR, "target?": TARGET, "restarts?": INT,
-        "left_out?": INT, "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
-        **{k: NUM_OR_NULL for k in ("clean_accuracy", "robust_accuracy", "success_rate", "mean_perturbation",
-                                    "max_perturbation", "seconds", "images_per_second")}}]},
-    "shortcut": {"rows": [{
-        "rho": NUM, "check?": STR, "training?": ANY,
-        "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
-        "metrics": {"worst_group": STR, **{k: NUM_OR_NULL for k in (
-            "clean_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "worst_group_accuracy", "reliance",
-            "follow_rate_normalized", "swap_flip_rate", "remove_flip_rate", "attribution_mass", "mask_share")},
-            "attribution_chance?": NUM_OR_NULL, "attribution_ratio?": NUM_OR_NULL}}]},
-    "patch": {"target": INT_OR_NULL, "shape": STR, "size": NUM, "steps": INT, "optimization_seconds": NUM,
-              "model": STR, "data?": DATA, "check?": STR, "images?": STR,
-              **{k: NUM_OR_NULL for k in ("accuracy_clean", "accuracy_with_patch", "accuracy_with_noise_patch",
-                                          "target_success_rate", "noise_target_success_rate")}},
-    "sensitivity": {"tag": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR,
-                    "flip_rate": NUM_OR_NULL, "toward_rate": NUM_OR_NULL, "accuracy_without_tag": NUM_OR_NULL,
-                    "variants": [{"tag_class": STR, "top_destination": STR, "flip_rate": NUM_OR_NULL,
-                                  "toward_rate": NUM_OR_NULL, "accuracy_with_tag": NUM_OR_NULL}]},
-    "groups": {"attribute": STR, "n": INT, "model": STR, "data?": DATA, "check?": STR, "worst_group": STR,
-               "associated_class": {"*": STR}, "association_source?": STR, "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
-               **{k: NUM_OR_NULL for k in ("accuracy", "worst_group_accuracy", "aligned_accuracy",
-                                           "conflicting_accuracy", "gap", "agreement_rate")}},
+    "attack": {
+        "model": STR,
+        "data": DATA,
+        "rows": [
+            {
+                "method": STR,
+                "norm": STR,
+                "eps": NUM,
+                "steps": INT,
+                "check?": STR,
+                "target?": TARGET,
+                "restarts?": INT,
+                "left_out?": INT,
+                "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
+                **{
+                    k: NUM_OR_NULL
+                    for k in (
+                        "clean_accuracy",
+                        "robust_accuracy",
+                        "success_rate",
+                        "mean_perturbation",
+                        "max_perturbation",
+                        "seconds",
+                        "images_per_second",
+                    )
+                },
+            }
+        ],
+    },
+    "shortcut": {
+        "rows": [
+            {
+                "rho": NUM,
+                "check?": STR,
+                "training?": ANY,
+                "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
+                "metrics": {
+                    "worst_group": STR,
+                    **{
+                        k: NUM_OR_NULL
+                        for k in (
+                            "clean_accuracy",
+                            "aligned_accuracy",
+                            "conflicting_accuracy",
+                            "gap",
+                            "worst_group_accuracy",
+                            "reliance",
+                            "follow_rate_normalized",
+                            "swap_flip_rate",
+                            "remove_flip_rate",
+                            "attribution_mass",
+                            "mask_share",
+                        )
+                    },
+                    "attribution_chance?": NUM_OR_NULL,
+                    "attribution_ratio?": NUM_OR_NULL,
+                },
+            }
+        ]
+    },
+    "patch": {
+        "target": INT_OR_NULL,
+        "shape": STR,
+        "size": NUM,
+        "steps": INT,
+        "optimization_seconds": NUM,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        "images?": STR,
+        **{
+            k: NUM_OR_NULL
+            for k in (
+                "accuracy_clean",
+                "accuracy_with_patch",
+                "accuracy_with_noise_patch",
+                "target_success_rate",
+                "noise_target_success_rate",
+            )
+        },
+    },
+    "sensitivity": {
+        "tag": STR,
+        "n": INT,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        "flip_rate": NUM_OR_NULL,
+        "toward_rate": NUM_OR_NULL,
+        "accuracy_without_tag": NUM_OR_NULL,
+        "variants": [
+            {
+                "tag_class": STR,
+                "top_destination": STR,
+                "flip_rate": NUM_OR_NULL,
+                "toward_rate": NUM_OR_NULL,
+                "accuracy_with_tag": NUM_OR_NULL,
+            }
+        ],
+    },
+    "groups": {
+        "attribute": STR,
+        "n": INT,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        "worst_group": STR,
+        "associated_class": {"*": STR},
+        "association_source?": STR,
+        "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
+        **{
+            k: NUM_OR_NULL
+            for k in (
+                "accuracy",
+                "worst_group_accuracy",
+                "aligned_accuracy",
+                "conflicting_accuracy",
+                "gap",
+                "agreement_rate",
+            )
+        },
+    },
 }
 REPORT_FIELDS: dict[str, Any] = {
-    "command": STR, "run_id": STR, "config": {}, "environment": {}, "seed": INT, "results": {}, "metrics": [METRIC_LABELS],
-    "timings?": {"*": NUM}, "warnings?": [{"code": STR, "message": STR, "*": SCALAR}], "pictures?": STR_OR_NULL,
-    "created?": STR, "schema": STR, "schema_version": INT,
+    "command": STR,
+    "run_id": STR,
+    "config": {},
+    "environment": {},
+    "seed": INT,
+    "results": {},
+    "metrics": [METRIC_LABELS],
+    "timings?": {"*": NUM},
+    "warnings?": [{"code": STR, "message": STR, "*": SCALAR}],
+    "pictures?": STR_OR_NULL,
+    "created?": STR,
+    "schema": STR,
+    "schema_version": INT,
 }
 
 
@@ -126,12 +277,16 @@ def _fits_type(value: Any, spec: str | tuple[str, ...]) -> bool:
     if isinstance(spec, tuple):
         return value in spec
     return {
-        STR: isinstance(value, str), INT: isinstance(value, int) and not isinstance(value, bool),
-        NUM: _is_number(value), NUM_OR_NULL: value is None or _is_number(value), BOOL: isinstance(value, bool),
+        STR: isinstance(value, str),
+        INT: isinstance(value, int) and not isinstance(value, bool),
+        NUM: _is_number(value),
+        NUM_OR_NULL: value is None or _is_number(value),
+        BOOL: isinstance(value, bool),
         STR_OR_NULL: value is None or isinstance(value, str),
         INT_OR_NULL: value is None or (isinstance(value, int) and not isinstance(value, bool)),
         TARGET: value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
-        SCALAR: value is None or isinstance(value, (str, bool)) or _is_number(value), ANY: True,
+        SCALAR: value is None or isinstance(value, (str, bool)) or _is_number(value),
+        ANY: True,
     }[spec]
 
 

@@ -70,15 +70,19 @@ def verdict_markdown(verdict: dict) -> str:
     for r in verdict["rows"]:
         mark = "pass" if r["passed"] else "**FAIL**"
         note = md_text(f" ({r['note']})") if r["note"] else ""
-        lines.append(f"| {md_text(r['check'])} | {md_text(r['metric'])} | {fmt(r['measured'])} | "
-                     f"{bound_symbol(r['bound'])} {fmt(r['threshold'])} | {mark}{note} |")
+        lines.append(
+            f"| {md_text(r['check'])} | {md_text(r['metric'])} | {fmt(r['measured'])} | "
+            f"{bound_symbol(r['bound'])} {fmt(r['threshold'])} | {mark}{note} |"
+        )
     return "\n".join(lines)
 
 
 def to_markdown(report: Report) -> str:
     env = report.environment
-    header = (f"seed {report.seed} · device {env.get('device', '?')} ({env.get('device_name', '?')}) · "
-              f"torch {env.get('torch', '?')} · auditnn {env.get('auditnn', '?')} · {report.created}")
+    header = (
+        f"seed {report.seed} · device {env.get('device', '?')} ({env.get('device_name', '?')}) · "
+        f"torch {env.get('torch', '?')} · auditnn {env.get('auditnn', '?')} · {report.created}"
+    )
     parts = [f"# auditnn {md_text(report.command)}: {md_text(report.run_id)}", "", md_text(header)]
     if "verdict" in report.results:
         parts += ["", verdict_markdown(report.results["verdict"])]
@@ -97,19 +101,37 @@ def to_junit(report: Report, verdict: dict) -> str:
         checks.setdefault(row["check"], []).append(row)
     failures = sum(any(not r["passed"] for r in rows) for rows in checks.values())
     suites = ET.Element("testsuites", name="auditnn", tests=str(len(checks)), failures=str(failures), errors="0")
-    suite = ET.SubElement(suites, "testsuite", name=f"auditnn {report.command}", tests=str(len(checks)),
-                          failures=str(failures), errors="0", skipped="0",
-                          time=f"{report.timings.get('total', 0.0):.3f}", timestamp=report.created)
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=f"auditnn {report.command}",
+        tests=str(len(checks)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        time=f"{report.timings.get('total', 0.0):.3f}",
+        timestamp=report.created,
+    )
     for name, rows in checks.items():
-        case = ET.SubElement(suite, "testcase", classname=f"auditnn.{rows[0]['kind']}", name=name,
-                             time=f"{report.timings.get(name, 0.0):.3f}")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"auditnn.{rows[0]['kind']}",
+            name=name,
+            time=f"{report.timings.get(name, 0.0):.3f}",
+        )
         missed = [r for r in rows if not r["passed"]]
-        lines = [f"{r['metric']}: measured {fmt(r['measured'])}, {bound_symbol(r['bound'])} {fmt(r['threshold'])}"
-                 + (f" ({r['note']})" if r["note"] else "") for r in rows]
+        lines = [
+            f"{r['metric']}: measured {fmt(r['measured'])}, {bound_symbol(r['bound'])} {fmt(r['threshold'])}"
+            + (f" ({r['note']})" if r["note"] else "")
+            for r in rows
+        ]
         if missed:
             first = missed[0]
-            message = (f"{first['metric']} {fmt(first['measured'])} misses {bound_symbol(first['bound'])} "
-                       f"{fmt(first['threshold'])}")
+            message = (
+                f"{first['metric']} {fmt(first['measured'])} misses {bound_symbol(first['bound'])} "
+                f"{fmt(first['threshold'])}"
+            )
             failure = ET.SubElement(case, "failure", type="threshold", message=message)
             failure.text = "\n".join(lines)
         else:
@@ -126,29 +148,44 @@ def load_pictures(report: Report, report_dir: str | Path) -> dict[str, torch.Ten
     folder = Path(report_dir).resolve()
     path = (folder / report.pictures).resolve()
     if not path.is_relative_to(folder) or path == folder:
-        raise AuditError(f"report in '{report_dir}': key 'pictures' is {report.pictures!r}; "
-                         "allowed: a file inside the report's folder")
+        raise AuditError(
+            f"report in '{report_dir}': key 'pictures' is {report.pictures!r}; "
+            "allowed: a file inside the report's folder"
+        )
     if not path.is_file():
         return {}
     pictures = safe_torch_load(path, "report pictures")
-    if not isinstance(pictures, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                 for k, v in pictures.items()):
-        raise AuditError(f"report pictures '{path}' are not a dict of named tensors; allowed: the pictures.pt "
-                         "auditnn wrote beside report.json")
+    if not isinstance(pictures, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items()
+    ):
+        raise AuditError(
+            f"report pictures '{path}' are not a dict of named tensors; allowed: the pictures.pt "
+            "auditnn wrote beside report.json"
+        )
     for key, value in pictures.items():
         problem = _picture_problem(key, value)
         if problem:
-            raise AuditError(f"report pictures '{path}': '{key}' {problem}; allowed: the pictures.pt auditnn wrote "
-                             "beside report.json")
+            raise AuditError(
+                f"report pictures '{path}': '{key}' {problem}; allowed: the pictures.pt auditnn wrote "
+                "beside report.json"
+            )
     return pictures
 
 
 # What the page draws, by the last part of a picture's name: (allowed numbers of dimensions, values in [0, 1]?).
 # Images are (N, C, H, W) or a patch (C, H, W) with 1 or 3 channels; labels and predictions (N,) class indices.
 PICTURE_SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
-    "images": ((4,), True), "clean": ((4,), True), "adversarial": ((4,), True), "masks": ((4,), True),
-    "patch": ((3,), True), "mask": ((2, 3), True), "labels": ((1,), False), "predictions": ((1,), False),
-    "shortcut_ids": ((1,), False), "attribution": ((3,), False), "first_layer": ((2, 4), False),
+    "images": ((4,), True),
+    "clean": ((4,), True),
+    "adversarial": ((4,), True),
+    "masks": ((4,), True),
+    "patch": ((3,), True),
+    "mask": ((2, 3), True),
+    "labels": ((1,), False),
+    "predictions": ((1,), False),
+    "shortcut_ids": ((1,), False),
+    "attribution": ((3,), False),
+    "first_layer": ((2, 4), False),
     "first_layer_kind": ((0,), False),
 }
 MAX_PICTURE_ELEMENTS = 2**24  # the page shows a few dozen small images; 16M values is far beyond any auditnn wrote

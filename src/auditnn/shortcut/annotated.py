@@ -58,8 +58,10 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
     key = "file" if "file" in table.columns else "index" if "index" in table.columns else None
     for needed in (key or "file", "label", attribute):
         if needed not in table.columns:
-            raise AuditError(f"groups file '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}; "
-                             "allowed: file (or index), label and attribute columns")
+            raise AuditError(
+                f"groups file '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}; "
+                "allowed: file (or index), label and attribute columns"
+            )
     names = data.names or [str(i) for i in range(len(data))]
     position = {name: i for i, name in enumerate(names)}
     if key == "file":  # a bare file name also matches when it is unique in the folder
@@ -79,8 +81,10 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
         if index in seen:
             first, first_label, first_value = seen[index]
             if (first_label, first_value) != (label, value):
-                raise AuditError(f"groups file '{path}' gives image {names[index]!r} twice with different values: "
-                                 f"rows {first} and {row_number}; allowed: one row per image")
+                raise AuditError(
+                    f"groups file '{path}' gives image {names[index]!r} twice with different values: "
+                    f"rows {first} and {row_number}; allowed: one row per image"
+                )
             continue
         seen[index] = (row_number, label, value)
         label_index = int(data.labels[index])
@@ -88,8 +92,10 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
             mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[label_index]}")
         codes[index] = values.index(value)
     if unknown:
-        raise AuditError(f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
-                         f"the '{key}' column must match the data's {'files' if key == 'file' else 'indices'}")
+        raise AuditError(
+            f"groups file '{path}' names {len(unknown)} image(s) not in the data, e.g. {unknown[0]}; "
+            f"the '{key}' column must match the data's {'files' if key == 'file' else 'indices'}"
+        )
     if mismatched:
         raise AuditError(f"groups file '{path}' disagrees with the data's labels: {mismatched[0]}")
     return Annotations(attribute, values, codes, len(table))
@@ -120,8 +126,10 @@ def parse_association(spec: str, notes: Annotations, classes: list[str]) -> Asso
         if not colon or not value:
             raise AuditError(f"{where}: {item!r} is not VALUE:CLASS; allowed: e.g. water:waterbird,land:landbird")
         if value not in notes.values:
-            raise AuditError(f"{where}: value {value!r} does not occur in column {notes.attribute!r}; "
-                             f"allowed: {allowed(notes.values)}")
+            raise AuditError(
+                f"{where}: value {value!r} does not occur in column {notes.attribute!r}; "
+                f"allowed: {allowed(notes.values)}"
+            )
         if value in mapping:
             raise AuditError(f"{where} names {value!r} twice; allowed: one class per value")
         k = _class_index(name, classes)
@@ -130,27 +138,37 @@ def parse_association(spec: str, notes: Annotations, classes: list[str]) -> Asso
         mapping[value] = k
     missing = [v for v in notes.values if v not in mapping]
     if missing:
-        raise AuditError(f"{where} gives no class for {missing[0]!r}; "
-                         f"allowed: a class for each of {allowed(notes.values)}")
+        raise AuditError(
+            f"{where} gives no class for {missing[0]!r}; allowed: a class for each of {allowed(notes.values)}"
+        )
     return Association({v: mapping[v] for v in notes.values}, "given")
 
 
-def majority_association(labels: torch.Tensor, codes: torch.Tensor, notes: Annotations, classes: list[str],
-                         source: str) -> Association:
+def majority_association(
+    labels: torch.Tensor, codes: torch.Tensor, notes: Annotations, classes: list[str], source: str
+) -> Association:
     """Each value's class = the class it co-occurs with most in (labels, codes); an exact tie goes to the lowest
     class index and is named in a warning. labels, codes: (N,) int64, codes index notes.values."""
     association, warnings = {}, []
     for v, value in enumerate(notes.values):
         counts = torch.bincount(labels[codes == v], minlength=len(classes))
         if counts.sum() == 0:
-            raise AuditError(f"value {value!r} never occurs in column {notes.attribute!r} of {source}; "
-                             f"give its class with {option('--associate', 'associate')}")
+            raise AuditError(
+                f"value {value!r} never occurs in column {notes.attribute!r} of {source}; "
+                f"give its class with {option('--associate', 'associate')}"
+            )
         tied = torch.nonzero(counts == counts.max()).view(-1).tolist()
         association[value] = tied[0]
         if len(tied) > 1:
-            warnings.append({"code": "association_tie", "message": (
-                f"{value!r} co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
-                f"took {classes[tied[0]]}; give the right one with {option('--associate', 'associate')}")})
+            warnings.append(
+                {
+                    "code": "association_tie",
+                    "message": (
+                        f"{value!r} co-occurs equally often with {' and '.join(classes[k] for k in tied)} in {source}; "
+                        f"took {classes[tied[0]]}; give the right one with {option('--associate', 'associate')}"
+                    ),
+                }
+            )
     return Association(association, source, warnings)
 
 
@@ -167,22 +185,30 @@ def association_from_csv(path: str | Path, notes: Annotations, classes: list[str
     for row_number, (label, value) in enumerate(rows, start=2):
         k = _class_index(label, classes)
         if k is None:
-            raise AuditError(f"training CSV '{path}' row {row_number} has label {label!r}; "
-                             f"allowed: {_classes_allowed(classes)}")
+            raise AuditError(
+                f"training CSV '{path}' row {row_number} has label {label!r}; allowed: {_classes_allowed(classes)}"
+            )
         if value in notes.values:  # values the evaluated images lack need no class
             labels.append(k)
             codes.append(notes.values.index(value))
-    return majority_association(torch.tensor(labels, dtype=torch.long), torch.tensor(codes, dtype=torch.long), notes,
-                                classes, f"training CSV '{path}'")
+    return majority_association(
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(codes, dtype=torch.long),
+        notes,
+        classes,
+        f"training CSV '{path}'",
+    )
 
 
-def load_association(notes: Annotations, classes: list[str], associate: str | None = None,
-                     associate_from: str | Path | None = None) -> Association | None:
+def load_association(
+    notes: Annotations, classes: list[str], associate: str | None = None, associate_from: str | Path | None = None
+) -> Association | None:
     """The association the user gave (--associate VALUE:CLASS,... or --associate-from a training CSV), or None,
     which leaves annotated_metrics to take the evaluated images' majority class, with a warning."""
     if associate is not None and associate_from is not None:
-        raise AuditError(f"give {option('--associate', 'associate')} or "
-                         f"{option('--associate-from', 'associate_from')}, not both")
+        raise AuditError(
+            f"give {option('--associate', 'associate')} or {option('--associate-from', 'associate_from')}, not both"
+        )
     if associate is not None:
         return parse_association(associate, notes, classes)
     if associate_from is not None:
@@ -210,8 +236,13 @@ class AnnotatedMetrics:
         return asdict(self)
 
 
-def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotations, classes: list[str],
-                      association: Association | None = None) -> AnnotatedMetrics:
+def annotated_metrics(
+    preds: torch.Tensor,
+    labels: torch.Tensor,
+    notes: Annotations,
+    classes: list[str],
+    association: Association | None = None,
+) -> AnnotatedMetrics:
     """Group accuracy for label x attribute value. preds, labels: (N,) int64; images without a CSV row are left out.
 
     `association` says which class each value stands for (aligned = label is that class); without one, the
@@ -227,10 +258,17 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
     if association is None:
         association = majority_association(labels, codes, notes, classes, "evaluated images")
         used = ", ".join(f"{value}: {classes[c]}" for value, c in association.classes.items())
-        association.warnings.insert(0, {"code": "association_from_evaluated_images", "message": (
-            f"each {notes.attribute!r} value's class is its majority class among the evaluated images ({used}); "
-            f"the aligned/conflicting split and the gap depend on it: give {option('--associate', 'associate')} "
-            f"VALUE:CLASS,... or {option('--associate-from', 'associate_from')} a training split's CSV")})
+        association.warnings.insert(
+            0,
+            {
+                "code": "association_from_evaluated_images",
+                "message": (
+                    f"each {notes.attribute!r} value's class is its majority class among the evaluated images ({used}); "
+                    f"the aligned/conflicting split and the gap depend on it: give {option('--associate', 'associate')} "
+                    f"VALUE:CLASS,... or {option('--associate-from', 'associate_from')} a training split's CSV"
+                ),
+            },
+        )
     associated = torch.tensor([association.classes[value] for value in notes.values], dtype=torch.long)
     aligned = labels == associated[codes]
     groups: list[dict[str, Any]] = []
@@ -238,8 +276,15 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
         for c in range(k):
             members = (codes == v) & (labels == c)
             if members.any():
-                groups.append({"group": f"{classes[c]} x {value}", "label": c, "attribute": value,
-                               "n": int(members.sum()), "accuracy": float(correct[members].float().mean())})
+                groups.append(
+                    {
+                        "group": f"{classes[c]} x {value}",
+                        "label": c,
+                        "attribute": value,
+                        "n": int(members.sum()),
+                        "accuracy": float(correct[members].float().mean()),
+                    }
+                )
     worst = min(groups, key=lambda g: g["accuracy"])
 
     def mean(mask: torch.Tensor, values: torch.Tensor) -> float:
@@ -247,12 +292,19 @@ def annotated_metrics(preds: torch.Tensor, labels: torch.Tensor, notes: Annotati
 
     acc_aligned, acc_conflicting = mean(aligned, correct), mean(~aligned, correct)
     return AnnotatedMetrics(
-        attribute=notes.attribute, n=int(keep.sum()), accuracy=float(correct.float().mean()),
-        worst_group_accuracy=worst["accuracy"], worst_group=worst["group"],
+        attribute=notes.attribute,
+        n=int(keep.sum()),
+        accuracy=float(correct.float().mean()),
+        worst_group_accuracy=worst["accuracy"],
+        worst_group=worst["group"],
         associated_class={value: classes[int(associated[v])] for v, value in enumerate(notes.values)},
         association_source=association.source,
-        aligned_accuracy=acc_aligned, conflicting_accuracy=acc_conflicting, gap=acc_aligned - acc_conflicting,
-        agreement_rate=mean(~aligned, preds == associated[codes]), groups=groups, warnings=list(association.warnings),
+        aligned_accuracy=acc_aligned,
+        conflicting_accuracy=acc_conflicting,
+        gap=acc_aligned - acc_conflicting,
+        agreement_rate=mean(~aligned, preds == associated[codes]),
+        groups=groups,
+        warnings=list(association.warnings),
     )
 
 
@@ -272,8 +324,10 @@ class TagSensitivity:
 def recoloured_error(tag: str, channels: int, model: str) -> AuditError:
     """The one message for a tag that turns the images RGB (background) in front of a model that cannot take them;
     `model` says what is known of the model ('the model takes 1 channel', "model 'X' fails on them (...)")."""
-    return AuditError(f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use {option('--tag', 'tag')} watermark or boat, "
-                      "or a model that takes RGB images")
+    return AuditError(
+        f"tag '{tag}' makes the images RGB ({channels} channels); {model}: use {option('--tag', 'tag')} watermark or boat, "
+        "or a model that takes RGB images"
+    )
 
 
 def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.Tensor, shortcut: Shortcut) -> None:
@@ -290,8 +344,14 @@ def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.T
 
 
 def tag_sensitivity(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, shortcut: Shortcut, classes: list[str],
-    *, target_class: int | None = None, seed: int = 0,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    shortcut: Shortcut,
+    classes: list[str],
+    *,
+    target_class: int | None = None,
+    seed: int = 0,
 ) -> TagSensitivity:
     """Plant each class's variant of the tag (or only target_class's) on every image, without retraining, and
     count how many predictions change and how many move to the tag's class."""
@@ -300,20 +360,26 @@ def tag_sensitivity(
     check_takes_planted(model, images, base_images, shortcut)
     base = predict(model, base_images)
     variants: list[dict[str, Any]] = []
-    for k in ([target_class] if target_class is not None else range(len(classes))):
+    for k in [target_class] if target_class is not None else range(len(classes)):
         tag = torch.full((len(images),), k)
         planted, _ = shortcut.plant(images, tag, generator=torch.Generator().manual_seed(seed))
         preds = predict(model, planted)
         flipped = preds != base
         destinations = torch.bincount(preds[flipped], minlength=len(classes))
-        variants.append({
-            "tag_class": classes[k], "flip_rate": float(flipped.float().mean()),
-            "toward_rate": float(((preds == k) & (base != k)).float().mean()),
-            "accuracy_with_tag": float((preds == labels).float().mean()),
-            "top_destination": classes[int(destinations.argmax())] if flipped.any() else "-",
-        })
+        variants.append(
+            {
+                "tag_class": classes[k],
+                "flip_rate": float(flipped.float().mean()),
+                "toward_rate": float(((preds == k) & (base != k)).float().mean()),
+                "accuracy_with_tag": float((preds == labels).float().mean()),
+                "top_destination": classes[int(destinations.argmax())] if flipped.any() else "-",
+            }
+        )
     return TagSensitivity(
-        tag=shortcut.name, n=len(labels), accuracy_without_tag=float((base == labels).float().mean()),
+        tag=shortcut.name,
+        n=len(labels),
+        accuracy_without_tag=float((base == labels).float().mean()),
         flip_rate=sum(v["flip_rate"] for v in variants) / len(variants),
-        toward_rate=sum(v["toward_rate"] for v in variants) / len(variants), variants=variants,
+        toward_rate=sum(v["toward_rate"] for v in variants) / len(variants),
+        variants=variants,
     )

@@ -223,9 +223,14 @@ def shortcut_examples(model: nn.Module, dataset: ControlledDataset, per_kind: in
         pick = torch.stack(chosen)
         images = test.images[pick]
         preds = predict(model, images)
-        pictures.update({
-            f"{name}/images": images, f"{name}/labels": test.labels[pick], f"{name}/predictions": preds.cpu(),
-            f"{name}/shortcut_ids": test.shortcut_ids[pick], f"{name}/masks": test.masks[pick],
-            f"{name}/attribution": logit_attribution(model, images, preds.cpu()),
-        })
+        pictures.update(
+            {
+                f"{name}/images": images,
+                f"{name}/labels": test.labels[pick],
+                f"{name}/predictions": preds.cpu(),
+                f"{name}/shortcut_ids": test.shortcut_ids[pick],
+                f"{name}/masks": test.masks[pick],
+                f"{name}/attribution": logit_attribution(model, images, preds.cpu()),
+            }
+        )
     return pictures
