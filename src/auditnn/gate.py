@@ -116,54 +116,30 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
     more than max_drop (down for 'min' metrics, up for 'max' metrics). Equality passes."""
     if max_drop is not None and not 0.0 <= max_drop <= 1.0:
         raise AuditError(f"max drop {max_drop:g} is outside [0, 1]; allowed: 0 <= max drop <= 1")
-    rows = []
+    rows: list[VerdictRow] = []
     for check in plan.checks:
+        name = check.name or check.kind
         for t in check.thresholds:
             measured = find_metric(report, check, t.metric)
             if measured is None:
                 rows.append(
-                    VerdictRow(
-                        check.name or check.kind,
-                        check.kind,
-                        t.metric,
-                        None,
-                        t.bound,
-                        t.value,
-                        False,
-                        "not measured in this report",
-                    )
+                    VerdictRow(name, check.kind, t.metric, None, t.bound, t.value, False, "not measured in this report")
                 )
                 continue
             ok = measured >= t.value if t.bound == "min" else measured <= t.value
-            rows.append(VerdictRow(check.name or check.kind, check.kind, t.metric, measured, t.bound, t.value, ok))
-            if baseline is not None and max_drop is not None:
-                old_row, found = _baseline_row(baseline, check, t.metric)
-                if old_row is None or old_row["value"] is None:
-                    rows.append(
-                        VerdictRow(
-                            check.name or check.kind,
-                            check.kind,
-                            t.metric,
-                            measured,
-                            "max drop",
-                            max_drop,
-                            True,
-                            "not in the baseline",
-                        )
-                    )
-                    continue
-                old = float(old_row["value"])
-                worse = (old - measured) if t.bound == "min" else (measured - old)
+            rows.append(VerdictRow(name, check.kind, t.metric, measured, t.bound, t.value, ok))
+            if baseline is None or max_drop is None:
+                continue
+            old_row, found = _baseline_row(baseline, check, t.metric)
+            if old_row is None or old_row["value"] is None:
                 rows.append(
-                    VerdictRow(
-                        check.name or check.kind,
-                        check.kind,
-                        t.metric,
-                        measured,
-                        "max drop",
-                        max_drop,
-                        worse <= max_drop + 1e-12,
-                        f"baseline {old:.4f}{found}, change {-worse:+.4f}",
-                    )
+                    VerdictRow(name, check.kind, t.metric, measured, "max drop", max_drop, True, "not in the baseline")
                 )
+                continue
+            old = float(old_row["value"])
+            worse = (old - measured) if t.bound == "min" else (measured - old)
+            note = f"baseline {old:.4f}{found}, change {-worse:+.4f}"
+            rows.append(
+                VerdictRow(name, check.kind, t.metric, measured, "max drop", max_drop, worse <= max_drop + 1e-12, note)
+            )
     return Verdict(rows)

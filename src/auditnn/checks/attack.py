@@ -8,7 +8,7 @@ from typing import Any
 
 from ..attacks.base import ATTACKS
 from ..attacks.evaluate import PGD_STEPS, AttackSpec, evaluate_attack
-from ..report.schema import metric_row
+from ..report.schema import DATA, INT, NUM, NUM_OR_NULL, STR, TARGET, metric_row
 from ..report.tables import Table, fmt
 from ..runtime import compile_or_eager
 from ..subject import SubjectSpec
@@ -85,6 +85,24 @@ class Attack(CheckKind[AttackSettings]):
     settings = AttackSettings
     thresholds = {"min_robust_accuracy": ("robust_accuracy", "min")}
     merged = True
+    section_schema = {
+        "model": STR,
+        "data": DATA,
+        "rows": [
+            {
+                "method": STR,
+                "norm": STR,
+                "eps": NUM,
+                "steps": INT,
+                "check?": STR,
+                "target?": TARGET,
+                "restarts?": INT,
+                "left_out?": INT,
+                "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
+                **{k: NUM_OR_NULL for k in ROW_METRICS},
+            }
+        ],
+    }
 
     @classmethod
     def from_file(cls, key: str, value: Any, at: str) -> Any:

@@ -69,6 +69,7 @@ class CheckKind(Generic[S]):
     thresholds: ClassVar[dict[str, tuple[str, str]]]  # audit-file key -> (metric, 'min' or 'max')
     needs_subject: ClassVar[bool] = True  # False: it builds its own data and model
     merged: ClassVar[bool] = False  # True: one results section holds the rows of every check of this kind
+    section_schema: ClassVar[dict[str, Any]]  # its results section's fields, as report.schema checks them on reading
 
     # ------------------------------------------------------------ settings
     @classmethod

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..report.schema import metric_row
+from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table
 from .base import CheckKind, CheckResult, Context, register
 
@@ -24,6 +24,7 @@ class Clean(CheckKind[CleanSettings]):
     name = "clean"
     settings = CleanSettings
     thresholds = {"min_accuracy": ("accuracy", "min")}
+    section_schema = {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR}
 
     def section_key(self, name: str) -> str:
         return "clean"  # one model has one clean accuracy, whatever the check is called

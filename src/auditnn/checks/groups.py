@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.sources import ImageSet
 from ..inference import predict
-from ..report.schema import metric_row
+from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..shortcut.annotated import AnnotatedMetrics, annotated_metrics, load_association, read_groups
 from .base import CheckKind, CheckResult, Context, of_check, path_setting, register
@@ -25,18 +25,11 @@ class GroupsSettings:
     associate_from: str | None = field(default=None, metadata=path_setting())
 
 
+SCALARS = ("accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "agreement_rate")
+
+
 def groups_rows(a: AnnotatedMetrics) -> list[dict[str, Any]]:
-    rows = [
-        metric_row("groups", name, getattr(a, name), attribute=a.attribute)
-        for name in (
-            "accuracy",
-            "worst_group_accuracy",
-            "aligned_accuracy",
-            "conflicting_accuracy",
-            "gap",
-            "agreement_rate",
-        )
-    ]
+    rows = [metric_row("groups", name, getattr(a, name), attribute=a.attribute) for name in SCALARS]
     rows += [
         metric_row("groups", "group_accuracy", g["accuracy"], group=g["group"], attribute=a.attribute) for g in a.groups
     ]
@@ -51,6 +44,18 @@ class Groups(CheckKind[GroupsSettings]):
         "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
         "max_gap": ("gap", "max"),
         "max_agreement_rate": ("agreement_rate", "max"),
+    }
+    section_schema = {
+        "attribute": STR,
+        "n": INT,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        "worst_group": STR,
+        "associated_class": {"*": STR},
+        "association_source?": STR,
+        "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
+        **{k: NUM_OR_NULL for k in SCALARS},
     }
 
     def title(self, settings: GroupsSettings) -> tuple[str, tuple[str, ...]]:

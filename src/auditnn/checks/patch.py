@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..attacks.patch import PatchConfig, fit_patch, save_patch_png, save_patch_tensors
-from ..report.schema import metric_row
+from ..report.schema import DATA, INT, INT_OR_NULL, NUM, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..subject import SubjectSpec
 from .base import CheckKind, CheckResult, Context, of_check, register
@@ -45,6 +45,18 @@ class Patch(CheckKind[PatchSettings]):
     thresholds = {
         "max_target_success_rate": ("target_success_rate", "max"),
         "min_accuracy_with_patch": ("accuracy_with_patch", "min"),
+    }
+    section_schema = {
+        "target": INT_OR_NULL,
+        "shape": STR,
+        "size": NUM,
+        "steps": INT,
+        "optimization_seconds": NUM,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        "images?": STR,
+        **{k: NUM_OR_NULL for k in ROW_METRICS if k != "optimization_seconds"},
     }
 
     def validate(self, settings: PatchSettings, spec: SubjectSpec) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..report.schema import metric_row
+from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..shortcut.annotated import TagSensitivity, tag_sensitivity
 from ..subject import SubjectSpec
@@ -22,6 +22,9 @@ class SensitivitySettings:
     opacity: float | None = None
     position: str | None = None
     target_class: int | None = None
+
+
+SCALARS = ("accuracy_without_tag", "flip_rate", "toward_rate")
 
 
 def sensitivity_rows(s: TagSensitivity) -> list[dict[str, Any]]:
@@ -41,6 +44,23 @@ class Sensitivity(CheckKind[SensitivitySettings]):
     name = "sensitivity"
     settings = SensitivitySettings
     thresholds = {"max_flip_rate": ("flip_rate", "max"), "max_toward_rate": ("toward_rate", "max")}
+    section_schema = {
+        "tag": STR,
+        "n": INT,
+        "model": STR,
+        "data?": DATA,
+        "check?": STR,
+        **{k: NUM_OR_NULL for k in SCALARS},
+        "variants": [
+            {
+                "tag_class": STR,
+                "top_destination": STR,
+                "flip_rate": NUM_OR_NULL,
+                "toward_rate": NUM_OR_NULL,
+                "accuracy_with_tag": NUM_OR_NULL,
+            }
+        ],
+    }
 
     def validate(self, settings: SensitivitySettings, spec: SubjectSpec) -> None:
         planted(settings).validate()

@@ -16,7 +16,7 @@ from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..errors import AuditError, allowed
 from ..models import save_model_dir
-from ..report.schema import metric_row
+from ..report.schema import ANY, NUM, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..runtime import share_weights_from_first
 from ..shortcut.annotated import recoloured_error
@@ -41,6 +41,7 @@ SCALARS = (
     "attribution_ratio",
     "mask_share",
 )
+NEWER = ("attribution_chance", "attribution_ratio")  # absent from reports written before they were measured
 SHOWN = (  # (metric key, label shown)
     ("clean_accuracy", "accuracy, no shortcut"),
     ("aligned_accuracy", "accuracy, aligned"),
@@ -96,6 +97,21 @@ class Shortcut(CheckKind[ShortcutSettings]):
         "max_reliance": ("reliance", "max"),
         "min_worst_group_accuracy": ("worst_group_accuracy", "min"),
         "max_gap": ("gap", "max"),
+    }
+    section_schema = {
+        "rows": [
+            {
+                "rho": NUM,
+                "check?": STR,
+                "training?": ANY,
+                "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
+                "metrics": {
+                    "worst_group": STR,
+                    **{k: NUM_OR_NULL for k in SCALARS if k not in ("follow_rate", *NEWER)},
+                    **{f"{k}?": NUM_OR_NULL for k in NEWER},
+                },
+            }
+        ]
     }
     needs_subject = False
     merged = True

@@ -108,6 +108,7 @@ METRIC_LABELS = {
     "restarts?": INT,
     "*": SCALAR,
 }
+# The verdict's section; every check kind declares its own (checks/: CheckKind.section_schema).
 SECTIONS: dict[str, dict[str, Any]] = {
     "verdict": {
         "passed": BOOL,
@@ -124,129 +125,6 @@ SECTIONS: dict[str, dict[str, Any]] = {
                 "note": STR,
             }
         ],
-    },
-    "clean": {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR},
-    "attack": {
-        "model": STR,
-        "data": DATA,
-        "rows": [
-            {
-                "method": STR,
-                "norm": STR,
-                "eps": NUM,
-                "steps": INT,
-                "check?": STR,
-                "target?": TARGET,
-                "restarts?": INT,
-                "left_out?": INT,
-                "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
-                **{
-                    k: NUM_OR_NULL
-                    for k in (
-                        "clean_accuracy",
-                        "robust_accuracy",
-                        "success_rate",
-                        "mean_perturbation",
-                        "max_perturbation",
-                        "seconds",
-                        "images_per_second",
-                    )
-                },
-            }
-        ],
-    },
-    "shortcut": {
-        "rows": [
-            {
-                "rho": NUM,
-                "check?": STR,
-                "training?": ANY,
-                "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
-                "metrics": {
-                    "worst_group": STR,
-                    **{
-                        k: NUM_OR_NULL
-                        for k in (
-                            "clean_accuracy",
-                            "aligned_accuracy",
-                            "conflicting_accuracy",
-                            "gap",
-                            "worst_group_accuracy",
-                            "reliance",
-                            "follow_rate_normalized",
-                            "swap_flip_rate",
-                            "remove_flip_rate",
-                            "attribution_mass",
-                            "mask_share",
-                        )
-                    },
-                    "attribution_chance?": NUM_OR_NULL,
-                    "attribution_ratio?": NUM_OR_NULL,
-                },
-            }
-        ]
-    },
-    "patch": {
-        "target": INT_OR_NULL,
-        "shape": STR,
-        "size": NUM,
-        "steps": INT,
-        "optimization_seconds": NUM,
-        "model": STR,
-        "data?": DATA,
-        "check?": STR,
-        "images?": STR,
-        **{
-            k: NUM_OR_NULL
-            for k in (
-                "accuracy_clean",
-                "accuracy_with_patch",
-                "accuracy_with_noise_patch",
-                "target_success_rate",
-                "noise_target_success_rate",
-            )
-        },
-    },
-    "sensitivity": {
-        "tag": STR,
-        "n": INT,
-        "model": STR,
-        "data?": DATA,
-        "check?": STR,
-        "flip_rate": NUM_OR_NULL,
-        "toward_rate": NUM_OR_NULL,
-        "accuracy_without_tag": NUM_OR_NULL,
-        "variants": [
-            {
-                "tag_class": STR,
-                "top_destination": STR,
-                "flip_rate": NUM_OR_NULL,
-                "toward_rate": NUM_OR_NULL,
-                "accuracy_with_tag": NUM_OR_NULL,
-            }
-        ],
-    },
-    "groups": {
-        "attribute": STR,
-        "n": INT,
-        "model": STR,
-        "data?": DATA,
-        "check?": STR,
-        "worst_group": STR,
-        "associated_class": {"*": STR},
-        "association_source?": STR,
-        "groups": [{"group": STR, "n": INT, "accuracy": NUM_OR_NULL}],
-        **{
-            k: NUM_OR_NULL
-            for k in (
-                "accuracy",
-                "worst_group_accuracy",
-                "aligned_accuracy",
-                "conflicting_accuracy",
-                "gap",
-                "agreement_rate",
-            )
-        },
     },
 }
 REPORT_FIELDS: dict[str, Any] = {
@@ -334,13 +212,21 @@ def _allowed(spec: Any) -> str:
     return TABLE if isinstance(spec, dict) else spec
 
 
+def _section_schema(kind: str) -> dict[str, Any] | None:
+    from ..checks import KINDS  # the kinds import this module for metric_row and the type names
+
+    if kind in SECTIONS:
+        return SECTIONS[kind]
+    return KINDS[kind].section_schema if kind in KINDS else None
+
+
 def validate_report(data: Any, where: str) -> None:
     """Every field a reader uses has its type; results sections are checked by their kind (an audit keys a check's
     section 'sensitivity/<check name>'); any section's data.classes are strings."""
     _validate(data, REPORT_FIELDS, "", where)
     for name, section in data["results"].items():
         key = f"results.{name}"
-        spec = SECTIONS.get(name.split("/", 1)[0])
+        spec = _section_schema(name.split("/", 1)[0])
         if spec is not None:
             _validate(section, spec, key, where)
         elif isinstance(section, dict):
