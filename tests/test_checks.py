@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import assert_usage_error, run_cli
 
-from auditnn.checks import KINDS
+from auditnn.checks import KINDS, Context
 from auditnn.checks.base import CheckKind, register
 from auditnn.data.sources import load_source
 from auditnn.errors import AuditError
 from auditnn.gate import find_row
 from auditnn.models import save_model_dir
 from auditnn.plan import Check, Plan, Threshold, load_plan
-from auditnn.runner import check_key, read_records, run_plan, write_outcome
+from auditnn.runner import check_key, read_records, run_plan, validate_plan, write_outcome
 from auditnn.spec import DataSpec, ModelSpec
 from auditnn.subject import SubjectSpec, load_subject
 from auditnn.train import TrainConfig, train_classifier
@@ -179,7 +179,9 @@ def test_a_record_key_changes_with_the_settings_and_a_damaged_record_is_measured
     write_outcome(outcome, tmp_path)
     (key,) = outcome.records
     other = dataclasses.replace(plan.checks[0], settings=dataclasses.replace(plan.checks[0].settings, tag="boat"))
-    assert check_key(plan, other, load_subject(plan.subject, torch.device("cpu"), 0), torch.device("cpu")) != key
+    cpu = torch.device("cpu")
+    ctx = Context(load_subject(plan.subject, cpu, 0), plan.subject, cpu, 0)
+    assert check_key(plan, plan.checks[0], ctx) == key and check_key(plan, other, ctx) != key
     (tmp_path / "checks" / f"{key}.json").write_text(json.dumps({"rows": "not a list"}))
     assert read_records(tmp_path) == {}
 
@@ -277,3 +279,133 @@ def test_a_new_kind_is_one_class_and_the_audit_file_runner_tables_and_gate_follo
     from auditnn.report.tables import report_tables
 
     assert [t.title for t in report_tables(outcome.report)] == ["Confidence"]
+
+
+# Review of issue 11: --resume must never reuse a result whose inputs changed, and bad records are measured again.
+
+
+def _rows(outcome, section):
+    return {(r["metric"], r.get("group")): r["value"] for r in outcome.report.metrics if r["section"] == section}
+
+
+def test_resume_does_not_reuse_a_groups_result_after_its_csv_changed(subject_files, tmp_path):
+    (tmp_path / "data").mkdir()
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text((subject_files / "groups.csv").read_text())
+    plan = _plan(subject_files, ["groups"])
+    plan.checks[0].settings.groups = str(csv_path)
+    first = run_plan(plan, run_id="r", environment={})
+    write_outcome(first, tmp_path / "data")
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0], *(line.rsplit(",", 1)[0] + ",left" for line in lines[1:])]) + "\n")
+    resumed = run_plan(plan, run_id="r", environment={}, reuse=read_records(tmp_path / "data"))
+    assert resumed.reused == 0 and _rows(resumed, "groups") != _rows(first, "groups")
+
+
+def test_resume_measures_a_shortcut_check_on_a_given_model_again(subject_files, tmp_path):
+    """Its given model's weights or code may have changed behind the same spec; measuring it costs no training."""
+    plan = _plan(subject_files, ["shortcut"])
+    first = run_plan(plan, run_id="r", environment={})
+    write_outcome(first, tmp_path)
+    resumed = run_plan(plan, run_id="r", environment={}, reuse=read_records(tmp_path))
+    assert resumed.reused == 0 and _rows(resumed, "shortcut") == _rows(first, "shortcut")
+
+
+def test_resume_reuses_a_trained_shortcut_check_until_its_base_data_changes(tmp_path):
+    images = load_source("digits").train
+    torch.save({"images": images.images[:300], "labels": images.labels[:300]}, tmp_path / "base.pt")
+    spec = SubjectSpec(
+        ModelSpec("mlp"),
+        base=DataSpec.source(f"tensors:{tmp_path / 'base.pt'}"),
+        test_per_class=3,
+        width=8,
+        train=TrainConfig(epochs=1),
+    )
+    settings = KINDS["shortcut"].settings(tag="watermark", rho=[0.9])
+    plan = Plan("audit", [Check("shortcut", "s", settings)], spec, device="cpu")
+    write_outcome(run_plan(plan, run_id="r", environment={}), tmp_path / "out")
+    assert run_plan(plan, run_id="r", environment={}, reuse=read_records(tmp_path / "out")).reused == 1
+    torch.save({"images": 1 - images.images[:300], "labels": images.labels[:300]}, tmp_path / "base.pt")
+    assert run_plan(plan, run_id="r", environment={}, reuse=read_records(tmp_path / "out")).reused == 0
+
+
+def test_a_record_under_another_checks_key_is_not_reused(subject_files, tmp_path):
+    plan = _plan(subject_files, ["clean", "sensitivity"])
+    first = run_plan(plan, run_id="r", environment={})
+    write_outcome(first, tmp_path)
+    keys, folder = list(first.records), tmp_path / "checks"
+    for suffix in (".json", ".pt"):  # swap the two records' files
+        a, b = (folder / f"{keys[0]}{suffix}").read_bytes(), (folder / f"{keys[1]}{suffix}").read_bytes()
+        (folder / f"{keys[0]}{suffix}").write_bytes(b)
+        (folder / f"{keys[1]}{suffix}").write_bytes(a)
+    assert read_records(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r["section"].clear(),
+        lambda r: r["rows"][0].update(value="x"),
+        lambda r: r["warnings"].append({"x": 1}),
+        lambda r: r.update(kind="fairness"),
+    ],
+)
+def test_a_record_with_fields_of_the_wrong_shape_is_measured_again(subject_files, tmp_path, edit):
+    plan = _plan(subject_files, ["attack"])
+    first = run_plan(plan, run_id="r", environment={})
+    write_outcome(first, tmp_path)
+    (key,) = first.records
+    path = tmp_path / "checks" / f"{key}.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    assert read_records(tmp_path) == {}
+
+
+def test_the_fingerprint_follows_the_models_code_not_only_its_weights(subject_files, tmp_path, monkeypatch):
+    (tmp_path / "twins.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Identity())\n"
+        "def make_tanh(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import twins
+
+    torch.save(twins.make().state_dict(), tmp_path / "w.pt")
+    spec = _plan(subject_files, ["clean"]).subject
+    cpu = torch.device("cpu")
+    plain = load_subject(
+        dataclasses.replace(spec, model=ModelSpec("factory:twins:make", str(tmp_path / "w.pt"))), cpu, 0
+    )
+    tanh = load_subject(
+        dataclasses.replace(spec, model=ModelSpec("factory:twins:make_tanh", str(tmp_path / "w.pt"))), cpu, 0
+    )
+    assert plain.fingerprint != tanh.fingerprint
+
+
+def test_a_shortcut_check_with_zero_epochs_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text(
+        "[model]\nsource='mlp'\n[[check]]\nkind='shortcut'\ntag='watermark'\nepochs=0\nmax_reliance=0.5\n"
+    )
+    with pytest.raises(AuditError, match="epochs 0; allowed: at least 1"):
+        validate_plan(load_plan(tmp_path / "a.toml"))
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[data]\ntest_per_class = -1\n", "test_per_class -1; allowed: at least 1"),
+        ("[data]\ntest_per_class = 0\n", "test_per_class 0; allowed: at least 1"),
+        ("[model]\nepochs = 0\n", "epochs 0; allowed: at least 1"),
+    ],
+)
+def test_subject_settings_an_audit_file_gets_wrong_are_refused_before_anything_runs(tmp_path, text, needle):
+    (tmp_path / "a.toml").write_text(text + "[[check]]\nkind='clean'\nmin_accuracy=0.5\n")
+    with pytest.raises(AuditError, match=needle):
+        validate_plan(load_plan(tmp_path / "a.toml"))
+
+
+def test_an_empty_check_name_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text("[[check]]\nkind='clean'\nname=''\nmin_accuracy=0.5\n")
+    with pytest.raises(AuditError, match="key 'name' is ''; allowed: a name of at least one character"):
+        load_plan(tmp_path / "a.toml")

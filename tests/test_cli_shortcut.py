@@ -2,7 +2,11 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from helpers import assert_usage_error, files_under, run_cli
+
+from auditnn.errors import AuditError
+from auditnn.models import save_model_dir
 
 FAST = ("--epochs", "1", "--test-per-class", "3", "--device", "cpu")
 
@@ -177,3 +181,53 @@ def test_a_background_tag_for_a_given_grayscale_model_says_the_tag_makes_rgb_ima
         )
         assert_usage_error(code, err, "tag 'background' makes the images RGB (3 channels)", takes)
         assert files_under(tmp_path / "o") == []
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [
+        (["--rho", "0.5,0.9"], "--rho 0.5,0.9"),
+        (["--attribution", "ig"], "--attribution ig"),
+        (["--test-per-class", "5"], "--test-per-class 5"),
+        (["--width", "8"], "--width 8"),
+        (["--epochs", "3"], "--epochs 3"),
+        (["--groups", "g.csv", "--attribute", "side", "--size", "5"], "--size 5"),
+    ],
+)
+def test_options_your_images_do_not_use_are_refused_not_ignored(capsys, tmp_path, extra, flag):
+    """Review of issue 11: these exited 0 with the option silently ignored."""
+    torch.save({"images": torch.rand(6, 1, 28, 28), "labels": torch.arange(6) % 2}, tmp_path / "x.pt")
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "factory:tiny_factory:make",
+        "--data",
+        f"tensors:{tmp_path / 'x.pt'}",
+        *extra,
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert_usage_error(code, err, f"{flag} applies to")
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_beside_an_auditnn_model_are_refused(tmp_path):
+    from auditnn.models.user import load_user_model
+    from auditnn.spec import ModelSpec
+    from auditnn.train import TrainConfig, train_classifier
+
+    model, _, card = train_classifier(
+        torch.rand(20, 1, 6, 6),
+        torch.arange(20) % 2,
+        ["a", "b"],
+        "mlp",
+        TrainConfig(epochs=1),
+        torch.device("cpu"),
+        width=4,
+    )
+    save_model_dir(model, card, tmp_path / "m")
+    with pytest.raises(
+        AuditError, match=r"carries its weights in model.pt; drop --weights \(audit file: model.weights\)"
+    ):
+        load_user_model(ModelSpec(f"auditnn:{tmp_path / 'm'}", str(tmp_path / "w.pt")), num_classes=2, channels=1)

@@ -294,3 +294,22 @@ def test_a_renamed_check_is_still_compared_with_its_baseline_row(tmp_path):
     rows = judge(report, policy, baseline=baseline, max_drop=0.05).rows
     drop = next(r for r in rows if r.check == "untargeted" and r.bound == "max drop")
     assert not drop.passed and "baseline 0.7000" in drop.note and "old name" in drop.note
+
+
+@pytest.mark.parametrize("bound,threshold,equal,off", [("min", 0.35, 21, 20), ("max", 0.3, 18, 19)])
+def test_a_float32_share_equal_to_its_threshold_passes_and_one_image_off_fails(tmp_path, bound, threshold, equal, off):
+    """Review of issue 11: 21/60 measured in float32 is 0.3499999940 and 18/60 is 0.3000000119, so a share equal to
+    its threshold failed ('0.350 >= 0.350 FAIL')."""
+    import torch
+
+    kind, key, metric = ("clean", "min_accuracy", "accuracy") if bound == "min" else ("groups", "max_gap", "gap")
+    extra = "" if kind == "clean" else "groups = 'g.csv'\nattribute = 'side'\n"
+    policy = load_plan(_write(tmp_path, f"[[check]]\nkind = '{kind}'\n{extra}{key} = {threshold}\n"))
+    check = policy.checks[0]
+    labels = {} if kind == "clean" else {"attribute": "side"}
+    for count, passes in ((equal, True), (off, False)):
+        value = float(torch.tensor(float(count)) / 60)
+        report = Report(
+            "audit", "r", {}, {}, 0, {}, [{**metric_row(kind, metric, value, **labels), "check": check.name}]
+        )
+        assert judge(report, policy).passed is passes, (count, value)

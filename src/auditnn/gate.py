@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # What a row that leaves a label out was measured with: an attack row without `target` was untargeted, one without
 # `step_size` took the default step, one without `sanity` had its sanity runs in the worst-case headline.
 LABEL_DEFAULTS: dict[str, Any] = {"target": None, "restarts": 1, "step_size": None, "sanity": True}
+# Shares are measured in float32 (21/60 is 0.3499999940): a share within this of its threshold is equal to it, and
+# equality passes. Two images out of a million are 2e-6 apart, so no real difference is this small.
+SHARE_TOLERANCE = 1e-6
 
 
 # ---------------------------------------------------------------- judging
@@ -126,7 +129,7 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
                     VerdictRow(name, check.kind, t.metric, None, t.bound, t.value, False, "not measured in this report")
                 )
                 continue
-            ok = measured >= t.value if t.bound == "min" else measured <= t.value
+            ok = measured >= t.value - SHARE_TOLERANCE if t.bound == "min" else measured <= t.value + SHARE_TOLERANCE
             rows.append(VerdictRow(name, check.kind, t.metric, measured, t.bound, t.value, ok))
             if baseline is None or max_drop is None:
                 continue
@@ -140,6 +143,15 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
             worse = (old - measured) if t.bound == "min" else (measured - old)
             note = f"baseline {old:.4f}{found}, change {-worse:+.4f}"
             rows.append(
-                VerdictRow(name, check.kind, t.metric, measured, "max drop", max_drop, worse <= max_drop + 1e-12, note)
+                VerdictRow(
+                    name,
+                    check.kind,
+                    t.metric,
+                    measured,
+                    "max drop",
+                    max_drop,
+                    worse <= max_drop + SHARE_TOLERANCE,
+                    note,
+                )
             )
     return Verdict(rows)

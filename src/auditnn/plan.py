@@ -207,8 +207,8 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
     thresholds = []
     for key, value in raw.items():
         if key in ("kind", "name"):
-            if key == "name" and not isinstance(value, str):
-                raise AuditError(f"{at} key 'name' is {value!r}; allowed: a string")
+            if key == "name" and (not isinstance(value, str) or not value):
+                raise AuditError(f"{at} key 'name' is {value!r}; allowed: a name of at least one character")
             continue
         if key in kind.thresholds:
             if not type_ok(value, NUMBER) or not 0.0 <= value <= 1.0:
@@ -230,7 +230,7 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
     if not thresholds:
         raise AuditError(f"{at} has no threshold; allowed: {allowed(kind.thresholds)}")
     settings = kind.settings(**values)
-    return Check(name, raw.get("name") or kind.default_name(settings), settings, thresholds)
+    return Check(name, raw.get("name", kind.default_name(settings)), settings, thresholds)
 
 
 def _list_fields(settings: type) -> set[str]:

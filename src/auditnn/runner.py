@@ -27,7 +27,7 @@ from .errors import AuditError
 from .gate import Verdict, judge
 from .io import atomic_torch_save, atomic_write_text, read_json, safe_torch_load
 from .plan import Check, Plan
-from .report.schema import Report
+from .report.schema import Report, validate_record
 from .report.writers import write_report
 from .runtime import resolve_device, seed_everything
 from .subject import Subject, load_subject
@@ -45,7 +45,7 @@ class Outcome:
     pictures: dict[str, torch.Tensor] = field(default_factory=dict)
     files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     verdict: Verdict | None = None
-    records: dict[str, CheckResult] = field(default_factory=dict)  # key -> the check's result, as kept
+    records: dict[str, tuple[str, CheckResult]] = field(default_factory=dict)  # key -> (kind, result), as kept
     reused: int = 0  # checks whose record came from an earlier run
 
 
@@ -63,6 +63,10 @@ def _naming(plan: Plan, check: Check) -> Iterator[None]:
 def validate_plan(plan: Plan) -> None:
     """Every setting that can be checked without data, before anything is trained or attacked."""
     resolve_device(plan.device)
+    try:
+        plan.subject.validate()
+    except AuditError as exc:
+        raise AuditError(f"{plan.path}: {exc}" if plan.path else str(exc)) from None
     for check in plan.checks:
         with _naming(plan, check):
             KINDS[check.kind].validate(check.settings, plan.subject)
@@ -97,17 +101,21 @@ class _Collector:
                 self.pictures[where] = value
 
 
-def check_key(plan: Plan, check: Check, subject: Subject | None, device: torch.device) -> str:
-    """What a check's result depends on, hashed: the record key (module docstring)."""
-    made_by = subject.fingerprint if KINDS[check.kind].needs_subject and subject else asdict(plan.subject)
+def check_key(plan: Plan, check: Check, ctx: Context) -> str | None:
+    """What a check's result depends on, hashed: the record key (module docstring); None when the kind says its
+    result is never reused."""
+    inputs = KINDS[check.kind].inputs(check.settings, ctx)
+    if inputs is None:
+        return None
     material = {
         "kind": check.kind,
         "name": check.name,
         "settings": asdict(check.settings),
         "seed": plan.seed,
-        "device": device.type,
+        "device": ctx.device.type,
         "auditnn": __version__,
-        "subject": made_by,
+        "subject": asdict(plan.subject),
+        "inputs": inputs,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -135,15 +143,16 @@ def run_plan(
     ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress)
     collected, timings, records, reused = _Collector(), {}, {}, 0
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
-        began, key = time.perf_counter(), check_key(plan, check, subject, device)
+        began = time.perf_counter()
+        key = None if check.name is None else check_key(plan, check, ctx)  # a command's check keeps no record
         if reuse and key in reuse:
             result, reused = reuse[key], reused + 1
         else:
             with _naming(plan, check):
                 result = KINDS[check.kind].measure(check.settings, ctx)
         collected.add(check, result, ctx)
-        if check.name is not None:  # an audit file's check: kept for a later --resume
-            records[key] = result
+        if key is not None:  # an audit file's check: kept for a later --resume
+            records[key] = (check.kind, result)
         timings[check.name or check.kind] = time.perf_counter() - began
     if subject is not None:
         shape = subject.data.test_images.shape[1:]
@@ -171,9 +180,9 @@ def write_outcome(outcome: Outcome, folder: Path) -> list[str]:
     """The report's files, then the files the checks keep, into `folder` (a staging folder: io.staged_folder).
     Returns the names written, in order."""
     if outcome.records:
-        (folder / RECORDS).mkdir(exist_ok=True)
-    for key, result in outcome.records.items():
-        record = {"rows": result.rows, "section": result.section, "warnings": result.warnings}
+        (folder / RECORDS).mkdir(parents=True, exist_ok=True)
+    for key, (kind, result) in outcome.records.items():
+        record = {"key": key, "kind": kind, "rows": result.rows, "section": result.section, "warnings": result.warnings}
         atomic_torch_save(folder / RECORDS / f"{key}.pt", dict(result.pictures))
         atomic_write_text(folder / RECORDS / f"{key}.json", json.dumps(record, allow_nan=True) + "\n")
     write_report(outcome.report, folder, pictures=outcome.pictures)
@@ -185,29 +194,27 @@ def write_outcome(outcome: Outcome, folder: Path) -> list[str]:
 
 def read_records(folder: Path) -> dict[str, CheckResult]:
     """The per-check records an earlier run left in its output folder (key -> result). A record that cannot be
-    read back whole (a damaged or foreign file) is left out: its check is measured again."""
+    read back whole, or is not what its name says (another check's, a field of the wrong type), is left out: its
+    check is measured again."""
     records = {}
     for path in sorted((folder / RECORDS).glob("*.json")) if (folder / RECORDS).is_dir() else []:
         try:
             record = read_json(path, "check record", "")
             pictures = safe_torch_load(path.with_suffix(".pt"), "check record")
-        except AuditError:
+            _check_record(record, path.stem, pictures)
+        except (AuditError, ValueError, RecursionError):
             continue
-        if (
-            _is_record(record)
-            and isinstance(pictures, dict)
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items())
-        ):
-            records[path.stem] = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
+        records[path.stem] = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
     return records
 
 
-def _is_record(record: Any) -> bool:
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("rows"), list)
-        and all(isinstance(r, dict) for r in record["rows"])
-        and isinstance(record.get("section"), dict)
-        and isinstance(record.get("warnings"), list)
-        and all(isinstance(w, dict) for w in record["warnings"])
-    )
+def _check_record(record: Any, key: str, pictures: Any) -> None:
+    """Raise AuditError unless the record is the one its file name says, with fields of the types the report's."""
+    where = f"check record '{key}'"
+    if not isinstance(record, dict) or record.get("key") != key or record.get("kind") not in KINDS:
+        raise AuditError(f"{where} is not the record of a check with that key")
+    validate_record(record, KINDS[record["kind"]].section_schema, where)
+    if not isinstance(pictures, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in pictures.items()
+    ):
+        raise AuditError(f"{where}: its pictures are not named tensors")

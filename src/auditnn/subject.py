@@ -140,6 +140,12 @@ class SubjectSpec:
     width: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self) -> None:
+        """What can be refused before any data is read."""
+        if self.test_per_class < 1:
+            raise AuditError(f"test_per_class {self.test_per_class}; allowed: at least 1")
+        self.train.validate()
+
 
 @dataclass
 class Subject:
@@ -258,6 +264,22 @@ def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def answers_digest(model: nn.Module, data: EvalData) -> str:
+    """sha256 of the model's logits on the first 16 test images, rounded to 1e-3: what the weights alone do not say
+    (the code of a factory or an exported program). Rounded so that GPU nondeterminism rarely moves it."""
+    sample = data.test_images[:16].to(model_device(model))
+    with torch.no_grad(), eval_mode(model):
+        logits = model(sample).float().cpu()
+    return hashlib.sha256(torch.round(logits * 1000).to(torch.int64).numpy().tobytes()).hexdigest()
+
+
+def data_fingerprint(data: EvalData) -> str:
+    """The images and labels a check may read: the test split, and the training split (a patch is fitted on it)."""
+    return _fingerprint(
+        data_digest(data.test_images, data.test_labels), data_digest(data.train_images, data.train_labels)
+    )
+
+
 def resolve_subject(
     spec: ModelSpec,
     data: EvalData,
@@ -296,7 +318,9 @@ def resolve_subject(
         probe_model(model, data, f"'{spec.text}'")
         # the model as it computes (its kind, normalization and weights), not where it was read from
         described = json.dumps({"kind": spec.kind, "normalization": card.get("normalization")}, sort_keys=True)
-        fingerprint = _fingerprint(described, weights_digest(model), data_digest(data.test_images, data.test_labels))
+        fingerprint = _fingerprint(
+            described, weights_digest(model), answers_digest(model, data), data_fingerprint(data)
+        )
         return Subject(model, card, data, device, spec.text, fingerprint)
     if data.fitted_on_test:
         raise InvariantError(
@@ -332,7 +356,7 @@ def resolve_subject(
     if shared is None:
         raise InvariantError("the first process sent no model card")
     card, source = shared
-    fingerprint = _fingerprint(key_source, weights_digest(model), data_digest(data.test_images, data.test_labels))
+    fingerprint = _fingerprint(key_source, weights_digest(model), answers_digest(model, data), data_fingerprint(data))
     return Subject(model.eval(), card, data, device, source, fingerprint)
 
 

@@ -4,6 +4,7 @@ returns data; the registry maps kind names to kinds. The runner (runner.py) is t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch.nn as nn
 
 from ..data.controlled import ShortcutConfig
 from ..errors import AuditError, allowed
+from ..io import sha256_file
 from ..report.tables import Table
 from ..subject import Subject, SubjectSpec
 
@@ -106,6 +108,17 @@ class CheckKind(Generic[S]):
 
     def validate(self, settings: S, spec: SubjectSpec) -> None:
         """Every check that needs no data, before anything is trained or attacked."""
+
+    def inputs(self, settings: S, ctx: Context) -> str | None:
+        """What the result depends on besides the settings and the seed, as one digest: the subject's fingerprint
+        and the content of every file a setting names. None: the result is never reused (see runner.check_key)."""
+        parts = [ctx.subject.fingerprint if self.needs_subject and ctx.subject is not None else ""]
+        for f in dataclasses.fields(self.settings):
+            value = getattr(settings, f.name)
+            if f.metadata.get("path") and value is not None:
+                path = Path(value)
+                parts.append(sha256_file(path) if path.is_file() else f"not a file: {value}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     # ------------------------------------------------------------ naming
     def title(self, settings: S) -> tuple[str, tuple[str, ...]]:

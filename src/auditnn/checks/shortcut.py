@@ -11,7 +11,14 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..data.controlled import BuildConfig, ControlledDataset, build_controlled, load_controlled
+from ..data.controlled import (
+    BuildConfig,
+    ControlledDataset,
+    build_controlled,
+    load_controlled,
+    manifest_digest,
+    read_manifest,
+)
 from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..errors import AuditError, allowed
@@ -21,8 +28,8 @@ from ..report.tables import Table, fmt
 from ..runtime import share_weights_from_first
 from ..shortcut.annotated import recoloured_error
 from ..shortcut.metrics import ATTRIBUTIONS, measure_reliance, shortcut_examples
-from ..subject import EvalData, SubjectSpec, resolve_subject
-from ..train import train_on_controlled
+from ..subject import EvalData, SubjectSpec, data_digest, resolve_subject
+from ..train import TrainConfig, train_on_controlled
 from .base import NUMBER, CheckKind, CheckResult, Context, cli_only, first_layer_pictures, planted, register
 
 SCALARS = (
@@ -77,6 +84,11 @@ class ShortcutSettings:
     save_models: bool = field(default=False, metadata=cli_only())
 
 
+def _train_config(settings: ShortcutSettings, spec: SubjectSpec) -> TrainConfig:
+    """The subject's training settings, with the check's epochs when it gives them."""
+    return spec.train if settings.epochs is None else replace(spec.train, epochs=settings.epochs)
+
+
 def build_config(settings: ShortcutSettings, spec: SubjectSpec, rho: float, seed: int) -> BuildConfig:
     return BuildConfig(
         base=spec.base.text,
@@ -129,7 +141,20 @@ class Shortcut(CheckKind[ShortcutSettings]):
                 f"a rho sweep builds one dataset and trains one model per rho, but {given} is given; "
                 "allowed: a single rho with a given dataset or trained model"
             )
-        replace(spec.train, epochs=settings.epochs or spec.train.epochs).validate()
+        _train_config(settings, spec).validate()
+
+    def inputs(self, settings: ShortcutSettings, ctx: Context) -> str | None:
+        """The data it builds from (a built dataset's manifest, which holds its files' checksums, or the base images
+        and labels). A given model's result is never reused: its code may change behind the same spec, and
+        measuring it costs no training."""
+        spec = ctx.subject_spec
+        if not spec.model.is_architecture:
+            return None
+        if settings.data is not None:
+            return manifest_digest(read_manifest(settings.data))
+        base = load_source(spec.base, data_root=spec.data_root, download=spec.download, seed=ctx.seed)
+        splits = [base.train] + ([] if base.test is None else [base.test])
+        return "\n".join(data_digest(s.images, s.labels) for s in splits)
 
     def title(self, settings: ShortcutSettings) -> tuple[str, tuple[str, ...]]:
         return f"shortcut {settings.tag} rho={settings.rho[0]:g}", ("tag", "rho")
@@ -194,7 +219,7 @@ class Shortcut(CheckKind[ShortcutSettings]):
         spec, rho = ctx.subject_spec, dataset.manifest["rho"]
         progress = ctx.progress
         report = None if progress is None else (lambda e, n, r: progress(f"rho={rho:g}", e, n, r))
-        train = replace(spec.train, epochs=settings.epochs or spec.train.epochs)
+        train = _train_config(settings, spec)
         model, fit, card = train_on_controlled(
             dataset, spec.model.text, train, ctx.device, width=spec.width, progress=report
         )

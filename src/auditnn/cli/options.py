@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..data.controlled import BuildConfig, ShortcutConfig
-from ..errors import AuditError
 from ..spec import DataSpec, ModelSpec
 from ..subject import SubjectSpec
 from ..train import TrainConfig
@@ -69,8 +68,6 @@ def subject_spec(
     train: TrainConfig | None = None,
 ) -> SubjectSpec:
     """The options every measuring command shares, as the plan's subject."""
-    if test_per_class < 1:
-        raise AuditError(f"--test-per-class {test_per_class}; allowed: at least 1")
     return SubjectSpec(
         model=model,
         base=DataSpec.source(base),

@@ -87,6 +87,28 @@ def shortcut(
     train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
     if wants_groups or (data is not None and DataSpec.parse(data).is_source):
+        _refuse_planted_shortcut_options(
+            {
+                "--rho": (rho, "0.95"),
+                "--attribution": (attribution, "gradxinput"),
+                "--base": (base, "digits"),
+                "--test-per-class": (test_per_class, 30),
+                "--width": (width, None),
+                "--epochs": (epochs, 10),
+                "--batch-size": (batch_size, 64),
+                "--lr": (lr, 2e-3),
+            }
+        )
+        if tag is None and groups is not None:  # no tag is planted: its look has nothing to apply to
+            _refuse_planted_shortcut_options(
+                {
+                    "--size": (size, None),
+                    "--opacity": (opacity, None),
+                    "--position": (position, None),
+                    "--target-class": (target_class, None),
+                },
+                "a planted tag (--tag)",
+            )
         plan, detail = _your_images_plan(
             spec, data, tag, groups, attribute, associate, associate_from, size, opacity, position, target_class
         )
@@ -124,6 +146,19 @@ def shortcut(
     )
     plan = Plan("shortcut", [Check("shortcut", None, settings)], subject, seed, device)
     return run_and_render(plan, out, Consoles(quiet), tag)
+
+
+def _refuse_planted_shortcut_options(
+    given: dict[str, tuple[object, object]], applies_to: str = "a shortcut planted in a built dataset"
+) -> None:
+    """Options a trained model on your images does not use: set, they are refused, never silently ignored.
+    given: flag -> (value, default)."""
+    for flag, (value, default) in given.items():
+        if value != default:
+            raise AuditError(
+                f"{flag} {value} applies to {applies_to}, which this audit of your images does not "
+                f"have; allowed: leave {flag} out"
+            )
 
 
 def _your_images_plan(

@@ -212,6 +212,10 @@ def load_user_model(spec: ModelSpec, *, num_classes: int, channels: int) -> tupl
         raise AuditError(f"model '{spec.text}' is an architecture to train, not a model to load")
     if kind == "auditnn":
         model, card = load_model_dir(arg)
+        if spec.weights is not None:
+            raise AuditError(
+                f"model '{spec.text}' carries its weights in model.pt; drop {option('--weights', 'model.weights')}"
+            )
         if spec.mean is not None or spec.std is not None:
             raise AuditError(
                 "an auditnn model carries its normalization in model.json; drop "

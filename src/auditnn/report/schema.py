@@ -233,6 +233,11 @@ def validate_report(data: Any, where: str) -> None:
             _validate(section, {"data?": DATA}, key, where)
 
 
+def validate_record(record: dict[str, Any], section: dict[str, Any], where: str) -> None:
+    """A check's record (runner.write_outcome): its rows, warnings and section have the report's types."""
+    _validate(record, {"rows": [METRIC_LABELS], "warnings": REPORT_FIELDS["warnings?"], "section": section}, "", where)
+
+
 def load_report(path: str | Path) -> Report:
     """Read report.json, refusing other schemas, unknown versions and fields of the wrong type with the file and
     the key named."""
