@@ -282,7 +282,7 @@ def test_every_name_auditnn_writes_is_one_a_rerun_may_replace(tmp_path, digits_b
     with staged_folder(tmp_path / "data") as staging:
         save_controlled(build_controlled(config, digits_base), staging)
     with staged_folder(tmp_path / "audit") as staging:  # an audit's records of its checks
-        write_outcome(Outcome(report, records={"key": CheckResult([], {})}), staging)
+        write_outcome(Outcome(report, records={"key": ("clean", CheckResult([], {}))}), staging)
     written = {p.name for folder in tmp_path.iterdir() for p in folder.iterdir()}
     assert written == OUTPUT_NAMES - {"models"}  # models/ is the shortcut command's folder of model folders
 

@@ -144,11 +144,11 @@ def run_plan(
     collected, timings, records, reused = _Collector(), {}, {}, 0
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
         began = time.perf_counter()
-        key = None if check.name is None else check_key(plan, check, ctx)  # a command's check keeps no record
-        if reuse and key in reuse:
-            result, reused = reuse[key], reused + 1
-        else:
-            with _naming(plan, check):
+        with _naming(plan, check):
+            key = None if check.name is None else check_key(plan, check, ctx)  # a command's check keeps no record
+            if reuse and key in reuse:
+                result, reused = reuse[key], reused + 1
+            else:
                 result = KINDS[check.kind].measure(check.settings, ctx)
         collected.add(check, result, ctx)
         if key is not None:  # an audit file's check: kept for a later --resume
