@@ -272,3 +272,16 @@ def test_the_eps_bounds_of_the_norms():
     # image up to about 33 megapixels (sqrt(3 x 1024 x 1024) = 1774 for one RGB megapixel); past it float32 overflows.
     assert NORMS["linf"].max_eps == 1.0 and NORMS["l2"].max_eps == MAX_L2_EPS == 1e4
     assert all(isinstance(geometry, Norm) for geometry in NORMS.values())
+
+
+def test_a_run_brought_in_by_a_mixin_is_refused_too():
+    """Second review of issue 11: the check looked at the class's own attributes only."""
+
+    class Mixin:
+        def run(self, model, images, labels):
+            return None
+
+    with pytest.raises(TypeError, match="Sneaky overrides Attack.run, which is final"):
+
+        class Sneaky(Mixin, FGSM):
+            pass

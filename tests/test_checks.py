@@ -409,3 +409,53 @@ def test_an_empty_check_name_is_refused(tmp_path):
     (tmp_path / "a.toml").write_text("[[check]]\nkind='clean'\nname=''\nmin_accuracy=0.5\n")
     with pytest.raises(AuditError, match="key 'name' is ''; allowed: a name of at least one character"):
         load_plan(tmp_path / "a.toml")
+
+
+def test_the_fingerprint_follows_a_model_whose_code_masks_its_gradient(subject_files, tmp_path, monkeypatch):
+    """Second review of issue 11: the same answers on clean images with the gradient cut (x.detach() + 0 * x) kept
+    the fingerprint, so --resume reused robust accuracy measured through the gradient."""
+    (tmp_path / "masked.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, mask):\n        super().__init__()\n        self.fc, self.mask = nn.Linear(784, 10), mask\n"
+        "    def forward(self, x):\n        x = x.flatten(1)\n"
+        "        return self.fc(x.detach() + 0 * x if self.mask else x)\n"
+        "def make(num_classes=10):\n    return Net(False)\n"
+        "def make_masked(num_classes=10):\n    return Net(True)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import masked
+
+    torch.save(masked.make().state_dict(), tmp_path / "w.pt")
+    spec = _plan(subject_files, ["clean"]).subject
+    cpu = torch.device("cpu")
+    plain = load_subject(
+        dataclasses.replace(spec, model=ModelSpec("factory:masked:make", str(tmp_path / "w.pt"))), cpu, 0
+    )
+    cut = load_subject(
+        dataclasses.replace(spec, model=ModelSpec("factory:masked:make_masked", str(tmp_path / "w.pt"))), cpu, 0
+    )
+    with torch.no_grad():
+        assert torch.equal(plain.model(plain.data.test_images), cut.model(cut.data.test_images))
+    assert plain.fingerprint != cut.fingerprint
+
+
+def test_another_kinds_record_under_a_checks_key_is_measured_again(subject_files, tmp_path):
+    """Second review of issue 11: the clean record copied over the attack's, its key field set to the attack's key,
+    exited 3 (KeyError) on --resume."""
+    plan = _plan(subject_files, ["clean", "attack"])
+    first = run_plan(plan, run_id="r", environment={})
+    write_outcome(first, tmp_path)
+    clean_key, attack_key = (
+        next(k for k, (kind, _) in first.records.items() if kind == name) for name in ("clean", "attack")
+    )
+    folder = tmp_path / "checks"
+    record = json.loads((folder / f"{clean_key}.json").read_text())
+    (folder / f"{attack_key}.json").write_text(json.dumps({**record, "key": attack_key}))
+    (folder / f"{attack_key}.pt").write_bytes((folder / f"{clean_key}.pt").read_bytes())
+    resumed = run_plan(plan, run_id="r", environment={}, reuse=read_records(tmp_path))
+    timed = ("seconds", "images_per_second")
+    measured_again = {k: v for k, v in _rows(resumed, "attack").items() if k[0] not in timed}
+    assert resumed.reused == 1 and measured_again == {
+        k: v for k, v in _rows(first, "attack").items() if k[0] not in timed
+    }

@@ -313,3 +313,15 @@ def test_a_float32_share_equal_to_its_threshold_passes_and_one_image_off_fails(t
             "audit", "r", {}, {}, 0, {}, [{**metric_row(kind, metric, value, **labels), "check": check.name}]
         )
         assert judge(report, policy).passed is passes, (count, value)
+
+
+def test_a_share_one_image_below_its_threshold_fails_on_a_hundred_thousand_images(tmp_path):
+    """Second review of issue 11: a tolerance of 1e-6 forgave 0.1 image at n = 100,000 (needs 35,001; has 35,000)."""
+    import torch
+
+    policy = load_plan(_write(tmp_path, "[[check]]\nkind = 'clean'\nmin_accuracy = 0.3500005\n"))
+    value = float(torch.tensor(35000.0) / 100000)
+    report = Report(
+        "audit", "r", {}, {}, 0, {}, [{**metric_row("clean", "accuracy", value), "check": policy.checks[0].name}]
+    )
+    assert not judge(report, policy).passed

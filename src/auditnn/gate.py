@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 # What a row that leaves a label out was measured with: an attack row without `target` was untargeted, one without
 # `step_size` took the default step, one without `sanity` had its sanity runs in the worst-case headline.
 LABEL_DEFAULTS: dict[str, Any] = {"target": None, "restarts": 1, "step_size": None, "sanity": True}
-# Shares are measured in float32 (21/60 is 0.3499999940): a share within this of its threshold is equal to it, and
-# equality passes. Two images out of a million are 2e-6 apart, so no real difference is this small.
-SHARE_TOLERANCE = 1e-6
+# Shares are measured in float32 (21/60 is 0.3499999940), rounded by at most 3e-8 in [0, 1]: a share within this of
+# its threshold (or a change within this of max_drop) is equal to it, and equality passes. One image is at least 1e-7
+# of a share up to ten million images, so no real difference is this small.
+SHARE_TOLERANCE = 1e-7
 
 
 # ---------------------------------------------------------------- judging

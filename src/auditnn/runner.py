@@ -127,7 +127,7 @@ def run_plan(
     environment: dict[str, Any],
     out_dir: Path | None = None,
     progress: ProgressFn | None = None,
-    reuse: dict[str, CheckResult] | None = None,
+    reuse: dict[str, tuple[str, CheckResult]] | None = None,
 ) -> Outcome:
     """Measure every check of the plan: those that share the subject first (it is resolved once), then those that
     build their own data. out_dir: the folder the report will be in (for paths it records); reuse: records of an
@@ -146,8 +146,8 @@ def run_plan(
         began = time.perf_counter()
         with _naming(plan, check):
             key = None if check.name is None else check_key(plan, check, ctx)  # a command's check keeps no record
-            if reuse and key in reuse:
-                result, reused = reuse[key], reused + 1
+            if reuse and key in reuse and reuse[key][0] == check.kind:  # a record of another kind is not its
+                result, reused = reuse[key][1], reused + 1
             else:
                 result = KINDS[check.kind].measure(check.settings, ctx)
         collected.add(check, result, ctx)
@@ -192,8 +192,8 @@ def write_outcome(outcome: Outcome, folder: Path) -> list[str]:
     return [*written, "metrics.csv", "summary.md", *outcome.files, *([f"{RECORDS}/"] if outcome.records else [])]
 
 
-def read_records(folder: Path) -> dict[str, CheckResult]:
-    """The per-check records an earlier run left in its output folder (key -> result). A record that cannot be
+def read_records(folder: Path) -> dict[str, tuple[str, CheckResult]]:
+    """The per-check records an earlier run left in its output folder (key -> (kind, result)). A record that cannot be
     read back whole, or is not what its name says (another check's, a field of the wrong type), is left out: its
     check is measured again."""
     records = {}
@@ -204,7 +204,8 @@ def read_records(folder: Path) -> dict[str, CheckResult]:
             _check_record(record, path.stem, pictures)
         except (AuditError, ValueError, RecursionError):
             continue
-        records[path.stem] = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
+        result = CheckResult(record["rows"], record["section"], pictures, record["warnings"])
+        records[path.stem] = (record["kind"], result)
     return records
 
 

@@ -265,12 +265,20 @@ def _fingerprint(*parts: str) -> str:
 
 
 def answers_digest(model: nn.Module, data: EvalData) -> str:
-    """sha256 of the model's logits on the first 16 test images, rounded to 1e-3: what the weights alone do not say
-    (the code of a factory or an exported program). Rounded so that GPU nondeterminism rarely moves it."""
-    sample = data.test_images[:16].to(model_device(model))
-    with torch.no_grad(), eval_mode(model):
-        logits = model(sample).float().cpu()
-    return hashlib.sha256(torch.round(logits * 1000).to(torch.int64).numpy().tobytes()).hexdigest()
+    """sha256 of the model's logits on the first 16 test images and of their input gradient (of the summed logits),
+    each rounded to 1e-3: what the weights alone do not say (the code of a factory or an exported program, a forward
+    that cuts its gradient). Rounded so that GPU nondeterminism rarely moves it."""
+    sample = data.test_images[:16].to(model_device(model)).requires_grad_(True)
+    with torch.enable_grad(), eval_mode(model):
+        logits = model(sample).float()
+        try:
+            (grad,) = torch.autograd.grad(logits.sum(), sample, allow_unused=True)
+        except RuntimeError:  # a program without gradients: its answers say what there is to say
+            grad = None
+    digest = hashlib.sha256(torch.round(logits.detach().cpu() * 1000).to(torch.int64).numpy().tobytes())
+    gradient = torch.zeros(0) if grad is None else torch.nan_to_num(grad.detach().cpu().float())
+    digest.update(torch.round(gradient * 1000).to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def data_fingerprint(data: EvalData) -> str:

@@ -159,7 +159,8 @@ class Attack(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "run" in vars(cls):  # typing.final alone is only read by type checkers
+        overriding = [k for k in cls.__mro__[: cls.__mro__.index(Attack)] if "run" in vars(k)]
+        if overriding:  # typing.final alone is only read by type checkers; a mixin's run would win over Attack's
             raise TypeError(f"{cls.__name__} overrides Attack.run, which is final; write the attack in _perturb")
 
     def __post_init__(self) -> None:

@@ -76,7 +76,7 @@ def _skipped_files(results: dict[str, Any]) -> int:
     return 0
 
 
-def _earlier_records(out: Path | None) -> dict[str, CheckResult]:
+def _earlier_records(out: Path | None) -> dict[str, tuple[str, CheckResult]]:
     """The per-check records of the run whose output folder --resume names."""
     if out is None:
         raise AuditError("--resume needs --out FOLDER: the output folder of the earlier run to continue")
