@@ -2,7 +2,7 @@
 Importing this package registers every kind."""
 
 from . import clean, attack, shortcut, patch, sensitivity, groups  # noqa: I001 - registration order is the order shown
-from .base import KINDS, CheckKind, CheckResult, Context, kind_of
+from .base import KINDS, CheckKind, CheckResult, Context
 
 __all__ = [
     "KINDS",
@@ -12,7 +12,6 @@ __all__ = [
     "attack",
     "clean",
     "groups",
-    "kind_of",
     "patch",
     "sensitivity",
     "shortcut",

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from ..data.controlled import ShortcutConfig
-from ..errors import AuditError, allowed
 from ..io import sha256_file
 from ..report.tables import Table
 from ..subject import Subject, SubjectSpec
@@ -103,7 +102,7 @@ class CheckKind(Generic[S]):
 
     @classmethod
     def from_file(cls, key: str, value: Any, at: str) -> Any:
-        """An audit file's value for `key`, converted to the setting's value (after its type was checked)."""
+        """An audit file's value for `key` as the setting takes it ("03" -> "3"), before its type is checked."""
         return value
 
     def validate(self, settings: S, spec: SubjectSpec) -> None:
@@ -200,12 +199,6 @@ def register(cls: K) -> K:
         raise ValueError(f"check kind '{cls.name}' is registered twice")
     KINDS[cls.name] = cls()
     return cls
-
-
-def kind_of(name: str) -> CheckKind[Any]:
-    if name not in KINDS:
-        raise AuditError(f"check kind '{name}' is unknown; allowed: {allowed(KINDS)}")
-    return KINDS[name]
 
 
 def first_layer_pictures(model: nn.Module, input_shape: torch.Size) -> dict[str, torch.Tensor]:
