@@ -87,6 +87,9 @@ def shortcut(
     train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
     if wants_groups or (data is not None and DataSpec.parse(data).is_source):
+        plan, detail = _your_images_plan(
+            spec, data, tag, groups, attribute, associate, associate_from, size, opacity, position, target_class
+        )
         _refuse_planted_shortcut_options(
             {
                 "--rho": (rho, "0.95"),
@@ -109,9 +112,6 @@ def shortcut(
                 },
                 "a planted tag (--tag)",
             )
-        plan, detail = _your_images_plan(
-            spec, data, tag, groups, attribute, associate, associate_from, size, opacity, position, target_class
-        )
         subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
         plan.subject, plan.seed, plan.device = subject, seed, device
         return run_and_render(plan, out, Consoles(quiet), detail)
