@@ -54,7 +54,7 @@ def test_torchrun_gives_exactly_the_numbers_of_one_process(tmp_path, processes, 
 WORKER = """
 import json, sys
 import torch
-from auditnn.runtime import gather_parts, init_distributed, rank_and_world
+from auditnn.runtime import finish_distributed, gather_parts, init_distributed, rank_and_world
 from auditnn.spec import ModelSpec
 from auditnn.subject import EvalData, resolve_subject
 from auditnn.train import TrainConfig
@@ -72,6 +72,7 @@ weights = torch.cat([t.flatten() for t in model.state_dict().values()]).tolist()
 everyone = gather_parts([{"epochs": epochs, "source": source, "weights": weights, "dataset": card["dataset"]}])
 if rank == 0:
     open(sys.argv[1], "w").write(json.dumps(everyone))
+finish_distributed()
 """
 
 

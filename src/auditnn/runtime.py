@@ -113,6 +113,17 @@ def init_distributed(device_name: str = "auto") -> None:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
 
 
+def finish_distributed() -> None:
+    """Leave the process group after a run that completed on this process. Without it, Gloo's worker threads may
+    still hold work whose tensors are freed during interpreter shutdown, which aborts the process (SIGABRT,
+    'terminate called without an active exception'; pytorch/pytorch#190489). Not after a failure: another process
+    may still wait in a collective, and destroying the group would hang it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 

@@ -51,14 +51,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_distributed(args: list[str]) -> int:
     """Under torchrun: join the process group; only the first process prints (every file write is its alone)."""
-    from ..runtime import init_distributed, is_main_process
+    from ..runtime import finish_distributed, init_distributed, is_main_process
 
     device = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--device"), "auto")
     init_distributed(device)
     if is_main_process():
-        return _run(args)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        return _run(args)
+        code = _run(args)
+    else:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            code = _run(args)
+    if code in (EXIT_OK, EXIT_GATE_FAILED):  # this process completed its part: leave the group cleanly
+        finish_distributed()
+    return code
 
 
 def _run(args: list[str]) -> int:
