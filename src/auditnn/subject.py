@@ -150,8 +150,9 @@ class SubjectSpec:
 @dataclass
 class Subject:
     """The model (on `device`, eval mode, taking [0, 1] pixels), its card, the data it is measured on, where the
-    model came from ('trained', 'cache' or the user's spec) and a fingerprint: sha256 over the model's weights, the
-    evaluation images and labels, and the settings that made them."""
+    model came from ('trained', 'cache' or the user's spec) and a fingerprint: sha256 over the model's weights, its
+    answers and input gradients on 16 test images, the test and training images and labels, and the settings that
+    made them. It keys the per-check records that --resume reuses (runner.check_key)."""
 
     model: nn.Module
     card: dict[str, Any]
