@@ -355,23 +355,35 @@ def test_a_record_with_fields_of_the_wrong_shape_is_measured_again(subject_files
     assert read_records(tmp_path) == {}
 
 
-def test_the_fingerprint_follows_the_models_code_not_only_its_weights(subject_files, tmp_path, monkeypatch):
-    (tmp_path / "twins.py").write_text(
-        "import torch.nn as nn\n"
-        "def make(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Identity())\n"
-        "def make_tanh(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh())\n"
-    )
+def _twin_subjects(subject_files, tmp_path, monkeypatch, module, source):
+    """Two subjects of one factory module written from `source`: make() and make_twin(), the same weights
+    (make()'s, saved), measured on the subject files' images."""
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import twins
-
-    torch.save(twins.make().state_dict(), tmp_path / "w.pt")
+    made = __import__(module).make()
+    torch.save(made.state_dict(), tmp_path / "w.pt")
     spec = _plan(subject_files, ["clean"]).subject
-    cpu = torch.device("cpu")
-    plain = load_subject(
-        dataclasses.replace(spec, model=ModelSpec("factory:twins:make", str(tmp_path / "w.pt"))), cpu, 0
-    )
-    tanh = load_subject(
-        dataclasses.replace(spec, model=ModelSpec("factory:twins:make_tanh", str(tmp_path / "w.pt"))), cpu, 0
+    return [
+        load_subject(
+            dataclasses.replace(spec, model=ModelSpec(f"factory:{module}:{name}", str(tmp_path / "w.pt"))),
+            torch.device("cpu"),
+            0,
+        )
+        for name in ("make", "make_twin")
+    ]
+
+
+def test_the_fingerprint_follows_the_models_code_not_only_its_weights(subject_files, tmp_path, monkeypatch):
+    plain, tanh = _twin_subjects(
+        subject_files,
+        tmp_path,
+        monkeypatch,
+        "twins",
+        (
+            "import torch.nn as nn\n"
+            "def make(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Identity())\n"
+            "def make_twin(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh())\n"
+        ),
     )
     assert plain.fingerprint != tanh.fingerprint
 
@@ -407,26 +419,20 @@ def test_an_empty_check_name_is_refused(tmp_path):
 def test_the_fingerprint_follows_a_model_whose_code_masks_its_gradient(subject_files, tmp_path, monkeypatch):
     """Second review of issue 11: the same answers on clean images with the gradient cut (x.detach() + 0 * x) kept
     the fingerprint, so --resume reused robust accuracy measured through the gradient."""
-    (tmp_path / "masked.py").write_text(
-        "import torch.nn as nn\n"
-        "class Net(nn.Module):\n"
-        "    def __init__(self, mask):\n        super().__init__()\n        self.fc, self.mask = nn.Linear(784, 10), mask\n"
-        "    def forward(self, x):\n        x = x.flatten(1)\n"
-        "        return self.fc(x.detach() + 0 * x if self.mask else x)\n"
-        "def make(num_classes=10):\n    return Net(False)\n"
-        "def make_masked(num_classes=10):\n    return Net(True)\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import masked
-
-    torch.save(masked.make().state_dict(), tmp_path / "w.pt")
-    spec = _plan(subject_files, ["clean"]).subject
-    cpu = torch.device("cpu")
-    plain = load_subject(
-        dataclasses.replace(spec, model=ModelSpec("factory:masked:make", str(tmp_path / "w.pt"))), cpu, 0
-    )
-    cut = load_subject(
-        dataclasses.replace(spec, model=ModelSpec("factory:masked:make_masked", str(tmp_path / "w.pt"))), cpu, 0
+    plain, cut = _twin_subjects(
+        subject_files,
+        tmp_path,
+        monkeypatch,
+        "masked",
+        (
+            "import torch.nn as nn\n"
+            "class Net(nn.Module):\n"
+            "    def __init__(self, mask):\n        super().__init__()\n        self.fc, self.mask = nn.Linear(784, 10), mask\n"
+            "    def forward(self, x):\n        x = x.flatten(1)\n"
+            "        return self.fc(x.detach() + 0 * x if self.mask else x)\n"
+            "def make(num_classes=10):\n    return Net(False)\n"
+            "def make_twin(num_classes=10):\n    return Net(True)\n"
+        ),
     )
     with torch.no_grad():
         assert torch.equal(plain.model(plain.data.test_images), cut.model(cut.data.test_images))
