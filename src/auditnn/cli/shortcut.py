@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -86,66 +86,60 @@ def shortcut(
     spec = o.user_model(model, weights, mean, std)
     train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
+    look = {"size": size, "opacity": opacity, "position": position, "target_class": target_class}
     if wants_groups or (data is not None and DataSpec.parse(data).is_source):
-        plan, detail = _your_images_plan(
-            spec, data, tag, groups, attribute, associate, associate_from, size, opacity, position, target_class
+        unused = {
+            "--rho": (rho, "0.95"),
+            "--attribution": (attribution, "gradxinput"),
+            "--base": (base, "digits"),
+            "--test-per-class": (test_per_class, 30),
+            "--width": (width, None),
+            "--epochs": (epochs, 10),
+            "--batch-size": (batch_size, 64),
+            "--lr": (lr, 2e-3),
+        }
+        plan, detail = _your_images_plan(spec, data, tag, groups, attribute, associate, associate_from, look, unused)
+        plan.subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
+    else:
+        plan, detail = _planted_plan(spec, data, tag, rho, look, attribution, save_models)
+        plan.subject = o.subject_spec(
+            model=spec,
+            base=base,
+            data_root=data_root,
+            download=download,
+            test_per_class=test_per_class,
+            width=width,
+            train=train,
         )
-        _refuse_planted_shortcut_options(
-            {
-                "--rho": (rho, "0.95"),
-                "--attribution": (attribution, "gradxinput"),
-                "--base": (base, "digits"),
-                "--test-per-class": (test_per_class, 30),
-                "--width": (width, None),
-                "--epochs": (epochs, 10),
-                "--batch-size": (batch_size, 64),
-                "--lr": (lr, 2e-3),
-            }
-        )
-        if tag is None and groups is not None:  # no tag is planted: its look has nothing to apply to
-            _refuse_planted_shortcut_options(
-                {
-                    "--size": (size, None),
-                    "--opacity": (opacity, None),
-                    "--position": (position, None),
-                    "--target-class": (target_class, None),
-                },
-                "a planted tag (--tag)",
-            )
-        subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
-        plan.subject, plan.seed, plan.device = subject, seed, device
-        return run_and_render(plan, out, Consoles(quiet), detail)
+    plan.seed, plan.device = seed, device
+    return run_and_render(plan, out, Consoles(quiet), detail)
+
+
+def _planted_plan(
+    spec: ModelSpec,
+    data: str | None,
+    tag: str | None,
+    rho: str,
+    look: dict[str, Any],
+    attribution: str,
+    save_models: bool,
+) -> tuple[Plan, str]:
+    """Plant a shortcut (or use a built dataset as built), train or take the model, measure reliance. Returns the
+    plan (its subject still to set) and the run's name."""
     if data is not None:  # a built dataset is used as built: its tag, not a default, names the run
         manifest = read_manifest(data)
-        check_shortcut_matches(
-            manifest,
-            {"tag": tag, "size": size, "opacity": opacity, "position": position, "target_class": target_class},
-            data,
-        )
+        check_shortcut_matches(manifest, {"tag": tag, **look}, data)
         tag = manifest["shortcut"]["tag"]
     tag = tag or "watermark"
     settings = ShortcutSettings(
         tag=tag,
         rho=parse_number_list(rho, "--rho"),
-        size=size,
-        opacity=opacity,
-        position=position,
-        target_class=target_class,
+        **look,
         attribution=attribution,
         data=data,
         save_models=save_models and spec.is_architecture,
     )
-    subject = o.subject_spec(
-        model=spec,
-        base=base,
-        data_root=data_root,
-        download=download,
-        test_per_class=test_per_class,
-        width=width,
-        train=train,
-    )
-    plan = Plan("shortcut", [Check("shortcut", None, settings)], subject, seed, device)
-    return run_and_render(plan, out, Consoles(quiet), tag)
+    return Plan("shortcut", [Check("shortcut", None, settings)]), tag
 
 
 def _refuse_planted_shortcut_options(
@@ -169,10 +163,8 @@ def _your_images_plan(
     attribute: str | None,
     associate: str | None,
     associate_from: Path | None,
-    size: int | None,
-    opacity: float | None,
-    position: str | None,
-    target_class: int | None,
+    look: dict[str, Any],
+    unused: dict[str, tuple[object, object]],
 ) -> tuple[Plan, str]:
     """A trained model on the user's images: planted-tag sensitivity (--tag, the default without --groups) and/or
     per-group accuracy (--groups with --attribute). Returns the plan (its subject still to set) and the run's name."""
@@ -190,17 +182,14 @@ def _your_images_plan(
             "--associate and --associate-from say which class each attribute value stands for; "
             "they need --groups and --attribute"
         )
+    _refuse_planted_shortcut_options(unused)
+    planting = tag is not None or groups is None  # with --groups alone, no tag is planted
+    if not planting:  # the tag's look has nothing to apply to
+        flags = {"size": "--size", "opacity": "--opacity", "position": "--position", "target_class": "--target-class"}
+        _refuse_planted_shortcut_options({flags[k]: (v, None) for k, v in look.items()}, "a planted tag (--tag)")
     checks = []
-    if tag is not None or groups is None:  # with --groups alone, no tag is planted
-        checks.append(
-            Check(
-                "sensitivity",
-                None,
-                SensitivitySettings(
-                    tag=tag or "watermark", size=size, opacity=opacity, position=position, target_class=target_class
-                ),
-            )
-        )
+    if planting:
+        checks.append(Check("sensitivity", None, SensitivitySettings(tag=tag or "watermark", **look)))
     if groups is not None and attribute is not None:
         checks.append(
             Check(
