@@ -458,3 +458,14 @@ def test_another_kinds_record_under_a_checks_key_is_measured_again(subject_files
     assert resumed.reused == 1 and measured_again == {
         k: v for k, v in _rows(first, "attack").items() if k[0] not in timed
     }
+
+
+def test_a_commands_run_never_computes_the_fingerprint(subject_files, monkeypatch):
+    """Only records need it: hashing every image and a backward pass are no cost of a plain command."""
+
+    def refuse(*args):
+        raise AssertionError("fingerprint computed for a command")
+
+    monkeypatch.setattr("auditnn.subject.answers_digest", refuse)
+    outcome = run_plan(_plan(subject_files, ["clean", "sensitivity"], named=False), run_id="r", environment={})
+    assert outcome.records == {} and outcome.report.metrics

@@ -3,6 +3,7 @@ reused from the cache, or loaded from the user's spec; with a fingerprint of bot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -152,14 +153,27 @@ class Subject:
     """The model (on `device`, eval mode, taking [0, 1] pixels), its card, the data it is measured on, where the
     model came from ('trained', 'cache' or the user's spec) and a fingerprint: sha256 over the model's weights, its
     answers and input gradients on 16 test images, the test and training images and labels, and the settings that
-    made them. It keys the per-check records that --resume reuses (runner.check_key)."""
+    made them. It keys the per-check records that --resume reuses (runner.check_key), and is computed on first use:
+    a command that keeps no records never pays for it."""
 
     model: nn.Module
     card: dict[str, Any]
     data: EvalData
     device: torch.device
     source: str
-    fingerprint: str
+    made_by: str  # what determined the model beyond its weights: the training cache key, or its kind and normalization
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        data = self.data
+        train = data.description.get("train_sha256") or data_digest(data.train_images, data.train_labels)
+        return _fingerprint(
+            self.made_by,
+            weights_digest(self.model),
+            answers_digest(self.model, data),
+            data_digest(data.test_images, data.test_labels),
+            train,  # a patch is fitted on the training images
+        )
 
     @property
     def described(self) -> dict[str, Any]:
@@ -282,13 +296,6 @@ def answers_digest(model: nn.Module, data: EvalData) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(data: EvalData) -> str:
-    """The images and labels a check may read: the test split, and the training split (a patch is fitted on it)."""
-    return _fingerprint(
-        data_digest(data.test_images, data.test_labels), data_digest(data.train_images, data.train_labels)
-    )
-
-
 def resolve_subject(
     spec: ModelSpec,
     data: EvalData,
@@ -327,10 +334,7 @@ def resolve_subject(
         probe_model(model, data, f"'{spec.text}'")
         # the model as it computes (its kind, normalization and weights), not where it was read from
         described = json.dumps({"kind": spec.kind, "normalization": card.get("normalization")}, sort_keys=True)
-        fingerprint = _fingerprint(
-            described, weights_digest(model), answers_digest(model, data), data_fingerprint(data)
-        )
-        return Subject(model, card, data, device, spec.text, fingerprint)
+        return Subject(model, card, data, device, spec.text, described)
     if data.fitted_on_test:
         raise InvariantError(
             f"architecture '{spec.text}' would be scored on the images it is trained on; "
@@ -365,8 +369,7 @@ def resolve_subject(
     if shared is None:
         raise InvariantError("the first process sent no model card")
     card, source = shared
-    fingerprint = _fingerprint(key_source, weights_digest(model), answers_digest(model, data), data_fingerprint(data))
-    return Subject(model.eval(), card, data, device, source, fingerprint)
+    return Subject(model.eval(), card, data, device, source, key_source)
 
 
 def _cached_or_trained(
