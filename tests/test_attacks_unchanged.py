@@ -1,6 +1,11 @@
 """Issue 11 item 5: the attack refactor changes no figure. Every number below was computed on the code before it
-(commit e0bc266, CPU, torch 2.14.1) and is compared exactly: the same seed must give the same random draws in the
-same order, so the same figures bit for bit. The tensors are small enough that torch runs them on one thread."""
+(commit e0bc266, CPU, torch 2.14.1). The same seed must give the same random draws in the same order, so the same
+figures; they are compared to a relative 1e-6, not bit for bit, because the last float32 bits of a reduction (an L2
+norm) differ between CPUs (AVX-512 and AVX2 kernels sum in another order): a changed random draw, step or order of runs
+moves them by orders of magnitude more. Counts are compared exactly."""
+
+import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -128,7 +133,24 @@ RUNS = {
 }
 
 
-def test_evaluate_attack_figures_are_unchanged_bit_for_bit():
+def close(got: Any, expected: Any) -> bool:
+    """Equal structure, equal integers and strings, floats within a relative 1e-6."""
+    if isinstance(expected, float):
+        return isinstance(got, float) and math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12)
+    if isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(close(g, e) for g, e in zip(got, expected, strict=True))
+    if isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(close(got[k], expected[k]) for k in expected)
+    return bool(got == expected)
+
+
+def test_close_tells_a_last_bit_from_a_changed_figure():
+    assert close([(0.30000007152557373, {"a": 0.5})], [(0.30000004172325134, {"a": 0.5})])
+    assert not close([(0.3001, {"a": 0.5})], [(0.3, {"a": 0.5})])
+    assert not close((1, 2), (1, 3)) and not close({"a": 0.5}, {"b": 0.5}) and not close([0.5], [0.5, 0.5])
+
+
+def test_evaluate_attack_figures_are_unchanged():
     model, x, y = tiny_case()
     for name, spec in SPECS.items():
         evaluation = evaluate_attack(model, x, y, spec)
@@ -137,13 +159,13 @@ def test_evaluate_attack_figures_are_unchanged_bit_for_bit():
             (r.robust_accuracy, r.success_rate, r.mean_perturbation, r.max_perturbation, r.robust_accuracy_per_attack)
             for r in evaluation.rows
         ]
-        assert got == rows, name
-        assert [c["robust_accuracy"] for c in evaluation.checks] == checks, name
+        assert close(got, rows), (name, got)
+        assert close([c["robust_accuracy"] for c in evaluation.checks], checks), name
         assert [w["code"] for w in evaluation.warnings] == codes, name
-        assert float(evaluation.examples["adversarial"].double().sum()) == pixels, name
+        assert close(float(evaluation.examples["adversarial"].double().sum()), pixels), name
 
 
-def test_attack_runs_are_unchanged_bit_for_bit():
+def test_attack_runs_are_unchanged():
     model, x, y = tiny_case()
     for name, build in BUILDS.items():
         result = build().run(model, x, y)
@@ -153,4 +175,4 @@ def test_attack_runs_are_unchanged_bit_for_bit():
             result.gradient_evaluations,
             int(result.robust.sum()),
         )
-        assert got == RUNS[name], name
+        assert close(got, RUNS[name]), (name, got)
