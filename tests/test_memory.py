@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from auditnn.errors import AuditError
+from auditnn.memory import format_size, parse_size, round_up_size
 from auditnn.runtime import split_on_oom
 
 CPU_ALLOCATOR_FAILURE = (
@@ -69,3 +71,88 @@ def test_split_on_oom_raises_when_one_item_does_not_fit():
     with pytest.raises(RuntimeError) as caught:
         split_on_oom(FailsAbove(0, error), torch.ones(2, 3), torch.zeros(2))
     assert caught.value is error
+
+
+# ---------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4GB", 4 * 10**9),
+        ("512MB", 512 * 10**6),
+        ("1.5GiB", 3 * 2**29),
+        ("800kB", 800_000),
+        ("2g", 2 * 10**9),
+        ("1.5 GB", 1_500_000_000),
+        ("  10 KiB ", 10_240),
+        ("3mi", 3 * 2**20),
+        ("7b", 7),
+        ("7 B", 7),
+        ("1tb", 10**12),
+        ("2TiB", 2**41),
+        (".5kB", 500),
+        ("1.kB", 1000),
+        ("+2MB", 2 * 10**6),
+        ("0.0001kB", 1),  # a tenth of a byte rounds up to one byte
+        ("36.3 MB", 36_300_000),  # exact: no float rounding on the way
+    ],
+)
+def test_parse_size_reads_decimal_and_binary_units(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("4 apples", "is not a size"),
+        ("4096", "is not a size"),  # a bare number: bytes or megabytes? refused
+        ("", "is not a size"),
+        ("GB", "is not a size"),
+        ("nanGB", "is not a size"),
+        ("infGB", "is not a size"),
+        ("1e9B", "is not a size"),
+        ("4 GB GB", "is not a size"),
+        ("4 gigabytes", "is not a size"),
+        ("0GB", "is not a positive size"),
+        ("0.0 MB", "is not a positive size"),
+        ("-1GB", "is not a positive size"),
+    ],
+)
+def test_parse_size_refuses_what_is_not_a_positive_size(text, what):
+    with pytest.raises(AuditError) as caught:
+        parse_size(text)
+    message = str(caught.value)
+    assert f"--max-memory '{text}' {what}; allowed: a number with a unit, e.g. 4GB or 512MB" in message
+    assert "\n" not in message
+
+
+def test_parse_size_names_where_the_size_came_from():
+    with pytest.raises(AuditError, match=r"^run\.max_memory '12' is not a size; allowed: "):
+        parse_size("12", where="run.max_memory")
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (512, "512 B"),
+        (1000, "1 kB"),
+        (1_500_000_000, "1.5 GB"),
+        (37_000_000, "37 MB"),
+        (123_456_789, "123 MB"),
+        (123_500_000, "124 MB"),  # half rounds up
+        (999_600, "1 MB"),  # the rounded size picks the unit: not "1000 kB"
+        (2**30, "1.07 GB"),
+        (5 * 10**13, "50 TB"),
+    ],
+)
+def test_format_size(n, text):
+    assert format_size(n) == text
+
+
+@pytest.mark.parametrize("n", [1, 999, 1000, 1001, 36_200_001, 99_950_001, 2**30 + 1, 123_456_789_012])
+def test_round_up_size_is_at_least_n_and_written_exactly(n):
+    up = round_up_size(n)
+    assert n <= up < n * 1.01 + 1
+    assert parse_size(format_size(up)) == up  # the message's figure, read back, is the figure itself
