@@ -202,15 +202,31 @@ def compile_or_eager(model: torch.nn.Module, sample: torch.Tensor) -> tuple[torc
         return model, f"torch.compile is unavailable here ({reason[:160]}); running without it"
 
 
+CPU_ALLOCATOR_FAILURE = "DefaultCPUAllocator: can't allocate memory"  # in the RuntimeError torch raises on CPU
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says a tensor could not be allocated: torch.OutOfMemoryError (CUDA's, and any other
+    device's that torch reports so), or the RuntimeError the CPU allocator raises (this torch does not raise
+    OutOfMemoryError on CPU; its message names DefaultCPUAllocator). On Linux the CPU allocator fails only for
+    requests the kernel refuses outright; a process that grows past what the machine has is killed instead, which
+    is why batch sizes are chosen from a budget (memory.choose_batch_size) before anything is split."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and CPU_ALLOCATOR_FAILURE in str(error)
+
+
 def split_on_oom(run: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Any]:
-    """run(*tensors) -> list of results; on CUDA out-of-memory, run each half of the batch instead (recursively,
-    down to one item). The results stay in order."""
+    """run(*tensors) -> list of results; when it runs out of memory (is_out_of_memory: on CUDA or on CPU), run each
+    half of the batch instead (recursively, down to one item). The results stay in order; any other error, and an
+    out-of-memory error on one item, propagates unchanged."""
     try:
         return run(*tensors)
-    except torch.cuda.OutOfMemoryError:
-        if len(tensors[0]) <= 1:
+    except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(error) or len(tensors[0]) <= 1:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = (len(tensors[0]) + 1) // 2
-        return split_on_oom(run, *(t[:half] for t in tensors)) + split_on_oom(run, *(t[half:] for t in tensors))
+    # Split outside the handler: the error's traceback holds the failed call's frames, and with them its tensors.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = (len(tensors[0]) + 1) // 2
+    return split_on_oom(run, *(t[:half] for t in tensors)) + split_on_oom(run, *(t[half:] for t in tensors))
