@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from . import __version__
 from .data.controlled import load_controlled, manifest_digest, stratified_split
-from .data.sources import conform_images, load_source, validate_images
+from .data.sources import load_source, validate_images
+from .data.stream import PixelStore, as_store
 from .errors import AuditError, InvariantError
 from .inference import check_logits, eval_mode, model_device
 from .models import PixelModel, load_model_dir, save_model_dir
@@ -27,29 +28,47 @@ from .runtime import is_main_process, object_from_first, share_weights_from_firs
 from .spec import DataSpec, ModelSpec
 from .train import ProgressFn, TrainConfig, new_classifier, train_classifier
 
+DIGEST_BATCH = 1024  # images per read when hashing a store
+
 
 @dataclass
 class EvalData:
-    """train_*: images a model or a patch is fitted on; test_*: held-out images the audit measures.
-    Images (N, C, H, W) float32 in [0, 1]; labels (N,) int64."""
+    """train: images a model or a patch is fitted on; test: held-out images the audit measures. Each a store
+    (data.stream: in memory, or files decoded per batch) reading float32 (N, C, H, W) in [0, 1]; labels (N,) int64.
+    A tensor given for a store is held in memory as it is."""
 
-    train_images: torch.Tensor
+    train: PixelStore
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test: PixelStore
     test_labels: torch.Tensor
     classes: list[str]
     description: dict[str, Any]
     test_names: list[str] | None = None  # file names (or indices) of the test images, for --groups
     fitted_on_test: bool = False  # no separate training images: the test images are all there is
 
+    def __post_init__(self) -> None:
+        self.train = as_store(self.train)
+        self.test = as_store(self.test)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def train_images(self) -> torch.Tensor:
+        """Every training image as one float32 tensor (made once): for what must see them all at once."""
+        return self.train.materialize()
+
+    @property
+    def test_images(self) -> torch.Tensor:
+        """Every test image as one float32 tensor (made once): for what must see them all at once; a pass over
+        the images reads `test.batches` instead."""
+        return self.test.materialize()
+
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test images and labels in order, batch_size at a time: what a check reads when it needs one pass."""
-        for begin in range(0, len(self.test_labels), batch_size):
-            yield self.test_images[begin : begin + batch_size], self.test_labels[begin : begin + batch_size]
+        for begin, end, images in self.test.batches(batch_size):
+            yield images, self.test_labels[begin:end]
 
 
 def load_eval_data(
@@ -74,9 +93,9 @@ def load_eval_data(
     if given is not None and not given.is_source:
         ds = load_controlled(given.arg)
         return EvalData(
-            ds.train.images,
+            as_store(ds.train.images),
             ds.train.labels,
-            ds.test_clean.images,
+            as_store(ds.test_clean.images),
             ds.test_clean.labels,
             ds.classes,
             {"data": given.text, "manifest_hash": manifest_digest(ds.manifest), "test": "test_clean"},
@@ -84,11 +103,11 @@ def load_eval_data(
     if given is not None and not trains_model:
         source = load_source(given, data_root=data_root, download=download, seed=seed, strict=strict)
         test = source.train if source.test is None else source.test
-        validate_images(test.images, test.labels, test.num_classes, f"data '{given.text}'")
+        validate_images(test.store, test.labels, test.num_classes, f"data '{given.text}'")
         return EvalData(
-            source.train.images,
+            source.train.store,
             source.train.labels,
-            test.images,
+            test.store,
             test.labels,
             test.classes,
             {"data": given.text, **source.notes, "n_images": len(test)},
@@ -98,7 +117,7 @@ def load_eval_data(
     spec = given or (DataSpec.source(base) if isinstance(base, str) else base)
     source = load_source(spec, data_root=data_root, download=download, seed=seed, strict=strict)
     where = f"data source '{spec.text}'"
-    validate_images(source.train.images, source.train.labels, source.train.num_classes, where)
+    validate_images(source.train.store, source.train.labels, source.train.num_classes, where)
     counts = torch.bincount(source.train.labels, minlength=source.train.num_classes)
     if source.test is None and int(counts.min()) <= test_per_class:
         k = int(counts.argmin())
@@ -108,9 +127,9 @@ def load_eval_data(
         )
     train, test = stratified_split(source, test_per_class, seed)
     return EvalData(
-        train.images,
+        train.store,
         train.labels,
-        test.images,
+        test.store,
         test.labels,
         train.classes,
         {
@@ -166,12 +185,12 @@ class Subject:
     @functools.cached_property
     def fingerprint(self) -> str:
         data = self.data
-        train = data.description.get("train_sha256") or data_digest(data.train_images, data.train_labels)
+        train = data.description.get("train_sha256") or data_digest(data.train, data.train_labels)
         return _fingerprint(
             self.made_by,
             weights_digest(self.model),
             answers_digest(self.model, data),
-            data_digest(data.test_images, data.test_labels),
+            data_digest(data.test, data.test_labels),
             train,  # a patch is fitted on the training images
         )
 
@@ -197,11 +216,14 @@ def load_subject(spec: SubjectSpec, device: torch.device, seed: int, progress: P
     return resolve_subject(spec.model, data, spec.train, device, width=spec.width, progress=progress)
 
 
-def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+def data_digest(images: torch.Tensor | PixelStore, labels: torch.Tensor) -> str:
     """sha256 of images and labels as measured or fitted: the shape, then the float32 pixel bytes and the int64 label bytes
-    (images (N, C, H, W) in [0, 1], labels (N,)). About 1 s per GB, far below the cost of training."""
-    digest = hashlib.sha256(str(list(images.shape)).encode())
-    digest.update(images.detach().cpu().float().contiguous().numpy().tobytes())
+    (images (N, C, H, W) in [0, 1], labels (N,)). A store is read batch by batch (the same digest as all at once).
+    About 1 s per GB, far below the cost of training; an image folder's files are decoded once more."""
+    store = as_store(images.detach().cpu() if isinstance(images, torch.Tensor) else images)
+    digest = hashlib.sha256(str([len(store), *store.shape]).encode())
+    for _, _, batch in store.batches(DIGEST_BATCH):
+        digest.update(batch.float().contiguous().numpy().tobytes())
     digest.update(labels.detach().cpu().long().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
@@ -213,9 +235,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "auditnn"
 
 
-def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: int, where: str) -> None:
+def check_model_fits(card: dict[str, Any], shape: list[int], num_classes: int, where: str) -> None:
     """A trained model's card against the data: same input shape (C, H, W), same number of classes."""
-    shape = list(images.shape[1:])
     if list(card["input_shape"]) != shape:
         raise AuditError(
             f"model {where} expects input {card['input_shape']} but the data has {shape}; use matching data"
@@ -228,15 +249,13 @@ def check_model_fits(card: dict[str, Any], images: torch.Tensor, num_classes: in
 
 def conform_data(data: EvalData, shape: list[int | None]) -> EvalData:
     """The data converted to a model's declared input (C, H, W): gray <-> RGB, resized."""
-    if list(shape) == list(data.test_images.shape[1:]):
+    if list(shape) == list(data.test.shape):
         return data
-    converted = replace(
-        data, train_images=conform_images(data.train_images, shape), test_images=conform_images(data.test_images, shape)
-    )
+    converted = replace(data, train=data.train.conformed(shape), test=data.test.conformed(shape))
     converted.description = {
         **data.description,
-        "converted_from": list(data.test_images.shape[1:]),
-        "converted_to": list(converted.test_images.shape[1:]),
+        "converted_from": list(data.test.shape),
+        "converted_to": list(converted.test.shape),
     }
     return converted
 
@@ -244,7 +263,7 @@ def conform_data(data: EvalData, shape: list[int | None]) -> EvalData:
 def probe_model(model: nn.Module, data: EvalData, where: str) -> None:
     """One forward on two images: a model that cannot take the data, or answers with another number of classes,
     fails here with both shapes named."""
-    sample = data.test_images[:2].to(model_device(model))
+    sample = data.test.read(torch.arange(min(2, len(data.test)))).to(model_device(model))
     try:
         with torch.no_grad(), eval_mode(model):
             logits = model(sample)
@@ -283,7 +302,7 @@ def answers_digest(model: nn.Module, data: EvalData) -> str:
     """sha256 of the model's logits on the first 16 test images and of their input gradient (of the summed logits),
     each rounded to 1e-3: what the weights alone do not say (the code of a factory or an exported program, a forward
     that cuts its gradient). Rounded so that GPU nondeterminism rarely moves it."""
-    sample = data.test_images[:16].to(model_device(model)).requires_grad_(True)
+    sample = data.test.read(torch.arange(min(16, len(data.test)))).to(model_device(model)).requires_grad_(True)
     with torch.enable_grad(), eval_mode(model):
         logits = model(sample).float()
         try:
@@ -317,7 +336,7 @@ def resolve_subject(
     settings and data reuses it. Under torchrun only the first process trains or reads the cache; every other
     process receives its weights, so all of them hold the same model whether or not the cache can be written."""
     if not spec.is_architecture:
-        model, card = load_user_model(spec, num_classes=data.num_classes, channels=data.test_images.shape[1])
+        model, card = load_user_model(spec, num_classes=data.num_classes, channels=data.test.shape[0])
         if check_card is not None:
             check_card(card)
         declared = card.get("input_shape")
@@ -326,7 +345,7 @@ def resolve_subject(
         if declared and (spec.kind == "auditnn" or not conform):
             check_model_fits(
                 {**card, "classes": card["classes"] or data.classes},
-                data.test_images,
+                list(data.test.shape),
                 data.num_classes,
                 f"'{spec.text}'",
             )
@@ -340,9 +359,7 @@ def resolve_subject(
             f"architecture '{spec.text}' would be scored on the images it is trained on; "
             "load the data with trains_model=True"
         )
-    data = replace(
-        data, description={**data.description, "train_sha256": data_digest(data.train_images, data.train_labels)}
-    )
+    data = replace(data, description={**data.description, "train_sha256": data_digest(data.train, data.train_labels)})
     key_source = json.dumps(
         {
             "arch": spec.text,

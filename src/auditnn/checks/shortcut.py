@@ -21,6 +21,7 @@ from ..data.controlled import (
 )
 from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
+from ..data.stream import as_store
 from ..errors import AuditError, allowed
 from ..models import save_model_dir
 from ..report.schema import ANY, NUM, NUM_OR_NULL, STR, metric_row
@@ -242,9 +243,8 @@ class Shortcut(CheckKind[ShortcutSettings]):
                     dataset.tag, channels, f"model '{spec.text}' takes {declared[0]} channel{plural}"
                 )
 
-        data = EvalData(
-            dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels, dataset.classes, {}
-        )
+        train, test = as_store(dataset.train.images), as_store(dataset.test.images)
+        data = EvalData(train, dataset.train.labels, test, dataset.test.labels, dataset.classes, {})
         try:
             return resolve_subject(
                 spec, data, ctx.subject_spec.train, ctx.device, conform=False, check_card=takes_channels

@@ -3,8 +3,10 @@
 without unpickling code), 'imagefolder:DIR' (one sub-folder per class) and 'tensors:FILE' (.pt read weights_only, .npz
 without pickles, or .safetensors).
 
-Every source returns images as float32 (N, C, H, W) in [0, 1] and labels as int64 (N,); validate_images holds that
-contract, and conform_images fits images to a model's input shape (gray <-> RGB, resize).
+Every source returns an ImageSet: labels as int64 (N,) and the pixels in a store (data.stream) that reads them as
+float32 (N, C, H, W) in [0, 1]: uint8 sources (MNIST, CIFAR-10, SVHN, uint8 tensors files) stay uint8 in memory, an
+image folder is decoded batch by batch. validate_images holds that contract; conform_images (data.stream) fits images
+to a model's input shape (gray <-> RGB, resize).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import io
 import math
 import os
 import pickle
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,24 +28,49 @@ import torch.nn.functional as F
 
 from ..errors import AuditError, option
 from ..spec import DataSpec
+from .stream import (
+    GRAY_MODES,
+    ConformedStore,
+    FolderStore,
+    PixelStore,
+    TensorStore,
+    as_store,
+    image_header,
+)
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-@dataclass
 class ImageSet:
-    """images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64 in [0, K).
+    """N images of one shape and their labels: labels (N,) int64 in [0, K); the pixels in `store` (in memory or
+    read from files per batch, see data.stream); `images` is every image as float32 (N, C, H, W) in [0, 1], made on
+    first use (free for float32 images held in memory).
 
-    foreground: optional (N, 1, H, W) float32 in [0, 1], how much each pixel belongs to the object
-    (the background shortcut paints the rest).
-    """
+    foreground: optional, how much each pixel belongs to the object, (N, 1, H, W) in [0, 1] (the background
+    shortcut paints the rest); names: per image, its file (relative to the folder) or its index, for --groups."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-    foreground: torch.Tensor | None = None
-    names: list[str] | None = None  # per image: its file (relative to the folder) or its index, for --groups
+    def __init__(
+        self,
+        images: torch.Tensor | PixelStore,
+        labels: torch.Tensor,
+        classes: list[str],
+        foreground: torch.Tensor | PixelStore | None = None,
+        names: list[str] | None = None,
+    ) -> None:
+        self.store = as_store(images)
+        self.labels = labels
+        self.classes = classes
+        self._foreground = None if foreground is None else as_store(foreground)
+        self.names = names
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.store.materialize()
+
+    @property
+    def foreground(self) -> torch.Tensor | None:
+        return None if self._foreground is None else self._foreground.materialize()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -54,9 +80,9 @@ class ImageSet:
         return len(self.classes)
 
     def subset(self, index: torch.Tensor) -> ImageSet:
-        fg = None if self.foreground is None else self.foreground[index]
+        fg = None if self._foreground is None else self._foreground.subset(index)
         names = None if self.names is None else [self.names[i] for i in index.tolist()]
-        return ImageSet(self.images[index], self.labels[index], self.classes, fg, names)
+        return ImageSet(self.store.subset(index), self.labels[index], self.classes, fg, names)
 
 
 @dataclass
@@ -69,18 +95,21 @@ class BaseData:
     notes: dict[str, object] = field(default_factory=dict)
 
 
-def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, where: str) -> None:
-    """Reject anything that breaks the pixel-space contract, naming where it came from."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise AuditError(f"images from {where} have shape {tuple(images.shape)}; allowed: (N, C, H, W) with C = 1 or 3")
-    if images.dtype != torch.float32:
-        raise AuditError(f"images from {where} have dtype {images.dtype}; allowed: float32 in [0, 1]")
-    if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
-        raise AuditError(f"images from {where} have values outside [0, 1] or NaN; allowed: float32 in [0, 1]")
-    if labels.shape != (images.shape[0],):
-        raise AuditError(
-            f"labels from {where} have shape {tuple(labels.shape)}; allowed: ({images.shape[0]},), one per image"
-        )
+def validate_images(images: torch.Tensor | PixelStore, labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Reject anything that breaks the pixel-space contract, naming where it came from. A store is checked without
+    decoding: uint8 pixels and decoded files are in [0, 1] by construction; float32 pixels in memory are checked."""
+    store = as_store(images)
+    while isinstance(store, ConformedStore):
+        store = store.base
+    pixels = store.pixels if isinstance(store, TensorStore) else None
+    n = len(store)
+    if store.shape[0] not in (1, 3):
+        raise AuditError(f"images from {where} have shape {(n, *store.shape)}; allowed: (N, C, H, W) with C = 1 or 3")
+    if pixels is not None and pixels.dtype == torch.float32 and pixels.numel():
+        if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise AuditError(f"images from {where} have values outside [0, 1] or NaN; allowed: float32 in [0, 1]")
+    if labels.shape != (n,):
+        raise AuditError(f"labels from {where} have shape {tuple(labels.shape)}; allowed: ({n},), one per image")
     if num_classes < 2:
         raise AuditError(f"{where} has K = {num_classes} class(es); allowed: K >= 2")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
@@ -281,8 +310,8 @@ def _load_mnist_like(name: str, root: Path) -> BaseData:
         labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte")
         if images.ndim != 3 or labels.shape != (images.shape[0],):
             raise AuditError(f"files in '{folder}' have mismatched shapes {images.shape} and {labels.shape}")
-        x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
-        splits.append(ImageSet(x, torch.from_numpy(labels.astype(np.int64)), classes, foreground=x.clone()))
+        x = TensorStore(torch.from_numpy(images.copy()).unsqueeze(1))  # uint8: float per batch
+        splits.append(ImageSet(x, torch.from_numpy(labels.astype(np.int64)), classes, foreground=x))
     return BaseData(f"torchvision:{name}", splits[0], splits[1])
 
 
@@ -327,7 +356,7 @@ def _load_cifar10(root: Path) -> BaseData:
                 raise AuditError(f"file '{path}' is not a CIFAR-10 batch ({exc})") from None
             xs.append(torch.from_numpy(data.copy()))
             ys.append(torch.from_numpy(labels))
-        return ImageSet(torch.cat(xs).float().div_(255), torch.cat(ys), classes)
+        return ImageSet(TensorStore(torch.cat(xs)), torch.cat(ys), classes)  # uint8: float per batch
 
     return BaseData("torchvision:cifar10", read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]))
 
@@ -353,7 +382,7 @@ def _load_svhn(root: Path) -> BaseData:
             y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels the digit 0 as 10
         except (KeyError, ValueError, OSError) as exc:
             raise AuditError(f"file '{path}' is not an SVHN .mat file ({exc})") from None
-        images = torch.from_numpy(x.copy()).float().div_(255)
+        images = TensorStore(torch.from_numpy(x.copy()))  # uint8: float per batch
         splits.append(ImageSet(images, torch.from_numpy(y), [str(d) for d in range(10)]))
     return BaseData("torchvision:svhn", splits[0], splits[1])
 
@@ -372,11 +401,6 @@ def load_torchvision(name: str, *, data_root: str | Path | None, download: bool)
 # ---------------------------------------------------------------- imagefolder
 
 
-# Per image: classifier inputs are far smaller, and this already takes 200 MB as float32 RGB; a header claiming more is
-# refused before any pixel is decoded (a decompression bomb costs nothing to send).
-MAX_IMAGE_PIXELS = 4096 * 4096
-
-
 def _files_in(folder: Path) -> list[Path]:
     """Every file under a class folder, sorted; a sub-folder that cannot be listed is an error, not an empty class."""
 
@@ -392,34 +416,13 @@ def _files_in(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _open_image(path: Path):  # noqa: ANN202 - a PIL image; PIL is imported lazily
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():  # PIL warns on large headers; the cap below refuses them in one line instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise AuditError(
-                        f"image '{path}' claims {width}x{height} pixels; allowed: at most "
-                        f"{MAX_IMAGE_PIXELS} pixels per image (4096x4096); resize it"
-                    )
-                img.load()
-                return img.copy()
-    except Image.DecompressionBombError as exc:
-        raise AuditError(
-            f"image '{path}' is refused as a decompression bomb ({exc}); allowed: at most "
-            f"{MAX_IMAGE_PIXELS} pixels per image"
-        ) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
-
-
 def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[ImageSet, int]:
     """One sub-folder per class (sorted names are the classes), each holding at least one image. Returns (images,
     number of non-image files skipped); with strict, a non-image file is an error. Images of other sizes are
-    resized to the first image's size. Grayscale when every image is single-channel, else RGB."""
+    resized to the first image's size. Grayscale when every image is single-channel, else RGB.
+
+    Only the headers are read here (a file that is not an image, or claims too many pixels, is refused now); the
+    pixels are decoded batch by batch when read (data.stream.FolderStore)."""
     root = Path(directory)
     if not root.is_dir():
         raise AuditError(f"imagefolder '{root}' is not a folder; give a folder with one sub-folder per class")
@@ -444,13 +447,9 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
             f"class folder '{empty[0]}' holds no images; allowed: every class folder holds at least one "
             f"image ({', '.join(IMAGE_SUFFIXES)}); remove the folder or add its images"
         )
-    pictures = [_open_image(path) for _, path in files]
-    gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
-    size = pictures[0].size
-    mode = "L" if gray else "RGB"
-    arrays = [np.asarray(p.convert(mode) if p.size == size else p.convert(mode).resize(size)) for p in pictures]
-    stack = torch.from_numpy(np.stack(arrays)).float().div_(255)
-    images = stack.unsqueeze(1) if gray else stack.permute(0, 3, 1, 2).contiguous()
+    headers = [image_header(path) for _, path in files]  # every file's mode and size, no pixel decoded
+    gray = all(mode in GRAY_MODES for mode, _ in headers)
+    images = FolderStore([path for _, path in files], "L" if gray else "RGB", headers[0][1])
     labels = torch.tensor([label for label, _ in files], dtype=torch.int64)
     names = [f.relative_to(root).as_posix() for _, f in files]
     return ImageSet(images, labels, [d.name for d in class_dirs], names=names), len(others)
@@ -460,7 +459,8 @@ def load_imagefolder(directory: str | Path, *, strict: bool = False) -> tuple[Im
 
 
 def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
-    """uint8 (0..255) or float ([0, 1]) images in (N, H, W), (N, C, H, W) or (N, H, W, C) -> float32 NCHW in [0, 1]."""
+    """uint8 (0..255) or float ([0, 1]) images in (N, H, W), (N, C, H, W) or (N, H, W, C) -> NCHW, uint8 kept as
+    uint8 (read as float per batch), float as float32 in [0, 1]."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
     elif images.dim() == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
@@ -471,7 +471,7 @@ def _as_pixels(images: torch.Tensor, where: str) -> torch.Tensor:
             "allowed: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3"
         )
     if images.dtype == torch.uint8:
-        return images.float().div_(255).contiguous()
+        return images.contiguous()
     if not images.is_floating_point():
         raise AuditError(f"images in {where} have dtype {images.dtype}; allowed: uint8 (0..255) or float (0..1)")
     images = images.float().contiguous()
@@ -557,21 +557,3 @@ def load_tensors(path: str | Path) -> ImageSet:
     validate_images(images, labels, num_classes, where)
     names = [str(i) for i in range(len(labels))]
     return ImageSet(images, labels, classes or [str(k) for k in range(num_classes)], names=names)
-
-
-def conform_images(images: torch.Tensor, shape: list[int | None]) -> torch.Tensor:
-    """Convert (N, C, H, W) images in [0, 1] to a model's input (C', H', W'): gray <-> RGB, bilinear resize.
-    A None in `shape` keeps that size."""
-    channels, height, width = shape
-    if channels is not None and channels != images.shape[1]:
-        if channels == 3 and images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        elif channels == 1 and images.shape[1] == 3:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            images = (images * weights).sum(1, keepdim=True)
-        else:
-            raise AuditError(f"images with {images.shape[1]} channels cannot become {channels}; allowed: 1 <-> 3")
-    size = (height or images.shape[2], width or images.shape[3])
-    if size != tuple(images.shape[2:]):
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return images.clamp(0, 1).contiguous()
