@@ -30,7 +30,7 @@ class AttackResult:
     and still correct (untargeted) or target not reached (targeted); points wrong before the attack are not robust
     and are not attacked."""
 
-    adversarial: torch.Tensor
+    adversarial: torch.Tensor | None  # None: an evaluation kept the per-sample numbers only
     labels: torch.Tensor
     clean_correct: torch.Tensor
     robust: torch.Tensor
@@ -159,9 +159,12 @@ class Attack(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        overriding = [k for k in cls.__mro__[: cls.__mro__.index(Attack)] if "run" in vars(k)]
-        if overriding:  # typing.final alone is only read by type checkers; a mixin's run would win over Attack's
-            raise TypeError(f"{cls.__name__} overrides Attack.run, which is final; write the attack in _perturb")
+        for final_method in ("run", "attack_batch"):
+            overriding = [k for k in cls.__mro__[: cls.__mro__.index(Attack)] if final_method in vars(k)]
+            if overriding:  # typing.final alone is only read by type checkers; a mixin's method would win over Attack's
+                raise TypeError(
+                    f"{cls.__name__} overrides Attack.{final_method}, which is final; write the attack in _perturb"
+                )
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -221,26 +224,35 @@ class Attack(ABC):
             raise AuditError(
                 f"images of shape {tuple(images.shape)} with {labels.shape[0]} labels; allowed: (N, C, H, W) and N labels"
             )
-        device = model_device(model)
         mine = my_batches(len(labels), self.batch_size)
         parts: list[AttackResult] = []
         start = time.perf_counter()
-        with eval_mode(model), frozen_parameters(model):
-            for index, begin, end in mine:
-                parts += self._run_with_retry(
-                    model, images[begin:end], labels[begin:end], device, batch_generator(self.seed, index)
-                )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        local = [_concat(parts, like=images)] if parts else []
-        if local:  # each process checks the perturbations it made, against its own slice of the images
-            self._check_bounds(images[mine[0][1] : mine[-1][2]], local[0])
-        result = _concat(gather_parts(local), like=images)
+        for index, begin, end in mine:
+            parts.append(self.attack_batch(model, images[begin:end], labels[begin:end], index))
+        result = concat_results(gather_parts([concat_results(parts, like=images)] if parts else []), like=images)
         if len(result.labels) and not result.counted.any():
             raise AuditError(
                 f"target {self.target}: every image's label is its target, so no image is left to attack; "
                 "allowed: a target class that some images do not have"
             )
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @final
+    def attack_batch(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, index: int) -> AttackResult:
+        """One batch: images (n, C, H, W) float32 in [0, 1] and labels (n,), the batch numbered `index` in the
+        evaluation's order (its random draws are seeded by it, so the same batch gives the same numbers whoever
+        runs it and whatever ran before). The result is on the CPU, its perturbations checked against the ball and
+        the box; `seconds` is the time this batch took. On CUDA (or on a CPU allocation failure) a batch that runs
+        out of memory is retried in halves (recorded in oom_retries)."""
+        device = model_device(model)
+        start = time.perf_counter()
+        with eval_mode(model), frozen_parameters(model):
+            parts = self._run_with_retry(model, images, labels, device, batch_generator(self.seed, index))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result = concat_results(parts, like=images)
+        self._check_bounds(images.cpu(), result)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -301,6 +313,8 @@ class Attack(ABC):
 
     def _check_bounds(self, images: torch.Tensor, result: AttackResult) -> None:
         adv = result.adversarial
+        if adv is None:
+            raise InvariantError(f"{self.name} returned no adversarial images to check")
         if not torch.isfinite(adv).all():
             raise InvariantError(f"{self.name} produced NaN or infinite pixels")
         if adv.min() < 0 or adv.max() > 1:
@@ -310,7 +324,7 @@ class Attack(ABC):
             raise InvariantError(f"{self.name} left its {self.norm} ball: norm {worst:.8f} > eps {self.eps:.8f}")
 
 
-def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
+def concat_results(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
     """One result from batch results, in order; an empty result (shaped like `like`) when there are none."""
     if not parts:
         empty = torch.zeros(0, dtype=torch.bool)
@@ -329,7 +343,7 @@ def _concat(parts: list[AttackResult], like: torch.Tensor) -> AttackResult:
         return torch.cat([getattr(p, name) for p in parts])
 
     return AttackResult(
-        cat("adversarial"),
+        None if parts[0].adversarial is None else cat("adversarial"),
         cat("labels"),
         cat("clean_correct"),
         cat("robust"),

@@ -3,18 +3,23 @@ gradient masking and broken attacks (the lesson of AutoAttack): each flag is a n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..data.stream import PixelStore, as_store
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import eval_mode, model_device
+from ..io import atomic_torch_save, atomic_write_text
+from ..runtime import gather_parts, is_main_process, my_batches
 from ..values import fmt_eps
-from .base import ATTACKS, Attack, AttackResult, attack_class, share_of
+from .base import ATTACKS, Attack, AttackResult, attack_class, concat_results, share_of
 from .fgsm import FGSM
 
 HUGE_LINF_EPS = 0.5  # at this Linf radius every image can reach mid-gray (all pixels 0.5); no further, as a black
@@ -117,13 +122,14 @@ class AttackEvaluation:
 
 
 def worst_case(results: list[AttackResult]) -> AttackResult:
-    """Per sample, the first run (in the order given) that broke the point: its adversarial image, prediction and
-    perturbation; a point stays robust only if every run left it robust. The runs attacked the same points."""
+    """Per sample, the first run (in the order given) that broke the point: its adversarial image (when the runs
+    kept them), prediction and perturbation; a point stays robust only if every run left it robust. The runs
+    attacked the same points."""
     first = results[0]
     combined = replace(
         first,
         robust=first.robust.clone(),
-        adversarial=first.adversarial.clone(),
+        adversarial=None if first.adversarial is None else first.adversarial.clone(),
         adversarial_prediction=first.adversarial_prediction.clone(),
         perturbation_norm=first.perturbation_norm.clone(),
     )
@@ -137,7 +143,8 @@ def worst_case(results: list[AttackResult]) -> AttackResult:
             )
         newly = combined.robust & ~other.robust
         combined.robust &= other.robust
-        combined.adversarial[newly] = other.adversarial[newly]
+        if combined.adversarial is not None and other.adversarial is not None:
+            combined.adversarial[newly] = other.adversarial[newly]
         combined.adversarial_prediction[newly] = other.adversarial_prediction[newly]
         combined.perturbation_norm[newly] = other.perturbation_norm[newly]
     return combined
@@ -176,36 +183,95 @@ def mid_gray_class(model: nn.Module, shape: torch.Size) -> int:
         return int(model(gray).float().argmax(1))
 
 
+@dataclass
+class _Run:
+    """One attack over every image: its per-sample numbers batch by batch (no images kept)."""
+
+    role: str  # "attack", or the sanity check it serves: "fgsm_same_eps", "double_steps", "huge_eps"
+    attack: Attack
+    parts: list[AttackResult] = field(default_factory=list)
+
+    def result(self, like: torch.Tensor) -> AttackResult:
+        """Every process's numbers, in order; `seconds` is this process's time in the attack."""
+        local = concat_results(self.parts, like=like)
+        result = concat_results(gather_parts([local] if self.parts else []), like=like)
+        result.seconds = sum(p.seconds for p in self.parts)
+        return result
+
+
+def planned_runs(spec: AttackSpec) -> list[tuple[str, Attack]]:
+    """Every attack an evaluation runs, in order, with its role: the attack at each eps ("attack"), then, for an
+    attack that takes steps, the sanity runs: FGSM at each nonzero eps ("fgsm_same_eps", Linf), twice the steps at
+    the largest eps ("double_steps"), and untargeted Linf eps HUGE_LINF_EPS ("huge_eps")."""
+    runs = [("attack", spec.build(eps)) for eps in sorted(spec.eps)]
+    if spec.sanity and "steps" in attack_class(spec.method).settings():
+        top = max(spec.eps)
+        if spec.norm in FGSM.norms:
+            runs += [("fgsm_same_eps", spec.build(eps, method=FGSM.name)) for eps in sorted(spec.eps) if eps != 0]
+        if top > 0:
+            runs.append(("double_steps", spec.build(top, steps=2 * spec.steps)))
+        if spec.target is None:
+            huge = spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None)
+            runs.append(("huge_eps", huge))
+    return runs
+
+
 def evaluate_attack(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | PixelStore,
     labels: torch.Tensor,
     spec: AttackSpec,
     *,
     tolerance: float | None = None,
     progress: Callable[[str], None] | None = None,
+    save_adversarial: Path | None = None,
+    workers: int | None = None,
 ) -> AttackEvaluation:
     """Run the attack at every eps, then the sanity checks; each row's headline is the per-sample worst case over
     every run at its eps and norm. tolerance: how far a robust accuracy may move the wrong way before a flag is
-    raised (default: the larger of 1 % and two images' worth)."""
+    raised (default: the larger of 1 % and two images' worth).
+
+    The images are read once, spec.batch_size at a time (a store decodes files in `workers` processes), and every
+    run attacks each batch before the next is read; only per-sample numbers are kept, plus the first 8 images for
+    the pictures. With `save_adversarial`, each batch's worst-case adversarial images at every eps are written there
+    (save_adversarial_batch). Each (attack, batch) draws from its own seeded stream, so the numbers do not depend on
+    the order of the runs, on the number of processes, or on whether the images came as a tensor or a store."""
     spec.validate()
+    store = as_store(images)
+    if len(store) != len(labels):
+        raise AuditError(f"{len(store)} images with {len(labels)} labels; allowed: one label per image")
     tol = tolerance if tolerance is not None else max(0.01, 2.0 / max(1, len(labels)))
-    attacks: dict[float, Attack] = {}
-    own: dict[float, AttackResult] = {}  # the attack's own result at each eps
-    runs: dict[float, list[tuple[Attack, AttackResult]]] = {}  # every run at each eps of the spec's norm, in order
-
-    def run(attack: Attack) -> AttackResult:
-        if progress:
-            progress(f"{attack.name} {attack.norm} eps={fmt_eps(attack.eps)}")
-        result = attack.run(model, images, labels)
-        if attack.norm == spec.norm and attack.eps in runs:
-            runs[attack.eps].append((attack, result))
-        return result
-
-    for eps in sorted(spec.eps):
-        attacks[eps] = spec.build(eps)
-        runs[eps] = []
-        own[eps] = run(attacks[eps])
+    runs = [_Run(role, attack) for role, attack in planned_runs(spec)]
+    # the runs that join each eps's headline: those at that eps in the spec's norm, in order
+    joining = {eps: [r for r in runs if r.attack.norm == spec.norm and r.attack.eps == eps] for eps in spec.eps}
+    device = model_device(model)
+    mine = my_batches(len(labels), spec.batch_size)
+    like = torch.zeros(0, *store.shape)
+    examples: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": [], "labels": [], "predictions": []}
+    files: list[str] = []
+    if mine:
+        batches = store.batches(spec.batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
+        for (index, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
+            if (start, stop) != (begin, end):
+                raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
+            if progress:
+                progress(f"batch {index + 1} of {len(mine)}: images {begin}-{end}")
+            x, y = x.to(device, non_blocking=True), labels[begin:end].to(device)
+            done = {id(r): r.attack.attack_batch(model, x, y, index) for r in runs}
+            worst = {eps: worst_case([done[id(r)] for r in joining[eps]]) for eps in sorted(spec.eps)}
+            if save_adversarial is not None:
+                files.append(save_adversarial_batch(save_adversarial, index, begin, worst))
+            _keep_examples(examples, x, worst[max(spec.eps)])
+            for r in runs:
+                r.parts.append(replace(done[id(r)], adversarial=None))
+    results = {id(r): r.result(like) for r in runs}
+    first = results[id(runs[0])]
+    if len(first.labels) and not first.counted.any():
+        raise AuditError(
+            f"target {spec.target}: every image's label is its target, so no image is left to attack; "
+            "allowed: a target class that some images do not have"
+        )
+    own = {eps: results[id(joining[eps][0])] for eps in sorted(spec.eps)}  # the attack's own result at each eps
     warnings: list[dict[str, str]] = []
     checks: list[dict[str, Any]] = []
 
@@ -220,58 +286,28 @@ def evaluate_attack(
                 f"robust accuracy rose from {low:.3f} at eps {fmt_eps(lower)} to {high:.3f} at eps {fmt_eps(higher)}: "
                 "the attack is failing, suspect gradient masking",
             )
-    # The sanity runs vary the steps and compare with FGSM: they check attacks that take steps.
-    if spec.sanity and "steps" in attack_class(spec.method).settings():
-        top = max(spec.eps)
-        if spec.norm in FGSM.norms:
-            for eps in sorted(own):
-                if eps == 0:
-                    continue
-                fgsm = run(spec.build(eps, method=FGSM.name))
-                mine = own[eps].robust_accuracy
-                checks.append({"check": "fgsm_same_eps", "eps": eps, "robust_accuracy": fgsm.robust_accuracy})
-                if mine > fgsm.robust_accuracy + tol:
-                    warn(
-                        "pgd_weaker_than_fgsm",
-                        f"PGD robust accuracy {mine:.3f} is above FGSM's {fgsm.robust_accuracy:.3f} at "
-                        f"eps {fmt_eps(eps)}: PGD is not converging (step size, steps, or gradient masking)",
-                    )
-        if top > 0:
-            doubled = run(spec.build(top, steps=2 * spec.steps))
-            base = own[top].robust_accuracy
-            checks.append(
-                {
-                    "check": "double_steps",
-                    "eps": top,
-                    "steps": 2 * spec.steps,
-                    "robust_accuracy": doubled.robust_accuracy,
-                }
-            )
-            if doubled.robust_accuracy < base - tol:
+    for r in runs:  # the sanity runs, in the order planned_runs gives them
+        attack, result = r.attack, results[id(r)]
+        if r.role == "fgsm_same_eps":
+            mine_ra = own[attack.eps].robust_accuracy
+            checks.append({"check": "fgsm_same_eps", "eps": attack.eps, "robust_accuracy": result.robust_accuracy})
+            if mine_ra > result.robust_accuracy + tol:
                 warn(
-                    "more_steps_lower_robust_accuracy",
-                    f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
-                    f"{doubled.robust_accuracy:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
-                    "(the headline takes the worst case of both)",
+                    "pgd_weaker_than_fgsm",
+                    f"PGD robust accuracy {mine_ra:.3f} is above FGSM's {result.robust_accuracy:.3f} at "
+                    f"eps {fmt_eps(attack.eps)}: PGD is not converging (step size, steps, or gradient masking)",
                 )
-            elif doubled.robust_accuracy > base + tol:
-                warn(
-                    "more_steps_raise_robust_accuracy",
-                    f"doubling the steps raised robust accuracy from {base:.3f} to {doubled.robust_accuracy:.3f} "
-                    f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking",
-                )
-        if spec.target is None:
-            huge = run(spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None))
-            gray = mid_gray_class(model, images.shape[1:])
+        elif r.role == "huge_eps":
+            gray = mid_gray_class(model, torch.Size(store.shape))
             # Every pixel is within 0.5 of 0.5, so the mid-gray image lies in every point's ball: each point whose
             # label is not the model's answer on it has a known adversarial at this radius.
-            missed = share_of(huge.robust & (huge.labels != gray), huge.counted)
+            missed = share_of(result.robust & (result.labels != gray), result.counted)
             checks.append(
                 {
                     "check": "huge_eps",
                     "norm": "linf",
                     "eps": HUGE_LINF_EPS,
-                    "robust_accuracy": huge.robust_accuracy,
+                    "robust_accuracy": result.robust_accuracy,
                     "gray_class": gray,
                     "robust_but_broken_by_gray": missed,
                 }
@@ -283,11 +319,30 @@ def evaluate_attack(
                     f"(every pixel 0.5) lies in each of their balls and the model calls it class {gray}: the attack "
                     "misses adversarials known to exist; suspect gradient masking",
                 )
+        elif r.role == "double_steps":
+            top, base = attack.eps, own[attack.eps].robust_accuracy
+            doubled = result.robust_accuracy
+            checks.append({"check": "double_steps", "eps": top, "steps": 2 * spec.steps, "robust_accuracy": doubled})
+            if doubled < base - tol:
+                warn(
+                    "more_steps_lower_robust_accuracy",
+                    f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
+                    f"{doubled:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
+                    "(the headline takes the worst case of both)",
+                )
+            elif doubled > base + tol:
+                warn(
+                    "more_steps_raise_robust_accuracy",
+                    f"doubling the steps raised robust accuracy from {base:.3f} to {doubled:.3f} "
+                    f"at eps {fmt_eps(top)}: the attack is unstable; suspect randomness or gradient masking",
+                )
     rows = [
         _row(
-            attacks[eps], worst_case([r for _, r in runs[eps]]), {a.run_label: r.robust_accuracy for a, r in runs[eps]}
+            joining[eps][0].attack,
+            worst_case([results[id(r)] for r in joining[eps]]),
+            {r.attack.run_label: results[id(r)].robust_accuracy for r in joining[eps]},
         )
-        for eps in sorted(runs)
+        for eps in sorted(spec.eps)
     ]
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
@@ -298,12 +353,73 @@ def evaluate_attack(
                 "gradient-based attacks see these points poorly; suspect gradient masking",
             )
             break
-    strongest = worst_case([r for _, r in runs[max(runs)]])
-    pick = torch.arange(min(8, len(labels)))
-    examples = {
-        "clean": images[pick],
-        "adversarial": strongest.adversarial[pick],
-        "labels": labels[pick],
-        "predictions": strongest.adversarial_prediction[pick],
+    if save_adversarial is not None:
+        write_adversarial_index(save_adversarial, spec, len(labels), gather_parts(files))
+    kept = {key: torch.cat(parts) if parts else torch.zeros(0) for key, parts in examples.items()}
+    return AttackEvaluation(rows, warnings, checks, kept if len(kept["labels"]) else {})
+
+
+EXAMPLES = 8  # images kept for the pictures: the first ones, clean and their worst-case adversarial at the top eps
+
+
+def _keep_examples(examples: dict[str, list[torch.Tensor]], x: torch.Tensor, worst: AttackResult) -> None:
+    """Add the first images of this batch until EXAMPLES are kept."""
+    have = sum(len(t) for t in examples["labels"])
+    take = min(EXAMPLES - have, len(x))
+    if take <= 0 or worst.adversarial is None:
+        return
+    examples["clean"].append(x[:take].cpu())
+    examples["adversarial"].append(worst.adversarial[:take])
+    examples["labels"].append(worst.labels[:take])
+    examples["predictions"].append(worst.adversarial_prediction[:take])
+
+
+ADVERSARIAL_FORMAT = "auditnn.adversarial"
+
+
+def save_adversarial_batch(folder: Path, index: int, begin: int, worst: dict[float, AttackResult]) -> str:
+    """Write one batch's worst-case adversarial images at every eps to folder/batch-NNNNNN.pt (atomic; read it with
+    torch.load(weights_only=True)): index (n,) the images' positions in the evaluated data, labels (n,), eps (E,),
+    adversarial (E, n, C, H, W) float32 in [0, 1] (a point the attack did not try, or could not break, holds the
+    image the attacks ended on: the clean image when not tried), prediction (E, n) and robust (E, n). Returns the
+    file's name."""
+    eps = sorted(worst)
+    first = worst[eps[0]]
+    name = f"batch-{index:06d}.pt"
+    atomic_torch_save(
+        folder / name,
+        {
+            "index": torch.arange(begin, begin + len(first.labels)),
+            "labels": first.labels,
+            "eps": torch.tensor(eps, dtype=torch.float64),
+            "adversarial": torch.stack([_kept(worst[e]) for e in eps]),
+            "prediction": torch.stack([worst[e].adversarial_prediction for e in eps]),
+            "robust": torch.stack([worst[e].robust for e in eps]),
+        },
+    )
+    return name
+
+
+def _kept(result: AttackResult) -> torch.Tensor:
+    if result.adversarial is None:
+        raise InvariantError("a batch's adversarial images were dropped before they were saved")
+    return result.adversarial
+
+
+def write_adversarial_index(folder: Path, spec: AttackSpec, n: int, files: list[str]) -> None:
+    """folder/adversarial.json: what the batch files hold, so a reader can find and check them."""
+    if not is_main_process():
+        return
+    index = {
+        "format": ADVERSARIAL_FORMAT,
+        "format_version": 1,
+        "method": spec.method,
+        "norm": spec.norm,
+        "eps": sorted(spec.eps),
+        "target": spec.target,
+        "n_images": n,
+        "batch_size": spec.batch_size,
+        "files": files,
+        "adversarial": "per eps, the worst case over every run at that eps (the attack and its sanity runs)",
     }
-    return AttackEvaluation(rows, warnings, checks, examples)
+    atomic_write_text(folder / "adversarial.json", json.dumps(index, indent=2) + "\n")
