@@ -43,7 +43,16 @@ TINY = ("--model", "mlp", "--width", "16", "--epochs", "1", "--test-per-class", 
 
 # Keys whose values are wall-clock time or describe the machine, not the measurement;
 # `config` is left out because issue 11 gives every command's config one shape.
-VOLATILE_KEYS = {"created", "environment", "timings", "config", "seconds", "images_per_second", "optimization_seconds"}
+VOLATILE_KEYS = {
+    "created",
+    "environment",
+    "timings",
+    "config",
+    "seconds",
+    "images_per_second",
+    "optimization_seconds",
+    "budget_bytes",  # a share of the memory free when the batch size was chosen
+}
 VOLATILE_METRICS = {"seconds", "images_per_second", "optimization_seconds"}  # metric rows of wall-clock time
 VOLATILE_COLUMNS = {"time s", "img/s"}  # table columns of wall-clock time (terminal, markdown, HTML)
 STAMP = re.compile(r"\d{8}-\d{6}")  # run ids end in YYYYmmdd-HHMMSS

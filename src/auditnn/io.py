@@ -145,6 +145,27 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_new_folder(path: str | Path, flag: str) -> Path:
+    """A folder a run will fill with files of its own: it may not exist yet, or be empty; anything else is refused
+    (a file, or a folder holding files another run or the user left: they would be mixed with this run's)."""
+    path = Path(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise AuditError(f"{flag} '{path}' is a file; allowed: a new or empty folder")
+    if os.path.isdir(path):
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as exc:
+            raise AuditError(
+                f"{flag} '{path}' cannot be read ({exc.strerror or exc}); allowed: a new or empty folder"
+            ) from None
+        if entries:
+            raise AuditError(
+                f"{flag} '{path}' is not empty ({len(entries)} entries, e.g. '{entries[0]}'); "
+                "allowed: a new or empty folder"
+            )
+    return path
+
+
 @contextmanager
 def output_folder(path: str | Path, what: str = "output folder") -> Iterator[Path]:
     """prepare_output_dir, and if the work inside fails before writing anything, remove the folders it created."""

@@ -41,7 +41,7 @@ TABLES: dict[str, dict[str, str]] = {
         "test_per_class": INTEGER,
         "strict": BOOLEAN,
     },
-    "run": {"seed": INTEGER, "device": STRING},
+    "run": {"seed": INTEGER, "device": STRING, "max_memory": STRING},
 }
 
 
@@ -78,6 +78,7 @@ class Plan:
     seed: int = 0
     device: str = "auto"
     path: str | None = None
+    max_memory: str | None = None  # the memory budget of a batch, as written ("4GB"); None: a share of what is free
 
     def config(self) -> dict[str, Any]:
         """What the report records as its configuration: everything the plan holds, as JSON-able data."""
@@ -85,6 +86,7 @@ class Plan:
             "audit_file": self.path,
             "seed": self.seed,
             "device": self.device,
+            "max_memory": self.max_memory,
             "subject": asdict(self.subject),
             "checks": [asdict(c) for c in self.checks],
         }
@@ -191,7 +193,8 @@ def load_plan(path: str | Path) -> Plan:
         raise AuditError(f"{where}: two checks are named '{duplicate}'; give each a distinct 'name'")
     seed = tables["run"].get("seed", 0)
     subject = _subject(tables["model"], tables["data"], seed, path.parent, where)
-    return Plan("audit", checks, subject, seed, tables["run"].get("device", "auto"), where)
+    device, max_memory = tables["run"].get("device", "auto"), tables["run"].get("max_memory")
+    return Plan("audit", checks, subject, seed, device, where, max_memory)
 
 
 def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:

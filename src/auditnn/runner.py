@@ -26,6 +26,7 @@ from .checks.base import first_layer_pictures
 from .errors import AuditError
 from .gate import Verdict, judge
 from .io import atomic_torch_save, atomic_write_text, read_json, safe_torch_load
+from .memory import parse_size
 from .plan import Check, Plan
 from .report.schema import Report, validate_record
 from .report.writers import write_report
@@ -63,6 +64,7 @@ def _naming(plan: Plan, check: Check) -> Iterator[None]:
 def validate_plan(plan: Plan) -> None:
     """Every setting that can be checked without data, before anything is trained or attacked."""
     resolve_device(plan.device)
+    budget(plan)
     try:
         plan.subject.validate()
     except AuditError as exc:
@@ -70,6 +72,14 @@ def validate_plan(plan: Plan) -> None:
     for check in plan.checks:
         with _naming(plan, check):
             KINDS[check.kind].validate(check.settings, plan.subject)
+
+
+def budget(plan: Plan) -> int | None:
+    """The plan's memory budget in bytes (None: memory.default_budget of the device)."""
+    if plan.max_memory is None:
+        return None
+    flag = f"{plan.path}: key 'run.max_memory'" if plan.path else "--max-memory"
+    return parse_size(plan.max_memory, flag)
 
 
 class _Collector:
@@ -140,7 +150,7 @@ def run_plan(
         trained = None if progress is None else (lambda e, n, row: progress("model", e, n, row))
         subject = load_subject(plan.subject, device, plan.seed, trained)
     seed_everything(plan.seed)
-    ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress)
+    ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress, budget(plan))
     collected, timings, records, reused = _Collector(), {}, {}, 0
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
         began = time.perf_counter()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..attacks.base import ATTACKS
 from ..attacks.evaluate import PGD_STEPS, AttackSpec, evaluate_attack
-from ..report.schema import DATA, INT, NUM, NUM_OR_NULL, STR, TARGET, metric_row
+from ..io import check_new_folder, output_folder
+from ..report.schema import BATCH, DATA, INT, NUM, NUM_OR_NULL, STR, TARGET, metric_row
 from ..report.tables import Table, fmt
 from ..runtime import compile_or_eager
 from ..subject import SubjectSpec
 from ..values import fmt_eps, parse_number
-from .base import NUMBER, STRING, CheckKind, CheckResult, Context, cli_only, register
+from .base import NUMBER, STRING, UPPER_BATCH, CheckKind, CheckResult, Context, batch_size_for, cli_only, register
 
 ROW_METRICS = (
     "clean_accuracy",
@@ -40,8 +44,9 @@ class AttackSettings:
     target: int | str | None = field(default=None, metadata={"file": STRING})
     step_size: float | None = None
     sanity: bool = True
-    batch_size: int = field(default=512, metadata=cli_only())
+    batch_size: int | None = field(default=None, metadata=cli_only())  # None: chosen from memory (batch_size_for)
     compile: bool = field(default=False, metadata=cli_only())  # torch.compile the model first
+    save_adversarial: str | None = field(default=None, metadata=cli_only())  # folder for the adversarial images
 
 
 def attack_spec(settings: AttackSettings, seed: int) -> AttackSpec:
@@ -56,7 +61,7 @@ def attack_spec(settings: AttackSettings, seed: int) -> AttackSpec:
         restarts=settings.restarts,
         step_size=settings.step_size,
         target=target,
-        batch_size=settings.batch_size,
+        batch_size=UPPER_BATCH if settings.batch_size is None else settings.batch_size,
         seed=seed,
         sanity=settings.sanity,
     )
@@ -88,6 +93,8 @@ class Attack(CheckKind[AttackSettings]):
     section_schema = {
         "model": STR,
         "data": DATA,
+        "batch?": BATCH,
+        "adversarial_folder?": STR,
         "rows": [
             {
                 "method": STR,
@@ -116,6 +123,8 @@ class Attack(CheckKind[AttackSettings]):
 
     def validate(self, settings: AttackSettings, spec: SubjectSpec) -> None:
         attack_spec(settings, 0).validate()
+        if settings.save_adversarial is not None:
+            check_new_folder(settings.save_adversarial, "--save-adversarial")
 
     def title(self, settings: AttackSettings) -> tuple[str, tuple[str, ...]]:
         steps = f" {settings.steps} steps" if _takes_steps(settings.method) else ""
@@ -137,13 +146,25 @@ class Attack(CheckKind[AttackSettings]):
     def measure(self, settings: AttackSettings, ctx: Context) -> CheckResult:
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
-        spec = attack_spec(settings, ctx.seed)
         model, warnings = subject.model, []
         if settings.compile:
-            model, reason = compile_or_eager(model, subject.data.test_images[:2].to(subject.device))
+            model, reason = compile_or_eager(model, subject.data.test.read(torch.arange(2)).to(subject.device))
             if reason:
                 warnings.append({"code": "compile_unavailable", "message": reason})
-        evaluation = evaluate_attack(model, subject.data.test_images, subject.data.test_labels, spec)
+        batch = batch_size_for(ctx, settings.batch_size)
+        spec = dataclasses.replace(attack_spec(settings, ctx.seed), batch_size=batch["size"])
+        save = None if settings.save_adversarial is None else Path(settings.save_adversarial)
+        data = subject.data
+        if save is None:
+            evaluation = evaluate_attack(model, data.test, data.test_labels, spec)
+        else:
+            with output_folder(check_new_folder(save, "--save-adversarial"), "--save-adversarial folder"):
+                try:
+                    evaluation = evaluate_attack(model, data.test, data.test_labels, spec, save_adversarial=save)
+                except BaseException:  # a failed run leaves no batch files behind (output_folder removes the folder)
+                    for written in save.glob("batch-*.pt"):
+                        written.unlink(missing_ok=True)
+                    raise
         rows = []
         for r in evaluation.rows:
             # every setting that changes the figure is a label: the gate never judges a check by another setting's row
@@ -158,7 +179,9 @@ class Attack(CheckKind[AttackSettings]):
                 sanity=spec.sanity,
             )
             rows += [metric_row("attack", name, getattr(r, name), **labels) for name in ROW_METRICS]
-        section = {**evaluation.to_dict(), "model": subject.source, "data": subject.described}
+        section = {**evaluation.to_dict(), "model": subject.source, "data": subject.described, "batch": batch}
+        if save is not None:
+            section["adversarial_folder"] = str(save)
         return CheckResult(rows, section, dict(evaluation.examples), warnings + evaluation.warnings)
 
     def picture_key(self, key: str, name: str | None, settings: AttackSettings, ctx: Context) -> str | None:

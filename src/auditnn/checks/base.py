@@ -60,6 +60,7 @@ class Context:
     seed: int
     out_dir: Path | None = None
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None  # (task, epoch, epochs, row)
+    max_memory: int | None = None  # bytes a batch may take (None: memory.default_budget of the device)
 
 
 class CheckKind(Generic[S]):
@@ -161,6 +162,32 @@ class CheckKind(Generic[S]):
 
     def tables(self, section: dict[str, Any]) -> list[Table]:
         raise NotImplementedError
+
+
+UPPER_BATCH = 512  # images per batch at most when the batch size is chosen from memory (the default it always had)
+
+
+def batch_size_for(ctx: Context, requested: int | None, *, upper: int = UPPER_BATCH) -> dict[str, Any]:
+    """The images per batch of a pass over the subject's test images, as a report records it: `requested` when given,
+    else the largest batch (at most `upper`) whose attack step fits the memory budget (ctx.max_memory, default
+    memory.default_budget of the device), by a probe of the model (memory.choose_batch_size). Under torchrun every
+    process takes the first process's choice: their batches, and the random draws seeded by batch, must line up."""
+    from ..memory import choose_batch_size, default_budget
+    from ..runtime import object_from_first
+
+    if requested is not None:
+        return {"size": requested, "chosen_by": "given"}
+    subject = ctx.subject
+    assert subject is not None  # a pass over the test images needs the subject
+    budget = ctx.max_memory if ctx.max_memory is not None else default_budget(ctx.device)
+    choice = choose_batch_size(subject.model, subject.data.test.shape, ctx.device, budget, upper=upper)
+    chosen = {
+        "size": choice.batch_size,
+        "chosen_by": choice.limited_by,
+        "budget_bytes": int(choice.budget),
+        "per_image_bytes": int(choice.per_image),
+    }
+    return object_from_first(chosen)
 
 
 def planted(settings: Any) -> ShortcutConfig:

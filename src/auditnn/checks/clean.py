@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn as nn
 
-from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
+from ..data.stream import PixelStore, as_store
+from ..errors import InvariantError
+from ..inference import check_logits, eval_mode, model_device
+from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table
-from .base import CheckKind, CheckResult, Context, register
-
-BATCH = 512  # images per forward pass
+from ..runtime import gather_parts, my_batches, split_on_oom
+from .base import CheckKind, CheckResult, Context, batch_size_for, cli_only, register
 
 
 @dataclass
 class CleanSettings:
-    pass
+    batch_size: int | None = field(default=None, metadata=cli_only())  # None: chosen from memory (batch_size_for)
+
+
+def clean_accuracy(
+    model: nn.Module,
+    images: torch.Tensor | PixelStore,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    workers: int | None = None,
+) -> float:
+    """Share of the images the model classifies as labelled, read batch_size at a time (a store decodes files in
+    `workers` processes) on the model's device. Under torchrun each process scores its batches and only the counts
+    travel. float32 division, as every share auditnn reports (a mean of float32 0/1 values)."""
+    store, device = as_store(images), model_device(model)
+    mine = my_batches(len(labels), batch_size)
+    correct = 0
+    if mine:
+        with torch.no_grad(), eval_mode(model):
+            for _, begin, end, x in _zip_batches(mine, store, batch_size, workers):
+                logits = split_on_oom(lambda xs: [model(xs.to(device, non_blocking=True)).float().cpu()], x)
+                predicted = torch.cat(logits)
+                check_logits(predicted, len(x))
+                correct += int((predicted.argmax(1) == labels[begin:end]).sum())
+    total = sum(gather_parts([correct]))
+    return float(torch.tensor(float(total)) / len(labels)) if len(labels) else 0.0
+
+
+def _zip_batches(mine, store, batch_size, workers):  # noqa: ANN001, ANN202
+    batches = store.batches(batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
+    for (index, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
+        if (start, stop) != (begin, end):
+            raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
+        yield index, begin, end, x
 
 
 @register
@@ -24,7 +60,7 @@ class Clean(CheckKind[CleanSettings]):
     name = "clean"
     settings = CleanSettings
     thresholds = {"min_accuracy": ("accuracy", "min")}
-    section_schema = {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR}
+    section_schema = {"accuracy": NUM_OR_NULL, "n": INT, "model": STR, "data?": DATA, "check?": STR, "batch?": BATCH}
 
     def section_key(self, name: str) -> str:
         return "clean"  # one model has one clean accuracy, whatever the check is called
@@ -33,17 +69,13 @@ class Clean(CheckKind[CleanSettings]):
         return "clean accuracy", ()
 
     def measure(self, settings: CleanSettings, ctx: Context) -> CheckResult:
-        from ..inference import predict
-
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
-        correct = sum(
-            int((predict(subject.model, images) == labels).sum()) for images, labels in subject.data.test_batches(BATCH)
-        )
-        n = len(subject.data.test_labels)
-        # float32 division, as every share auditnn reports (a mean of float32 0/1 values)
-        accuracy = float(torch.tensor(float(correct)) / n)
-        section = {"accuracy": accuracy, "n": n, "model": subject.source, "data": subject.described}
+        batch = batch_size_for(ctx, settings.batch_size)
+        data = subject.data
+        accuracy = clean_accuracy(subject.model, data.test, data.test_labels, batch_size=batch["size"])
+        n = len(data.test_labels)
+        section = {"accuracy": accuracy, "n": n, "model": subject.source, "data": subject.described, "batch": batch}
         return CheckResult([metric_row("clean", "accuracy", accuracy)], section)
 
     def tables(self, section: dict[str, Any]) -> list[Table]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -72,7 +73,19 @@ def attack(
     base: o.Base = "digits",
     width: o.Width = None,
     epochs: o.Epochs = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 512,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch (default: the most that fit --max-memory, at most 512).")
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory a batch may take, e.g. 4GB or 512MB (default: half the free memory on CPU, 0.8 on CUDA)."
+        ),
+    ] = None,
+    save_adversarial: Annotated[
+        Path | None,
+        typer.Option(help="Write every batch's adversarial images at each eps to this new folder (batch-NNNNNN.pt)."),
+    ] = None,
     test_per_class: o.TestPerClass = 30,
     device: o.Device = "auto",
     seed: o.Seed = 0,
@@ -119,7 +132,8 @@ def attack(
                 sanity=sanity,
                 batch_size=batch_size,
                 compile=compile,
+                save_adversarial=None if save_adversarial is None else str(save_adversarial),
             ),
         )
-    plan = Plan("attack", [check], subject, seed, device)
+    plan = Plan("attack", [check], subject, seed, device, max_memory=max_memory)
     return run_and_render(plan, out, Consoles(quiet), method if method == "patch" else f"{method}-{norm}")

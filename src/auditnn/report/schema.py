@@ -91,6 +91,7 @@ SCALAR = "a string, a number, true, false or null"
 TABLE = "a table of names to values"
 BOUNDS = ("min", "max", "max drop")
 DATA = {"classes?": [STR], "n_test?": INT}
+BATCH = {"size": INT, "chosen_by": STR, "budget_bytes?": INT, "per_image_bytes?": INT}  # checks.base.batch_size_for
 METRIC_LABELS = {
     "section": STR,
     "metric": STR,
