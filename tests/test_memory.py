@@ -256,6 +256,7 @@ def test_default_budget_is_half_the_free_memory_on_cpu(monkeypatch):
     assert default_budget(torch.device("cpu")) == 5_000_000
 
 
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads MemTotal from /proc/meminfo (Linux)")
 def test_free_bytes_on_this_machine_is_positive_and_below_its_memory():
     total = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1)) * 1024
     assert 0 < free_bytes(torch.device("cpu")) <= total
@@ -386,3 +387,22 @@ def test_too_small_message_by_hand_and_where():
         "the default budget (half the free memory) 1 MB is too small for one image of this model (one needs about "
         "36.3 MB); allowed: at least 36.3 MB"
     )
+
+
+class RaisesInForward(nn.Module):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.linear, self.error = nn.Linear(4, 2), error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+def test_a_probe_that_runs_out_of_memory_is_a_usage_error_and_other_errors_propagate():
+    cpu = torch.device("cpu")
+    with pytest.raises(AuditError, match=r"^device cpu ran out of memory in a pass over 1 image\(s\) of shape"):
+        choose_batch_size(RaisesInForward(RuntimeError(CPU_ALLOCATOR_FAILURE)), (1, 2, 2), cpu, 10**9)
+    error = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError) as caught:
+        choose_batch_size(RaisesInForward(error), (1, 2, 2), cpu, 10**9)
+    assert caught.value is error
