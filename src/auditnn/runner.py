@@ -165,7 +165,7 @@ def run_plan(
             records[key] = (check.kind, result)
         timings[check.name or check.kind] = time.perf_counter() - began
     if subject is not None:
-        shape = subject.data.test_images.shape[1:]
+        shape = torch.Size(subject.data.test.shape)
         collected.pictures.update({f"model/{k}": v for k, v in first_layer_pictures(subject.model, shape).items()})
     timings["total"] = time.perf_counter() - start
     report = Report(

@@ -41,7 +41,7 @@ class AttackResult:
     targets: torch.Tensor | None = None
     seconds: float = 0.0
     gradient_evaluations: int = 0  # forward+backward passes over single images, summed
-    oom_retries: int = 0  # halvings of batches that ran out of GPU memory (0: none)
+    oom_retries: int = 0  # halvings of batches that ran out of memory, CUDA or CPU (0: none)
 
     @property
     def attacked(self) -> torch.Tensor:

@@ -107,7 +107,7 @@ class AttackRow:
     n: int  # points counted
     left_out: int = 0  # targeted: points whose label is their target
     robust_accuracy_per_attack: dict[str, float] = field(default_factory=dict)  # run label (pgd-10, fgsm) -> own figure
-    oom_retries: int = 0  # batches halved after running out of GPU memory
+    oom_retries: int = 0  # batches halved after running out of memory (CUDA, or a failed CPU allocation)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..data.controlled import ShortcutConfig
+from ..errors import option
 from ..io import sha256_file
 from ..report.tables import Table
 from ..subject import Subject, SubjectSpec
@@ -179,8 +180,14 @@ def batch_size_for(ctx: Context, requested: int | None, *, upper: int = UPPER_BA
         return {"size": requested, "chosen_by": "given"}
     subject = ctx.subject
     assert subject is not None  # a pass over the test images needs the subject
+    given = ctx.max_memory is not None
     budget = ctx.max_memory if ctx.max_memory is not None else default_budget(ctx.device)
-    choice = choose_batch_size(subject.model, subject.data.test.shape, ctx.device, budget, upper=upper)
+    where = (
+        "--max-memory"
+        if given
+        else f"the default memory budget (a share of the free memory; set {option('--max-memory', 'run.max_memory')})"
+    )
+    choice = choose_batch_size(subject.model, subject.data.test.shape, ctx.device, budget, upper=upper, where=where)
     chosen = {
         "size": choice.batch_size,
         "chosen_by": choice.limited_by,

@@ -107,6 +107,14 @@ def attack(
         train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
     )
     if method == "patch":
+        unused = [
+            flag for flag, value in (("--batch-size", batch_size), ("--save-adversarial", save_adversarial)) if value
+        ]
+        if unused:
+            raise AuditError(
+                f"{unused[0]} is not taken by method patch (it fits one patch on every training image at once); "
+                "allowed: drop it, or method fgsm or pgd"
+            )
         patch_target = parse_target(target, 0)
         if isinstance(patch_target, str):
             raise AuditError(f"patch target '{patch_target}' is not allowed; allowed: a class index or none")
