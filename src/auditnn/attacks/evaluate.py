@@ -38,20 +38,24 @@ class AttackSpec:
     method: str = "pgd"  # a name in ATTACKS
     norm: str = "linf"
     eps: list[float] = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255])
-    steps: int = PGD_STEPS
+    steps: int | None = None  # None: the attack's own default (PGD 10, APGD and FAB 100)
     restarts: int = 1
     step_size: float | None = None
     target: int | str | None = None
     batch_size: int = 512
     seed: int = 0
     sanity: bool = True
+    loss: str = "ce"  # APGD's: ce (cross-entropy) or dlr (difference of logits ratio)
+    target_classes: int = 9  # APGD-T and FAB-T: the highest-scoring other classes each point is pushed toward
+    queries: int = 5000  # Square: model evaluations per point
 
     def build(self, eps: float, method: str | None = None, **overrides: Any) -> Attack:
         """The attack at radius eps, given the settings of this spec that it takes; `method` and `overrides` replace
         this spec's settings (for the sanity runs)."""
         cls = attack_class(method or self.method)
         given = {**{f.name: getattr(self, f.name) for f in fields(self)}, "eps": eps, **overrides}
-        return cls(**{name: given[name] for name in cls.settings() if name in given})
+        # None stands for the attack's own default (its steps, PGD's step size, untargeted)
+        return cls(**{name: given[name] for name in cls.settings() if given.get(name) is not None})
 
     def validate(self) -> None:
         if not self.eps:
@@ -208,10 +212,11 @@ def planned_runs(spec: AttackSpec) -> list[tuple[str, Attack]]:
         top = max(spec.eps)
         if spec.norm in FGSM.norms:
             runs += [("fgsm_same_eps", spec.build(eps, method=FGSM.name)) for eps in sorted(spec.eps) if eps != 0]
+        steps = spec.build(top).step_count
         if top > 0:
-            runs.append(("double_steps", spec.build(top, steps=2 * spec.steps)))
+            runs.append(("double_steps", spec.build(top, steps=2 * steps)))
         if spec.target is None:
-            huge = spec.build(HUGE_LINF_EPS, norm="linf", steps=max(spec.steps, 20), step_size=None)
+            huge = spec.build(HUGE_LINF_EPS, norm="linf", steps=max(steps, 20), step_size=None)
             runs.append(("huge_eps", huge))
     return runs
 
@@ -322,11 +327,11 @@ def evaluate_attack(
         elif r.role == "double_steps":
             top, base = attack.eps, own[attack.eps].robust_accuracy
             doubled = result.robust_accuracy
-            checks.append({"check": "double_steps", "eps": top, "steps": 2 * spec.steps, "robust_accuracy": doubled})
+            checks.append({"check": "double_steps", "eps": top, "steps": attack.step_count, "robust_accuracy": doubled})
             if doubled < base - tol:
                 warn(
                     "more_steps_lower_robust_accuracy",
-                    f"doubling the steps to {2 * spec.steps} lowered robust accuracy from {base:.3f} to "
+                    f"doubling the steps to {attack.step_count} lowered robust accuracy from {base:.3f} to "
                     f"{doubled:.3f} at eps {fmt_eps(top)}: the attack alone overstates robustness "
                     "(the headline takes the worst case of both)",
                 )

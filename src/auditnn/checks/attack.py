@@ -39,7 +39,7 @@ class AttackSettings:
     eps: list[float] = field(metadata={"file": NUMBER})
     method: str = "pgd"
     norm: str = "linf"
-    steps: int = PGD_STEPS
+    steps: int | None = None  # None: the method's own default (PGD 10)
     restarts: int = 1
     target: int | str | None = field(default=None, metadata={"file": STRING})
     step_size: float | None = None
@@ -71,6 +71,17 @@ def _takes_steps(method: str) -> bool:
     """Whether the attack named `method` takes a number of steps (an unknown name is refused by validate)."""
     cls = ATTACKS.get(method)
     return cls is None or "steps" in {f.name for f in dataclasses.fields(cls)}
+
+
+def _steps(settings: AttackSettings) -> int:
+    """The steps the attack takes: the setting, else the method's default (1 for an attack without steps)."""
+    if not _takes_steps(settings.method):
+        return 1
+    if settings.steps is not None:
+        return settings.steps
+    cls = ATTACKS.get(settings.method)
+    default = next((f.default for f in dataclasses.fields(cls) if f.name == "steps"), None) if cls else None
+    return default if isinstance(default, int) else PGD_STEPS
 
 
 def attack_setting(row: dict[str, Any]) -> str:
@@ -127,7 +138,7 @@ class Attack(CheckKind[AttackSettings]):
             check_new_folder(settings.save_adversarial, "--save-adversarial")
 
     def title(self, settings: AttackSettings) -> tuple[str, tuple[str, ...]]:
-        steps = f" {settings.steps} steps" if _takes_steps(settings.method) else ""
+        steps = f" {_steps(settings)} steps" if _takes_steps(settings.method) else ""
         eps = ",".join(fmt_eps(e) for e in settings.eps)
         return f"{settings.method} {settings.norm} eps={eps}{steps}", ("method", "norm", "eps", "steps")
 
@@ -136,7 +147,7 @@ class Attack(CheckKind[AttackSettings]):
             "method": settings.method,
             "norm": settings.norm,
             "eps": settings.eps[0],
-            "steps": settings.steps if _takes_steps(settings.method) else 1,
+            "steps": _steps(settings),
             "target": settings.target,
             "restarts": settings.restarts,
             "step_size": settings.step_size,

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..attacks.evaluate import PGD_STEPS
 from ..checks.attack import AttackSettings
 from ..checks.patch import PatchSettings
 from ..errors import AuditError
@@ -40,7 +39,9 @@ def attack(
     eps: Annotated[
         str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="PGD steps (default 10) or patch optimization steps (300).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Steps: the method's own default when not given (PGD 10, patch 300).")
+    ] = None,
     restarts: Annotated[int, typer.Option(help="PGD random restarts, scored per sample.")] = 1,
     step_size: Annotated[str | None, typer.Option(help="PGD step in pixel units (default 2.5 x eps / steps).")] = None,
     target: Annotated[
@@ -133,7 +134,7 @@ def attack(
                 eps=parse_number_list(eps or DEFAULT_EPS.get(norm, DEFAULT_EPS["linf"]), "--eps"),
                 method=method,
                 norm=norm,
-                steps=PGD_STEPS if steps is None else steps,
+                steps=steps,
                 restarts=restarts,
                 target=parse_target(target, None),
                 step_size=None if step_size is None else parse_number(step_size, "--step-size"),
