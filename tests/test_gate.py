@@ -325,3 +325,109 @@ def test_a_share_one_image_below_its_threshold_fails_on_a_hundred_thousand_image
         "audit", "r", {}, {}, 0, {}, [{**metric_row("clean", "accuracy", value), "check": policy.checks[0].name}]
     )
     assert not judge(report, policy).passed
+
+
+# ---------------------------------------------------------------- issue 13 item 5: masking never passes a gate
+
+MASKED = """
+[model]
+source = "torchscript:masked.pt"
+[data]
+source = "digits"
+[run]
+device = "cpu"
+[[check]]
+kind = "attack"
+name = "pgd"
+eps = "8/255"
+steps = 3
+min_robust_accuracy = 0.0
+"""
+
+
+def _masked_model(path):
+    """A linear model behind torch.round: its input gradient is exactly zero, so PGD cannot move a pixel, and its
+    robust accuracy is its clean accuracy: an artefact of masking that a threshold of 0 would wave through."""
+    import torch
+
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+    class Rounded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.linear(torch.round(x * 4) / 4)
+
+    torch.jit.trace(Rounded().eval(), torch.rand(1, 1, 28, 28)).save(str(path))
+
+
+def test_an_attack_check_whose_figure_carries_a_masking_warning_fails_the_gate(tmp_path, capsys):
+    """Issue 13's reproduction: the gate passed a check whose robust accuracy was a gradient-masking artefact (the
+    measurement said so in a warning). Now the check fails with the reason, from the audit and from `gate`."""
+    from helpers import run_cli
+
+    _masked_model(tmp_path / "masked.pt")
+    audit = _write(tmp_path, MASKED)
+    code, out, err = run_cli(capsys, "audit", str(audit), "--out", str(tmp_path / "out"))
+    assert code == 1, out + err
+    report = load_report(tmp_path / "out" / "report.json")
+    assert "zero_or_nan_gradients" in [w["code"] for w in report.warnings]
+    (row,) = report.results["verdict"]["rows"]
+    assert row["passed"] is False and row["note"].startswith("unreliable: ")
+    assert "zero_or_nan_gradients" in row["note"].split(" (")[0]
+    assert row["measured"] >= 0.0  # the figure itself clears the threshold: only its reliability fails it
+    code, out, err = run_cli(capsys, "gate", str(tmp_path / "out" / "report.json"), "--policy", str(audit))
+    assert code == 1 and "unreliable: " in out and "zero_or_nan_gradients" in out, out + err
+    # allowed by name: it passes, and the verdict says what it let through
+    allowed_codes = sorted({w["code"] for w in report.warnings})
+    audit.write_text(MASKED + f"allow_warnings = {json.dumps(allowed_codes)}\n")
+    code, out, err = run_cli(capsys, "gate", str(tmp_path / "out" / "report.json"), "--policy", str(audit))
+    assert code == 0 and "allowed: " in out and "zero_or_nan_gradients" in out, out + err
+
+
+def test_a_warning_of_another_check_or_kind_does_not_fail_a_check(tmp_path):
+    policy = load_plan(_write(tmp_path, TWO_PGD))
+    report = Report("audit", "r", {}, {}, 0, {}, [_pgd_row(0.683, "untargeted"), _pgd_row(0.910, "targeted")])
+    report.warnings = [
+        {"code": "robust_at_huge_eps", "message": "m", "check": "targeted"},
+        {"code": "compile_unavailable", "message": "m", "check": "untargeted"},
+    ]
+    verdict = judge(report, policy)
+    assert [(r.check, r.passed, r.note.split(" (")[0]) for r in verdict.rows] == [
+        ("untargeted", True, ""),
+        ("targeted", False, "unreliable: robust_at_huge_eps"),
+    ]
+    unstamped = Report("attack", "r", {}, {}, 0, {}, [_pgd_row(0.683)])  # a command's report: one check, no names
+    unstamped.warnings = [{"code": "pgd_weaker_than_fgsm", "message": "m"}]
+    one = load_plan(
+        _write(tmp_path, GOOD.replace("min_robust_accuracy = 0.5", 'min_robust_accuracy = 0.5\nname = "x"'))
+    )
+    attack_row = next(r for r in judge(unstamped, one).rows if r.kind == "attack")
+    assert not attack_row.passed and attack_row.note.startswith("unreliable: pgd_weaker_than_fgsm")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('["no_such_flag"]', "names 'no_such_flag'; allowed: black_box_beats_white_box, "),
+        (
+            '"zero_or_nan_gradients"',
+            "key 'allow_warnings' is 'zero_or_nan_gradients'; allowed: a list of warning codes",
+        ),
+    ],
+)
+def test_allow_warnings_takes_only_the_kinds_unreliability_codes(tmp_path, value, needle):
+    with pytest.raises(AuditError) as caught:
+        load_plan(
+            _write(
+                tmp_path,
+                GOOD.replace("min_robust_accuracy = 0.5", f"min_robust_accuracy = 0.5\nallow_warnings = {value}"),
+            )
+        )
+    assert needle in str(caught.value)
+    with pytest.raises(AuditError) as caught:
+        load_plan(_write(tmp_path, GOOD.replace("min_accuracy = 0.9", 'min_accuracy = 0.9\nallow_warnings = ["x"]')))
+    assert "unknown key 'allow_warnings'" in str(caught.value)

@@ -115,6 +115,27 @@ def _baseline_row(baseline: Report, check: Check, metric: str) -> tuple[dict[str
     return row, ""
 
 
+def _reliability(report: Report, check: Check) -> tuple[str, str]:
+    """(why the check's figure cannot pass, or ''; a note naming the warnings the audit file allowed, or ''). A
+    warning belongs to the check it is stamped with (an audit's), or, unstamped (a single command's report), to a
+    check of the kind that raises its code."""
+    from .checks import KINDS
+
+    codes = KINDS[check.kind].unreliable_warnings
+    mine = [
+        w
+        for w in report.warnings
+        if w.get("code") in codes and (w.get("check") == check.name if "check" in w else True)
+    ]
+    blocking = [w["code"] for w in mine if w["code"] not in check.allow_warnings]
+    allowed_codes = list(dict.fromkeys(w["code"] for w in mine if w["code"] in check.allow_warnings))
+    blocking = list(dict.fromkeys(blocking))
+    why = ""
+    if blocking:
+        why = f"unreliable: {', '.join(blocking)} (see the warnings; allow_warnings lets a code pass)"
+    return why, f"allowed: {', '.join(allowed_codes)}" if allowed_codes else ""
+
+
 def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_drop: float | None = None) -> Verdict:
     """Each threshold of each check against the report; with a baseline, each gated metric must not worsen by
     more than max_drop (down for 'min' metrics, up for 'max' metrics). Equality passes."""
@@ -123,6 +144,7 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
     rows: list[VerdictRow] = []
     for check in plan.checks:
         name = check.name or check.kind
+        unreliable, allowed_note = _reliability(report, check)
         for t in check.thresholds:
             measured = find_metric(report, check, t.metric)
             if measured is None:
@@ -131,7 +153,8 @@ def judge(report: Report, plan: Plan, *, baseline: Report | None = None, max_dro
                 )
                 continue
             ok = measured >= t.value - SHARE_TOLERANCE if t.bound == "min" else measured <= t.value + SHARE_TOLERANCE
-            rows.append(VerdictRow(name, check.kind, t.metric, measured, t.bound, t.value, ok))
+            note = unreliable or allowed_note
+            rows.append(VerdictRow(name, check.kind, t.metric, measured, t.bound, t.value, ok and not unreliable, note))
             if baseline is None or max_drop is None:
                 continue
             old_row, found = _baseline_row(baseline, check, t.metric)

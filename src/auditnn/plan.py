@@ -62,6 +62,7 @@ class Check:
     name: str | None
     settings: Any
     thresholds: list[Threshold] = field(default_factory=list)
+    allow_warnings: list[str] = field(default_factory=list)  # unreliability warnings the gate lets pass (noted)
 
     def labels(self) -> dict[str, Any]:
         """The labels of the report rows this check judges (a row without a label has gate.LABEL_DEFAULTS')."""
@@ -208,10 +209,14 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
     keys, lists, paths = kind.file_keys(), _list_fields(kind.settings), _path_fields(kind.settings)
     values: dict[str, Any] = {}
     thresholds = []
+    allow: list[str] = []
     for key, value in raw.items():
         if key in ("kind", "name"):
             if key == "name" and (not isinstance(value, str) or not value):
                 raise AuditError(f"{at} key 'name' is {value!r}; allowed: a name of at least one character")
+            continue
+        if key == "allow_warnings":
+            allow = _allowed_warnings(value, kind.unreliable_warnings, at)
             continue
         if key in kind.thresholds:
             if not type_ok(value, NUMBER) or not 0.0 <= value <= 1.0:
@@ -233,7 +238,22 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
     if not thresholds:
         raise AuditError(f"{at} has no threshold; allowed: {allowed(kind.thresholds)}")
     settings = kind.settings(**values)
-    return Check(name, raw.get("name", kind.default_name(settings)), settings, thresholds)
+    return Check(name, raw.get("name", kind.default_name(settings)), settings, thresholds, allow)
+
+
+def _allowed_warnings(value: Any, codes: frozenset[str], at: str) -> list[str]:
+    """allow_warnings: a list of the warning codes of this kind that say its figure may not be trusted."""
+    if not codes:
+        raise AuditError(f"{at} has unknown key 'allow_warnings'; this kind raises no warning the gate judges")
+    listed = sorted(codes)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuditError(
+            f"{at} key 'allow_warnings' is {value!r}; allowed: a list of warning codes, e.g. [\"{listed[0]}\"]"
+        )
+    unknown = [v for v in value if v not in codes]
+    if unknown:
+        raise AuditError(f"{at} key 'allow_warnings' names '{unknown[0]}'; allowed: {allowed(listed)}")
+    return list(value)
 
 
 def _list_fields(settings: type) -> set[str]:

@@ -28,6 +28,19 @@ ZERO_GRADIENT_SHARE = 0.1  # flag when more than this share of attacked points h
 
 
 PGD_STEPS = 10  # the default number of PGD steps
+# The flags that say a robust accuracy may overstate robustness (the attack failed, converged poorly, or met masked
+# gradients): a gate never passes a check whose figure carries one (gate.judge), unless the audit file allows it.
+MASKING_WARNINGS = frozenset(
+    {
+        "robust_accuracy_rises_with_eps",
+        "pgd_weaker_than_fgsm",
+        "more_steps_lower_robust_accuracy",
+        "more_steps_raise_robust_accuracy",
+        "robust_at_huge_eps",
+        "zero_or_nan_gradients",
+        "black_box_beats_white_box",
+    }
+)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..attacks.base import ATTACKS
-from ..attacks.evaluate import PGD_STEPS, AttackSpec, evaluate_attack
+from ..attacks.evaluate import MASKING_WARNINGS, PGD_STEPS, AttackSpec, evaluate_attack
 from ..io import check_new_folder, output_folder
 from ..report.schema import BATCH, DATA, INT, NUM, NUM_OR_NULL, STR, TARGET, metric_row
 from ..report.tables import Table, fmt
@@ -101,6 +101,7 @@ class Attack(CheckKind[AttackSettings]):
     settings = AttackSettings
     thresholds = {"min_robust_accuracy": ("robust_accuracy", "min")}
     merged = True
+    unreliable_warnings = MASKING_WARNINGS
     section_schema = {
         "model": STR,
         "data": DATA,

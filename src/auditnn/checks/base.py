@@ -72,6 +72,9 @@ class CheckKind(Generic[S]):
     thresholds: ClassVar[dict[str, tuple[str, str]]]  # audit-file key -> (metric, 'min' or 'max')
     needs_subject: ClassVar[bool] = True  # False: it builds its own data and model
     merged: ClassVar[bool] = False  # True: one results section holds the rows of every check of this kind
+    # Warning codes that say this kind's figure may not be trusted (it may overstate what it measures): a gate fails
+    # a check whose measurement carries one, unless the audit file lists it in the check's allow_warnings.
+    unreliable_warnings: ClassVar[frozenset[str]] = frozenset()
     section_schema: ClassVar[dict[str, Any]]  # its results section's fields, as report.schema checks them on reading
 
     # ------------------------------------------------------------ settings
