@@ -42,6 +42,7 @@ class AttackResult:
     seconds: float = 0.0
     gradient_evaluations: int = 0  # forward+backward passes over single images, summed
     oom_retries: int = 0  # halvings of batches that ran out of memory, CUDA or CPU (0: none)
+    broken_by: torch.Tensor | None = None  # an ensemble's: (N,) int64 index of the attack that broke it, -1 if none
 
     @property
     def attacked(self) -> torch.Tensor:
@@ -137,6 +138,7 @@ class Perturbed:
     broken: torch.Tensor  # (n,) bool: the attack saw the point adversarial (the final forward in `run` decides)
     zero_gradient: torch.Tensor  # (n,) bool: the first input gradient was all zero or had a non-finite entry
     gradient_evaluations: int  # forward(+backward) passes over single images, summed
+    broken_by: torch.Tensor | None = None  # (n,) int64: an ensemble's index of the attack that broke the point, -1
 
 
 @dataclass
@@ -151,6 +153,10 @@ class Attack(ABC):
     name: ClassVar[str] = ""  # the key in ATTACKS, and the method a spec names
     description: ClassVar[str] = ""  # what it does, in a few words, for the messages that refuse settings it ignores
     norms: ClassVar[tuple[str, ...]] = tuple(NORMS)  # the norms it can attack in
+    uses_gradients: ClassVar[bool] = True  # False: a score-based attack (it queries the model's outputs only)
+    # whether an evaluation adds the sanity runs (FGSM at each eps, twice the steps, Linf eps 0.5) to an attack that
+    # takes steps; an ensemble brings its own check (a gradient-free member) instead
+    sanity_runs: ClassVar[bool] = True
     eps: float = 8 / 255
     norm: str = "linf"
     target: int | str | None = None
@@ -207,6 +213,17 @@ class Attack(ABC):
     def step_count(self) -> int:
         """Gradient steps per start."""
         return 1
+
+    @property
+    def gradient_free_labels(self) -> tuple[str, ...]:
+        """An ensemble's attacks that use no gradient (what they break, the gradient attacks could not)."""
+        return ()
+
+    @property
+    def component_labels(self) -> tuple[str, ...]:
+        """An ensemble's attacks, in the order they run (their run labels); empty for a single attack. An ensemble's
+        Perturbed.broken_by indexes this."""
+        return ()
 
     @property
     def restart_count(self) -> int:
@@ -272,6 +289,8 @@ class Attack(ABC):
         adversarial = x.clone()
         final_pred = clean_pred.clone()
         zero_grad = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # an ensemble says which of its attacks broke each point (-1: none, or not attacked)
+        broken_by = torch.full((len(x),), -1, dtype=torch.long, device=x.device) if self.component_labels else None
         evaluations = len(x)
         # Early exit: a point already wrong, or left out (its label is its target), needs no attack.
         todo = torch.nonzero(clean_correct & counted).view(-1)
@@ -280,12 +299,18 @@ class Attack(ABC):
             done = self._perturb(model, x[todo], y[todo], t, generator)
             adversarial[todo] = done.adversarial
             zero_grad[todo] = done.zero_gradient
+            if broken_by is not None:
+                if done.broken_by is None:
+                    raise InvariantError(f"{self.name} is an ensemble but did not say which attack broke each point")
+                broken_by[todo] = done.broken_by
             with torch.no_grad():  # score the kept iterates; untouched points keep their clean prediction
                 final_pred[todo] = model(done.adversarial).float().argmax(1)
             evaluations += done.gradient_evaluations + len(todo)
         reached = final_pred != y if targets is None else final_pred == targets
         # The final forward is authoritative: a point counts as broken only if its kept iterate is adversarial.
         robust = clean_correct & counted & ~reached
+        if broken_by is not None:  # an attack the final forward does not confirm broke nothing
+            broken_by = torch.where(robust | ~(clean_correct & counted), -1, broken_by)
         return AttackResult(
             adversarial=adversarial.cpu(),
             labels=y.cpu(),
@@ -297,6 +322,7 @@ class Attack(ABC):
             counted=counted.cpu(),
             targets=None if targets is None else targets.cpu(),
             gradient_evaluations=evaluations,
+            broken_by=None if broken_by is None else broken_by.cpu(),
         )
 
     @abstractmethod
@@ -352,6 +378,7 @@ def concat_results(parts: list[AttackResult], like: torch.Tensor) -> AttackResul
         cat("zero_gradient"),
         cat("counted"),
         targets=None if parts[0].targets is None else cat("targets"),
+        broken_by=None if parts[0].broken_by is None else cat("broken_by"),
         gradient_evaluations=sum(p.gradient_evaluations for p in parts),
         oom_retries=sum(p.oom_retries for p in parts),
     )

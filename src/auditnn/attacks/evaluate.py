@@ -61,6 +61,7 @@ class AttackSpec:
     loss: str = "ce"  # APGD's: ce (cross-entropy) or dlr (difference of logits ratio)
     target_classes: int = 9  # APGD-T and FAB-T: the highest-scoring other classes each point is pushed toward
     queries: int = 5000  # Square: model evaluations per point
+    version: str = "standard"  # AutoAttack's: standard, plus or rand
 
     def build(self, eps: float, method: str | None = None, **overrides: Any) -> Attack:
         """The attack at radius eps, given the settings of this spec that it takes; `method` and `overrides` replace
@@ -124,6 +125,7 @@ class AttackRow:
     n: int  # points counted
     left_out: int = 0  # targeted: points whose label is their target
     robust_accuracy_per_attack: dict[str, float] = field(default_factory=dict)  # run label (pgd-10, fgsm) -> own figure
+    broken_by_attack: dict[str, int] = field(default_factory=dict)  # an ensemble's: points each of its attacks broke
     oom_retries: int = 0  # batches halved after running out of memory (CUDA, or a failed CPU allocation)
 
 
@@ -135,7 +137,8 @@ class AttackEvaluation:
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [asdict(r) for r in self.rows], "warnings": self.warnings, "checks": self.checks}
+        rows = [{k: v for k, v in asdict(r).items() if k != "broken_by_attack" or v} for r in self.rows]
+        return {"rows": rows, "warnings": self.warnings, "checks": self.checks}
 
 
 def worst_case(results: list[AttackResult]) -> AttackResult:
@@ -190,7 +193,16 @@ def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackR
         left_out=result.left_out,
         robust_accuracy_per_attack=own,
         oom_retries=result.oom_retries,
+        broken_by_attack=_broken_by(attack, result),
     )
+
+
+def _broken_by(attack: Attack, result: AttackResult) -> dict[str, int]:
+    """An ensemble's count of the points each of its attacks broke (counted points whose final answer is wrong)."""
+    if not attack.component_labels or result.broken_by is None:
+        return {}
+    broken = ~result.robust & result.attacked
+    return {label: int((broken & (result.broken_by == i)).sum()) for i, label in enumerate(attack.component_labels)}
 
 
 def mid_gray_class(model: nn.Module, shape: torch.Size) -> int:
@@ -221,7 +233,8 @@ def planned_runs(spec: AttackSpec) -> list[tuple[str, Attack]]:
     attack that takes steps, the sanity runs: FGSM at each nonzero eps ("fgsm_same_eps", Linf), twice the steps at
     the largest eps ("double_steps"), and untargeted Linf eps HUGE_LINF_EPS ("huge_eps")."""
     runs = [("attack", spec.build(eps)) for eps in sorted(spec.eps)]
-    if spec.sanity and "steps" in attack_class(spec.method).settings():
+    cls = attack_class(spec.method)
+    if spec.sanity and "steps" in cls.settings() and cls.sanity_runs:
         top = max(spec.eps)
         if spec.norm in FGSM.norms:
             runs += [("fgsm_same_eps", spec.build(eps, method=FGSM.name)) for eps in sorted(spec.eps) if eps != 0]
@@ -362,6 +375,16 @@ def evaluate_attack(
         )
         for eps in sorted(spec.eps)
     ]
+    for row, eps in zip(rows, sorted(spec.eps), strict=True):
+        free = joining[eps][0].attack.gradient_free_labels
+        by_free = sum(row.broken_by_attack.get(label, 0) for label in free)
+        share = by_free / row.n if row.n else 0.0
+        if by_free and share > tol:
+            warn(
+                "black_box_beats_white_box",
+                f"{', '.join(free)} (no gradient) broke {by_free} point(s) ({share:.3f}) that every gradient attack "
+                f"left standing at eps {fmt_eps(eps)}: the gradients mislead the attacks; suspect gradient masking",
+            )
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
             warn(

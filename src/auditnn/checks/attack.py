@@ -44,6 +44,10 @@ class AttackSettings:
     target: int | str | None = field(default=None, metadata={"file": STRING})
     step_size: float | None = None
     sanity: bool = True
+    version: str = "standard"  # autoattack's: standard, plus or rand
+    target_classes: int = 9  # apgd-t, fab and autoattack: the other classes each point is pushed toward
+    queries: int = 5000  # square and autoattack: model evaluations per point
+    loss: str = "ce"  # apgd's: ce or dlr
     batch_size: int | None = field(default=None, metadata=cli_only())  # None: chosen from memory (batch_size_for)
     compile: bool = field(default=False, metadata=cli_only())  # torch.compile the model first
     save_adversarial: str | None = field(default=None, metadata=cli_only())  # folder for the adversarial images
@@ -64,6 +68,10 @@ def attack_spec(settings: AttackSettings, seed: int) -> AttackSpec:
         batch_size=UPPER_BATCH if settings.batch_size is None else settings.batch_size,
         seed=seed,
         sanity=settings.sanity,
+        version=settings.version,
+        target_classes=settings.target_classes,
+        queries=settings.queries,
+        loss=settings.loss,
     )
 
 
@@ -82,6 +90,16 @@ def _steps(settings: AttackSettings) -> int:
     cls = ATTACKS.get(settings.method)
     default = next((f.default for f in dataclasses.fields(cls) if f.name == "steps"), None) if cls else None
     return default if isinstance(default, int) else PGD_STEPS
+
+
+ENSEMBLE_SETTINGS = ("version", "target_classes", "queries", "loss")  # labels of a row where the method takes them
+
+
+def _taken(method: str, settings: AttackSettings) -> dict[str, Any]:
+    """The settings of ENSEMBLE_SETTINGS that `method` takes: they change its figure, so its rows carry them."""
+    cls = ATTACKS.get(method)
+    taken = set() if cls is None else set(cls.settings())
+    return {name: getattr(settings, name) for name in ENSEMBLE_SETTINGS if name in taken}
 
 
 def attack_setting(row: dict[str, Any]) -> str:
@@ -118,6 +136,7 @@ class Attack(CheckKind[AttackSettings]):
                 "restarts?": INT,
                 "left_out?": INT,
                 "robust_accuracy_per_attack?": {"*": NUM_OR_NULL},
+                "broken_by_attack?": {"*": INT},
                 **{k: NUM_OR_NULL for k in ROW_METRICS},
             }
         ],
@@ -153,6 +172,7 @@ class Attack(CheckKind[AttackSettings]):
             "restarts": settings.restarts,
             "step_size": settings.step_size,
             "sanity": settings.sanity,
+            **_taken(settings.method, settings),
         }
 
     def measure(self, settings: AttackSettings, ctx: Context) -> CheckResult:
@@ -189,6 +209,7 @@ class Attack(CheckKind[AttackSettings]):
                 restarts=r.restarts,
                 step_size=spec.step_size,
                 sanity=spec.sanity,
+                **_taken(settings.method, settings),
             )
             rows += [metric_row("attack", name, getattr(r, name), **labels) for name in ROW_METRICS]
         section = {**evaluation.to_dict(), "model": subject.source, "data": subject.described, "batch": batch}
@@ -215,11 +236,13 @@ class Attack(CheckKind[AttackSettings]):
             named = any("check" in r for r in rows)
             labels = list(dict.fromkeys(k for r in rows for k in r.get("robust_accuracy_per_attack", {})))
             own = labels if len(labels) > 1 else []
+            members = list(dict.fromkeys(k for r in rows for k in r.get("broken_by_attack", {})))
             columns = ["check"] * named + [
                 "eps",
                 "clean acc",
                 "robust acc" + (" (worst)" if own else ""),
                 *own,
+                *(f"broken by {m}" for m in members),
                 "success",
                 "mean |d|",
                 "max |d|",
@@ -233,6 +256,7 @@ class Attack(CheckKind[AttackSettings]):
                     fmt(r["clean_accuracy"]),
                     fmt(r["robust_accuracy"]),
                     *(fmt(r["robust_accuracy_per_attack"].get(k)) for k in own),
+                    *(str(r.get("broken_by_attack", {}).get(m, "-")) for m in members),
                     fmt(r["success_rate"]),
                     fmt(r["mean_perturbation"], 4),
                     fmt(r["max_perturbation"], 4),

@@ -1,4 +1,5 @@
-"""auditnn attack: robust accuracy under FGSM and PGD over an eps list, or a universal adversarial patch."""
+"""auditnn attack: robust accuracy under an attack (FGSM, PGD, APGD, APGD-T, FAB-T, Square) or the AutoAttack ensemble
+over an eps list, or a universal adversarial patch."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def parse_target(text: str | None, default: int | str | None) -> int | str | Non
 
 
 def attack(
-    method: Annotated[str, typer.Option(help="fgsm, pgd or patch.")] = "pgd",
+    method: Annotated[
+        str, typer.Option(help="fgsm, pgd, apgd, apgd-t, fab, square, autoattack (the ensemble) or patch.")
+    ] = "pgd",
     norm: Annotated[str, typer.Option(help="linf or l2 (pgd); fgsm is linf.")] = "linf",
     eps: Annotated[
         str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")
@@ -47,6 +50,14 @@ def attack(
     target: Annotated[
         str | None, typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")
     ] = None,
+    version: Annotated[
+        str, typer.Option(help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square), plus or rand.")
+    ] = "standard",
+    target_classes: Annotated[
+        int, typer.Option(help="apgd-t, fab, autoattack: how many of the top other classes each point is pushed to.")
+    ] = 9,
+    queries: Annotated[int, typer.Option(help="square, autoattack: model evaluations per point.")] = 5000,
+    loss: Annotated[str, typer.Option(help="apgd: ce (cross-entropy) or dlr (difference of logits ratio).")] = "ce",
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
     patch_shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
     sanity: Annotated[
@@ -108,9 +119,15 @@ def attack(
         train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
     )
     if method == "patch":
-        unused = [
-            flag for flag, value in (("--batch-size", batch_size), ("--save-adversarial", save_adversarial)) if value
-        ]
+        given = {
+            "--batch-size": batch_size is not None,
+            "--save-adversarial": save_adversarial is not None,
+            "--version": version != "standard",
+            "--target-classes": target_classes != 9,
+            "--queries": queries != 5000,
+            "--loss": loss != "ce",
+        }
+        unused = [flag for flag, set_ in given.items() if set_]
         if unused:
             raise AuditError(
                 f"{unused[0]} is not taken by method patch (it fits one patch on every training image at once); "
@@ -139,6 +156,10 @@ def attack(
                 target=parse_target(target, None),
                 step_size=None if step_size is None else parse_number(step_size, "--step-size"),
                 sanity=sanity,
+                version=version,
+                target_classes=target_classes,
+                queries=queries,
+                loss=loss,
                 batch_size=batch_size,
                 compile=compile,
                 save_adversarial=None if save_adversarial is None else str(save_adversarial),
