@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from auditnn.data import shortcuts
 from auditnn.data.shortcuts import make_shortcut
+from auditnn.errors import InvariantError
 from auditnn.shortcut.annotated import TagSensitivity, tag_sensitivity
 
 CLASSES = ["a", "b", "c"]
@@ -80,3 +82,43 @@ def test_the_reference_is_what_tag_sensitivity_gives_on_a_tensor(tag, look, chan
     expected = whole_tensor_sensitivity(model, images, labels, shortcut, CLASSES, seed=3)
     assert tag_sensitivity(model, images, labels, shortcut, CLASSES, seed=3) == expected
     assert any(v["flip_rate"] > 0 for v in expected.variants)  # the tag matters to this model: a real comparison
+
+
+@pytest.mark.parametrize(("tag", "look", "channels"), CASES)
+@pytest.mark.parametrize("batch", [1, 4, 23])
+def test_planting_batch_by_batch_with_one_drawer_gives_the_pixels_of_planting_all_at_once(tag, look, channels, batch):
+    images, _ = case_images(channels)
+    ids = torch.arange(23) % 4 - 1  # -1 (nothing), 0, 1, 2
+    shortcut = make_shortcut(tag, 3, **look)
+    whole, whole_mask = shortcut.plant(images, ids, generator=torch.Generator().manual_seed(9))
+    drawer = shortcut.drawer(23, (12, 12), torch.Generator().manual_seed(9))
+    parts = [
+        shortcut.plant(images[s : s + batch], ids[s : s + batch], draws=drawer.take(s, min(23, s + batch)))
+        for s in range(0, 23, batch)
+    ]
+    assert torch.equal(torch.cat([p for p, _ in parts]), whole)
+    assert torch.equal(torch.cat([m for _, m in parts]), whole_mask)
+
+
+@pytest.mark.parametrize(("tag", "look", "channels"), CASES)
+def test_a_process_that_plants_later_batches_only_gets_their_draws(tag, look, channels, monkeypatch):
+    """Under torchrun a process plants its own batches: the draws of the batches before them are skipped (here two
+    images' worth at a time)."""
+    monkeypatch.setattr(shortcuts, "_SKIP_CHUNK", 2 * 12 * 12 + 1)
+    images, _ = case_images(channels)
+    ids = torch.full((23,), 2)
+    shortcut = make_shortcut(tag, 3, **look)
+    whole, _ = shortcut.plant(images, ids, generator=torch.Generator().manual_seed(9))
+    drawer = shortcut.drawer(23, (12, 12), torch.Generator().manual_seed(9))
+    later, _ = shortcut.plant(images[17:21], ids[17:21], draws=drawer.take(17, 21))
+    last, _ = shortcut.plant(images[21:], ids[21:], draws=drawer.take(21, 23))
+    assert torch.equal(torch.cat([later, last]), whole[17:])
+
+
+def test_per_pixel_draws_cannot_be_taken_twice_or_backwards():
+    drawer = make_shortcut("background", 3).drawer(10, (4, 4), torch.Generator().manual_seed(0))
+    assert drawer.take(2, 5)["pixels"].shape == (3, 1, 4, 4)
+    with pytest.raises(InvariantError, match="draws of images 0:2 asked after those up to 5"):
+        drawer.take(0, 2)
+    with pytest.raises(InvariantError, match="draws of images 8:12 asked of a planting of 10"):
+        drawer.take(8, 12)
