@@ -3,16 +3,40 @@ images batch by batch and give the numbers they gave when every image was plante
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
+from helpers import run_cli
+from PIL import Image
 
+from auditnn import memory
 from auditnn.data import shortcuts
 from auditnn.data.shortcuts import make_shortcut
+from auditnn.data.sources import load_imagefolder
+from auditnn.data.stream import FolderStore, TensorStore
 from auditnn.errors import InvariantError
-from auditnn.shortcut.annotated import TagSensitivity, tag_sensitivity
+from auditnn.shortcut.annotated import TagSensitivity, predictions, tag_sensitivity
 
 CLASSES = ["a", "b", "c"]
+
+
+def write_folder(root: Path, n: int, size: int = 10) -> torch.Tensor:
+    """n random RGB PNG images, the first half in class folder 'a', the rest in 'b' (named in index order);
+    returns their uint8 pixels (n, 3, size, size) in the order load_imagefolder reads them."""
+    generator = torch.Generator().manual_seed(2)
+    pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    for i in range(n):
+        folder = root / ("a" if i < n // 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i].permute(1, 2, 0).numpy(), "RGB").save(folder / f"{i:03d}.png")
+    return pixels
 
 
 def tiny_model(channels: int = 3, size: int = 12, classes: int = 3) -> nn.Module:
@@ -85,6 +109,41 @@ def test_the_reference_is_what_tag_sensitivity_gives_on_a_tensor(tag, look, chan
 
 
 @pytest.mark.parametrize(("tag", "look", "channels"), CASES)
+@pytest.mark.parametrize("batch", [1, 4, 23, 1024])
+def test_streamed_sensitivity_is_identical_for_every_batch_size(tag, look, channels, batch):
+    """1 image a batch, 4 (which does not divide 23), all of them in one batch, and more than there are."""
+    images, labels = case_images(channels)
+    shortcut = make_shortcut(tag, 3, **look)
+    model = tiny_model()
+    expected = whole_tensor_sensitivity(model, images, labels, shortcut, CLASSES, seed=3)
+    assert tag_sensitivity(model, images, labels, shortcut, CLASSES, seed=3, batch_size=batch) == expected
+    one = whole_tensor_sensitivity(model, images, labels, shortcut, CLASSES, target_class=2, seed=3)
+    assert tag_sensitivity(model, images, labels, shortcut, CLASSES, target_class=2, seed=3, batch_size=batch) == one
+
+
+def test_streamed_sensitivity_from_uint8_pixels_and_from_files_equals_the_float_tensor(tmp_path):
+    pixels = write_folder(tmp_path, n=14)
+    labels = torch.tensor([0] * 7 + [1] * 7)
+    model, shortcut = tiny_model(classes=2, size=10), make_shortcut("background", 2, opacity=0.8)
+    expected = whole_tensor_sensitivity(model, pixels.float() / 255, labels, shortcut, ["a", "b"], seed=1)
+    folder = load_imagefolder(tmp_path)[0].store
+    assert isinstance(folder, FolderStore)
+    for store, workers in ((TensorStore(pixels), None), (folder, 0), (folder, 1)):
+        measured = tag_sensitivity(model, store, labels, shortcut, ["a", "b"], seed=1, batch_size=3, workers=workers)
+        assert measured == expected
+
+
+def test_streamed_predictions_are_a_plain_forward_pass():
+    images, _ = case_images(3)
+    model = tiny_model()
+    with torch.no_grad():
+        plain = model(images).argmax(1)
+    for batch in (1, 5, 64):
+        predicted = predictions(model, TensorStore(images), batch_size=batch)
+        assert predicted.dtype == torch.long and torch.equal(predicted, plain)
+
+
+@pytest.mark.parametrize(("tag", "look", "channels"), CASES)
 @pytest.mark.parametrize("batch", [1, 4, 23])
 def test_planting_batch_by_batch_with_one_drawer_gives_the_pixels_of_planting_all_at_once(tag, look, channels, batch):
     images, _ = case_images(channels)
@@ -122,3 +181,150 @@ def test_per_pixel_draws_cannot_be_taken_twice_or_backwards():
         drawer.take(0, 2)
     with pytest.raises(InvariantError, match="draws of images 8:12 asked of a planting of 10"):
         drawer.take(8, 12)
+
+
+# ---------------------------------------------------------------- a case counted by hand, through the CLI
+
+
+class CornerVote(nn.Module):
+    """Class 0's logit is pixel (0, 0); class 1's is pixel (7, 7) + 0.25. On 8x8 images the watermark's 7-pixel box
+    sits at rows and columns 1..7 (no margin fits), its frame covers (7, 7) and leaves (0, 0) alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, 0, 0], x[:, 0, 7, 7] + 0.25], dim=1)
+
+
+# Per image as load_imagefolder orders them (class folder a, then b): pixel (0, 0) and the place column.
+CORNER = [(255, "land"), (255, "land"), (230, "water"), (128, "water"), (0, "land"), (51, "water")]
+
+
+@pytest.fixture
+def corner_project(tmp_path):
+    """Six black 8x8 gray images, pixel (0, 0) set as CORNER says; the first three in class a, the others in b.
+    Without a tag the model answers a where (0, 0) > 0.25: a a a a b b (image 3 wrong). The watermark's frame turns
+    (7, 7) to 0.7, so it answers a only where (0, 0) > 0.95: a a b b b b (image 2 wrong). Images 2 and 3 change."""
+    rows = ["file,label,place"]
+    for i, (value, place) in enumerate(CORNER):
+        label = "a" if i < 3 else "b"
+        array = torch.zeros(8, 8, dtype=torch.uint8)
+        array[0, 0] = value
+        (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array.numpy(), "L").save(tmp_path / "images" / label / f"{i}.png")
+        rows.append(f"{label}/{i}.png,{label},{place}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    torch.jit.trace(CornerVote(), torch.rand(2, 1, 8, 8)).save(str(tmp_path / "corner.pt"))
+    return tmp_path
+
+
+def test_the_hand_counted_case_streamed_from_a_folder_that_is_never_decoded_at_once(
+    tmp_path, capsys, monkeypatch, corner_project
+):
+    """Both checks of `auditnn shortcut` on an image folder, in batches of 4 (4 + 2 images), with every figure
+    counted by hand (corner_project). The checks never ask for every image at once: FolderStore.materialize refuses
+    when called from them (runner.py still materializes the test images for the first-layer pictures' shape, after
+    the checks; it is let through here and named in the report of this change)."""
+    original, callers = FolderStore.materialize, []
+
+    def refuse_in_checks(self):  # noqa: ANN001, ANN202
+        frames = [Path(frame.filename) for frame in inspect.stack()]
+        mine = [f.name for f in frames if f.parts[-2:] in (("checks", "sensitivity.py"), ("checks", "groups.py"))]
+        mine += [f.name for f in frames if f.parts[-2:] == ("shortcut", "annotated.py")]
+        if mine:
+            raise AssertionError(f"an image folder was decoded all at once by {mine[0]}")
+        outside = ("subject.py", "stream.py")  # the property and the store: who asked is further up
+        callers.append(next(f.name for f in frames if "auditnn" in f.parts and f.name not in outside))
+        return original(self)
+
+    monkeypatch.setattr(FolderStore, "materialize", refuse_in_checks)
+    chosen = memory.choose_batch_size
+    monkeypatch.setattr(memory, "choose_batch_size", lambda *a, **k: chosen(*a, **{**k, "upper": 4}))
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        f"torchscript:{corner_project / 'corner.pt'}",
+        "--data",
+        f"imagefolder:{corner_project / 'images'}",
+        "--tag",
+        "watermark",
+        "--groups",
+        str(corner_project / "meta.csv"),
+        "--attribute",
+        "place",
+        "--associate",
+        "land:a,water:b",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    assert set(callers) <= {"runner.py"}
+    results = json.loads((tmp_path / "out" / "report.json").read_text())["results"]
+    sensitivity, groups = results["sensitivity"], results["groups"]
+    for section in (sensitivity, groups):
+        assert {k: section["batch"][k] for k in ("size", "chosen_by")} == {"size": 4, "chosen_by": "upper"}
+    assert sensitivity["n"] == 6 and sensitivity["accuracy_without_tag"] == pytest.approx(5 / 6)
+    # both variants' frames cover (7, 7): images 2 and 3 move to b; only b's tag moves them to its own class
+    assert sensitivity["variants"] == [
+        {"tag_class": c, "flip_rate": pytest.approx(2 / 6), "toward_rate": pytest.approx(t), "top_destination": "b",
+         "accuracy_with_tag": pytest.approx(5 / 6)}
+        for c, t in (("a", 0.0), ("b", 2 / 6))
+    ]  # fmt: skip
+    assert sensitivity["flip_rate"] == pytest.approx(2 / 6) and sensitivity["toward_rate"] == pytest.approx(1 / 6)
+    # answers a a a a b b; labels a a a b b b; places land land water water land water
+    assert {g["group"]: (g["n"], g["accuracy"]) for g in groups["groups"]} == {
+        "a x land": (2, 1.0), "a x water": (1, 1.0), "b x land": (1, 1.0), "b x water": (2, 0.5)
+    }  # fmt: skip
+    assert groups["accuracy"] == pytest.approx(5 / 6) and groups["worst_group"] == "b x water"
+    # aligned (label = the place's class): images 0, 1, 3, 5, of which 3 is wrong; conflicting: 2 and 4, both right
+    assert groups["aligned_accuracy"] == pytest.approx(3 / 4) and groups["conflicting_accuracy"] == 1.0
+    assert groups["gap"] == pytest.approx(-1 / 4) and groups["agreement_rate"] == 0.0
+
+
+# ---------------------------------------------------------------- torchrun
+
+# (case, batch size): 23 images in two batches of 16 for three processes (the third has none), or in six of 4 (two each:
+# the later processes skip the background's grain of the batches before theirs).
+TORCHRUN = ((CASES[0], 16), (CASES[4], 4), (CASES[4], 16))
+WORKER = """
+import json, sys
+from dataclasses import asdict
+sys.path.insert(0, sys.argv[2])
+from auditnn.data.shortcuts import make_shortcut
+from auditnn.runtime import finish_distributed, init_distributed, rank_and_world
+from auditnn.shortcut.annotated import predictions, tag_sensitivity
+from test_shortcut_stream import CLASSES, TORCHRUN, case_images, tiny_model
+
+init_distributed("cpu")
+out = []
+for (tag, look, channels), batch in TORCHRUN:
+    images, labels = case_images(channels)
+    model = tiny_model()
+    measured = tag_sensitivity(model, images, labels, make_shortcut(tag, 3, **look), CLASSES, seed=3, batch_size=batch)
+    out.append([asdict(measured), predictions(model, case_images(3)[0], batch_size=batch).tolist()])
+if rank_and_world()[0] == 0:
+    open(sys.argv[1], "w").write(json.dumps(out))
+finish_distributed()
+"""
+
+
+def test_under_torchrun_each_process_plants_its_batches_and_the_numbers_are_one_processs(tmp_path):
+    """Three processes (TORCHRUN): each plants and predicts its own batches; the gathered figures are those of
+    planting and predicting every image at once."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).parent)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+               str(tmp_path / "worker.py"), str(tmp_path / "out.json"), tests]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gathered = json.loads((tmp_path / "out.json").read_text())
+    for ((tag, look, channels), _), (measured, predicted) in zip(TORCHRUN, gathered, strict=True):
+        images, labels = case_images(channels)
+        model = tiny_model()
+        expected = whole_tensor_sensitivity(model, images, labels, make_shortcut(tag, 3, **look), CLASSES, seed=3)
+        assert measured == json.loads(json.dumps(expected.to_dict()))
+        with torch.no_grad():
+            assert predicted == model(case_images(3)[0]).argmax(1).tolist()
