@@ -181,6 +181,8 @@ def test_per_pixel_draws_cannot_be_taken_twice_or_backwards():
         drawer.take(0, 2)
     with pytest.raises(InvariantError, match="draws of images 8:12 asked of a planting of 10"):
         drawer.take(8, 12)
+    with pytest.raises(InvariantError, match=r"draws for \[2\] images given to plant 3"):
+        make_shortcut("background", 3).plant(torch.rand(3, 1, 4, 4), torch.zeros(3).long(), draws=drawer.take(5, 7))
 
 
 # ---------------------------------------------------------------- a case counted by hand, through the CLI

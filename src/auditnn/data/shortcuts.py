@@ -157,7 +157,8 @@ class PlantDraws:
 
 @dataclass
 class Shortcut:
-    """Base class. Subclasses set `name` and write `_plant`; `plant` does the shared checks."""
+    """Base class. Subclasses set `name` and write `_plant` (and `drawer` when they draw at random); `plant` does
+    the shared checks."""
 
     name: ClassVar[str] = ""
     knobs: ClassVar[tuple[str, ...]] = ("size", "opacity", "position")  # the salience settings this tag reads
@@ -199,6 +200,10 @@ class Shortcut:
             n, _, h, w = images.shape
             drawer = self.drawer(n, (h, w), generator or torch.Generator().manual_seed(0))
             draws = drawer.take(0, n)
+        elif any(len(values) != images.shape[0] for values in draws.values()):
+            raise InvariantError(
+                f"draws for {[len(v) for v in draws.values()]} images given to plant {images.shape[0]}"
+            )
         out, mask = self._plant(images, ids, foreground, draws)
         return out.clamp_(0.0, 1.0), mask
 
@@ -219,7 +224,7 @@ class _PastedBitmap(Shortcut):
         return torch.ones(channels)
 
     def drawer(self, n: int, size: tuple[int, int], generator: torch.Generator) -> PlantDraws:
-        """Each image's box: its top and left row, drawn for all n (a corner is drawn too, then fixed: the
+        """Each image's box: its top row and left column, drawn for all n (a corner is drawn too, then fixed: the
         generator moves on as it always has)."""
         h, w = size
         if self.size > min(h, w):
