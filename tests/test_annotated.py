@@ -9,7 +9,6 @@ import torch.nn as nn
 from helpers import assert_usage_error, files_under, run_cli
 
 from auditnn.data.shortcuts import make_shortcut
-from auditnn.data.sources import ImageSet
 from auditnn.errors import AuditError
 from auditnn.shortcut.annotated import (
     Annotations,
@@ -144,16 +143,15 @@ def test_class_indices_are_accepted_in_an_association():
 
 
 def _images(n=4):
-    return ImageSet(
-        torch.zeros(n, 1, 4, 4), torch.tensor([0, 1, 0, 1][:n]), BIRDS, names=[f"a/{i}.png" for i in range(n)]
-    )
+    """(labels, classes, names) of n images: what read_groups checks a CSV against (no pixels)."""
+    return torch.tensor([0, 1, 0, 1][:n]), BIRDS, [f"a/{i}.png" for i in range(n)]
 
 
 @pytest.mark.parametrize("column", ["my place", "class", "5_o_Clock_Shadow"])
 def test_attribute_columns_that_are_not_python_identifiers_are_read(tmp_path, column):
     path = tmp_path / "meta.csv"
     path.write_text(f'file,label,"{column}"\na/0.png,0,x\na/1.png,waterbird,y\na/2.png,0,y\n')
-    notes = read_groups(path, column, _images())
+    notes = read_groups(path, column, *_images())
     assert notes.values == ["x", "y"] and notes.codes.tolist() == [0, 1, 1, -1]
 
 
@@ -161,9 +159,9 @@ def test_duplicate_rows_for_one_file_that_disagree_are_refused(tmp_path):
     path = tmp_path / "meta.csv"
     path.write_text("file,label,place\na/0.png,0,land\na/1.png,1,water\n0.png,0,water\n")
     with pytest.raises(AuditError, match="meta.csv' gives image 'a/0.png' twice with different values: rows 2 and 4"):
-        read_groups(path, "place", _images())
+        read_groups(path, "place", *_images())
     path.write_text("file,label,place\na/0.png,0,land\na/0.png,0,land\n")  # an exact repeat says nothing new
-    assert read_groups(path, "place", _images()).codes.tolist() == [0, -1, -1, -1]
+    assert read_groups(path, "place", *_images()).codes.tolist() == [0, -1, -1, -1]
 
 
 def test_a_background_tag_on_a_grayscale_model_is_named_as_such():

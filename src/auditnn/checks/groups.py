@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.sources import ImageSet
-from ..inference import predict
-from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
+from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
-from ..shortcut.annotated import AnnotatedMetrics, annotated_metrics, load_association, read_groups
-from .base import CheckKind, CheckResult, Context, of_check, path_setting, register
+from ..shortcut.annotated import AnnotatedMetrics, annotated_metrics, load_association, predictions, read_groups
+from .base import CheckKind, CheckResult, Context, batch_size_for, of_check, path_setting, register
 
 
 @dataclass
@@ -51,6 +49,7 @@ class Groups(CheckKind[GroupsSettings]):
         "model": STR,
         "data?": DATA,
         "check?": STR,
+        "batch?": BATCH,
         "worst_group": STR,
         "associated_class": {"*": STR},
         "association_source?": STR,
@@ -68,13 +67,12 @@ class Groups(CheckKind[GroupsSettings]):
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
         data = subject.data
-        images = ImageSet(data.test_images, data.test_labels, data.classes, names=data.test_names)
-        notes = read_groups(settings.groups, settings.attribute, images)
+        notes = read_groups(settings.groups, settings.attribute, data.test_labels, data.classes, data.test_names)
         association = load_association(notes, data.classes, settings.associate, settings.associate_from)
-        measured = annotated_metrics(
-            predict(subject.model, data.test_images), data.test_labels, notes, data.classes, association=association
-        )
-        section = {**measured.to_dict(), "model": subject.source, "data": subject.described}
+        batch = batch_size_for(ctx, None)
+        predicted = predictions(subject.model, data.test, batch_size=batch["size"])
+        measured = annotated_metrics(predicted, data.test_labels, notes, data.classes, association=association)
+        section = {**measured.to_dict(), "model": subject.source, "data": subject.described, "batch": batch}
         return CheckResult(groups_rows(measured), section, warnings=list(measured.warnings))
 
     def tables(self, section: dict[str, Any]) -> list[Table]:

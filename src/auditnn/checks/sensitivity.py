@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..report.schema import DATA, INT, NUM_OR_NULL, STR, metric_row
+from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..shortcut.annotated import TagSensitivity, tag_sensitivity
 from ..subject import SubjectSpec
-from .base import CheckKind, CheckResult, Context, of_check, planted, register
+from .base import CheckKind, CheckResult, Context, batch_size_for, of_check, planted, register
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Sensitivity(CheckKind[SensitivitySettings]):
         "model": STR,
         "data?": DATA,
         "check?": STR,
+        "batch?": BATCH,
         **{k: NUM_OR_NULL for k in SCALARS},
         "variants": [
             {
@@ -75,16 +76,18 @@ class Sensitivity(CheckKind[SensitivitySettings]):
         subject = ctx.subject
         assert subject is not None  # needs_subject: the runner resolved it
         data = subject.data
+        batch = batch_size_for(ctx, None)
         measured = tag_sensitivity(
             subject.model,
-            data.test_images,
+            data.test,
             data.test_labels,
             planted(settings).build(data.num_classes),
             data.classes,
             target_class=settings.target_class,
             seed=ctx.seed,
+            batch_size=batch["size"],
         )
-        section = {**measured.to_dict(), "model": subject.source, "data": subject.described}
+        section = {**measured.to_dict(), "model": subject.source, "data": subject.described, "batch": batch}
         return CheckResult(sensitivity_rows(measured), section)
 
     def tables(self, section: dict[str, Any]) -> list[Table]:

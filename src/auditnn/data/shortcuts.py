@@ -2,6 +2,10 @@
 
 Shortcut id k >= 0 draws the variant tied to class k; id -1 plants nothing. Images in and out are float32
 (N, C, H, W) in [0, 1]; masks are bool (N, 1, H, W).
+
+A planting's random draws (a random place per image, a background's grain per pixel) come from a `PlantDraws`:
+planting N images at once, or batch by batch with the draws of each batch taken from one `PlantDraws`, gives the
+same pixels.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import AuditError, allowed
+from ..errors import AuditError, InvariantError, allowed
 
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "random")
 
@@ -103,9 +107,58 @@ def _hues(num: int) -> torch.Tensor:
     return torch.tensor([colorsys.hsv_to_rgb(k / num, 0.8, 0.9) for k in range(num)], dtype=torch.float32)
 
 
+# Per-pixel draws skipped over (for batches another process plants) are drawn this many values at a time at most.
+_SKIP_CHUNK = 1 << 22
+
+
+class PlantDraws:
+    """The random draws of one planting of N images, handed out batch by batch: `take(start, stop)` gives images
+    [start, stop) exactly the values that planting all N images at once (Shortcut.plant) uses for them.
+
+    Per-image draws (a place per image: a few integers each) are drawn for all N when the planting begins, in the
+    order `plant` draws them; per-pixel draws (uniform in [0, 1), `pixels` = their (C, H, W) per image) are drawn as
+    their batch is taken, so batches must be taken in increasing order (those skipped are drawn and dropped, in
+    chunks, to keep the generator in step). A CPU generator draws one value per element in order, so consecutive
+    draws are the slices of one large draw (tests/test_shortcut_stream.py checks it)."""
+
+    def __init__(
+        self,
+        n: int,
+        generator: torch.Generator,
+        per_image: dict[str, torch.Tensor] | None = None,
+        pixels: tuple[int, ...] | None = None,
+    ) -> None:
+        self.n, self.generator = n, generator
+        self.per_image = per_image or {}
+        self.pixels = pixels
+        self.drawn = 0  # images whose per-pixel values have been drawn or skipped
+
+    def take(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """The draws of images [start, stop): each per-image draw's slice, and 'pixels' (stop - start, *pixels)."""
+        if not 0 <= start <= stop <= self.n:
+            raise InvariantError(f"draws of images {start}:{stop} asked of a planting of {self.n}")
+        taken = {name: values[start:stop] for name, values in self.per_image.items()}
+        if self.pixels is not None:
+            if start < self.drawn:
+                raise InvariantError(f"draws of images {start}:{stop} asked after those up to {self.drawn}")
+            self._skip(start)
+            taken["pixels"] = torch.rand(stop - start, *self.pixels, generator=self.generator)
+            self.drawn = stop
+        return taken
+
+    def _skip(self, start: int) -> None:
+        assert self.pixels is not None
+        per_image = max(1, torch.Size(self.pixels).numel())
+        while self.drawn < start:
+            count = max(1, min(start - self.drawn, _SKIP_CHUNK // per_image))
+            torch.rand(count, *self.pixels, generator=self.generator)
+            self.drawn += count
+
+
 @dataclass
 class Shortcut:
-    """Base class. Subclasses set `name` and write `_plant`; `plant` does the shared checks."""
+    """Base class. Subclasses set `name` and write `_plant` (and `drawer` when they draw at random); `plant` does
+    the shared checks."""
 
     name: ClassVar[str] = ""
     knobs: ClassVar[tuple[str, ...]] = ("size", "opacity", "position")  # the salience settings this tag reads
@@ -134,17 +187,31 @@ class Shortcut:
         *,
         foreground: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        draws: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Plant variant ids[i] on images[i]. Returns (images (N, C', H, W) in [0, 1], mask (N, 1, H, W) bool)."""
+        """Plant variant ids[i] on images[i]. Returns (images (N, C', H, W) in [0, 1], mask (N, 1, H, W) bool).
+        The random draws come from `generator` (default: seeded 0), or are `draws`, the `take` of these images from
+        a `drawer` over a larger set (to plant it batch by batch)."""
         if ids.shape != (images.shape[0],):
             raise AuditError(f"shortcut ids have shape {tuple(ids.shape)}; allowed: ({images.shape[0]},)")
         if ids.numel() and (ids.min() < -1 or ids.max() >= self.num_classes):
             raise AuditError(f"shortcut ids fall outside [-1, {self.num_classes}); allowed: -1 (none) or a class id")
-        generator = generator or torch.Generator().manual_seed(0)
-        out, mask = self._plant(images, ids, foreground, generator)
+        if draws is None:
+            n, _, h, w = images.shape
+            drawer = self.drawer(n, (h, w), generator or torch.Generator().manual_seed(0))
+            draws = drawer.take(0, n)
+        elif any(len(values) != images.shape[0] for values in draws.values()):
+            raise InvariantError(
+                f"draws for {[len(v) for v in draws.values()]} images given to plant {images.shape[0]}"
+            )
+        out, mask = self._plant(images, ids, foreground, draws)
         return out.clamp_(0.0, 1.0), mask
 
-    def _plant(self, images, ids, foreground, generator):  # noqa: ANN001, ANN202
+    def drawer(self, n: int, size: tuple[int, int], generator: torch.Generator) -> PlantDraws:
+        """The random draws of planting n images of `size` (H, W), to take batch by batch (PlantDraws)."""
+        return PlantDraws(n, generator)
+
+    def _plant(self, images, ids, foreground, draws):  # noqa: ANN001, ANN202
         raise NotImplementedError
 
 
@@ -156,8 +223,10 @@ class _PastedBitmap(Shortcut):
     def _colour(self, channels: int) -> torch.Tensor:
         return torch.ones(channels)
 
-    def _plant(self, images, ids, foreground, generator):  # noqa: ANN001, ANN202
-        n, c, h, w = images.shape
+    def drawer(self, n: int, size: tuple[int, int], generator: torch.Generator) -> PlantDraws:
+        """Each image's box: its top row and left column, drawn for all n (a corner is drawn too, then fixed: the
+        generator moves on as it always has)."""
+        h, w = size
         if self.size > min(h, w):
             raise AuditError(f"{self.name} size {self.size} does not fit {h}x{w} images; allowed: size <= {min(h, w)}")
         tops = torch.randint(0, h - self.size + 1, (n,), generator=generator)
@@ -168,6 +237,11 @@ class _PastedBitmap(Shortcut):
             left = margin if self.position.endswith("left") else w - self.size - margin
             tops.fill_(top)
             lefts.fill_(left)
+        return PlantDraws(n, generator, {"tops": tops, "lefts": lefts})
+
+    def _plant(self, images, ids, foreground, draws):  # noqa: ANN001, ANN202
+        n, c, h, w = images.shape
+        tops, lefts = draws["tops"], draws["lefts"]
         stamps = {
             k: F.interpolate(type(self).bitmap(k)[None, None], size=(self.size, self.size), mode="nearest")[0, 0]
             for k in ids.unique().tolist()
@@ -239,7 +313,11 @@ class Background(Shortcut):
     def output_channels(self, channels: int) -> int:
         return 3
 
-    def _plant(self, images, ids, foreground, generator):  # noqa: ANN001, ANN202
+    def drawer(self, n: int, size: tuple[int, int], generator: torch.Generator) -> PlantDraws:
+        """The grain: one uniform value per pixel of each image, (1, H, W)."""
+        return PlantDraws(n, generator, pixels=(1, *size))
+
+    def _plant(self, images, ids, foreground, draws):  # noqa: ANN001, ANN202
         n, c, h, w = images.shape
         rgb = images.expand(n, 3, h, w) if c == 1 else images
         if foreground is None:
@@ -247,7 +325,7 @@ class Background(Shortcut):
         # A pixel at least half foreground counts as foreground: the ground is the rest, so the mask is the ground.
         foreground = (2 * foreground).clamp(max=1.0)
         colours = _hues(self.num_classes)
-        grain = 0.85 + 0.15 * torch.rand(n, 1, h, w, generator=generator)  # texture: the ground is not flat
+        grain = 0.85 + 0.15 * draws["pixels"]  # texture: the ground is not flat
         ground = colours[ids.clamp(min=0)].view(n, 3, 1, 1) * grain
         weight = (1 - foreground) * self.opacity * (ids >= 0).view(n, 1, 1, 1)
         mask = weight > 0

@@ -1,9 +1,13 @@
 """Audits of a trained model on the user's own images: per-group accuracy for an annotated attribute (a metadata
 CSV; group = label x attribute, the Waterbirds/CelebA convention), and planted-tag sensitivity (does a benign
-watermark, boat or background change the answer, and toward which class?)."""
+watermark, boat or background change the answer, and toward which class?).
+
+Both read the images batch by batch (a store: in memory, or files decoded per batch) and keep per-sample
+predictions only; under torchrun each process reads its own batches and the predictions are gathered."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +17,10 @@ import torch
 import torch.nn as nn
 
 from ..data.shortcuts import Shortcut
-from ..data.sources import ImageSet
-from ..errors import AuditError, allowed, option
-from ..inference import predict
+from ..data.stream import PixelStore, as_store
+from ..errors import AuditError, InvariantError, allowed, option
+from ..inference import check_logits, eval_mode, model_device, predict
+from ..runtime import gather_parts, my_batches, split_on_oom
 
 
 @dataclass
@@ -49,10 +54,13 @@ def _classes_allowed(classes: list[str]) -> str:
     return f"{', '.join(classes)} or {indices}"
 
 
-def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations:
+def read_groups(
+    path: str | Path, attribute: str, labels: torch.Tensor, classes: list[str], names: list[str] | None = None
+) -> Annotations:
     """Read FILE.csv with a 'file' (or 'index') column, a 'label' column and attribute columns; check every row
-    against the data (the file exists, the label agrees, no image is given two different rows). Column names are
-    taken as written: spaces, keywords and leading digits (CelebA's '5_o_Clock_Shadow') are fine."""
+    against the data: its labels (N,) int64, classes, and per image its file name (None: its index). The file
+    exists, the label agrees, no image is given two different rows. Column names are taken as written: spaces,
+    keywords and leading digits (CelebA's '5_o_Clock_Shadow') are fine. No pixel is read."""
     path = Path(path)
     table = _read_csv(path, "groups file", "give a CSV with file (or index), label and attribute columns")
     key = "file" if "file" in table.columns else "index" if "index" in table.columns else None
@@ -62,13 +70,13 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
                 f"groups file '{path}' has no column {needed!r}; it has: {', '.join(table.columns)}; "
                 "allowed: file (or index), label and attribute columns"
             )
-    names = data.names or [str(i) for i in range(len(data))]
+    names = names or [str(i) for i in range(len(labels))]
     position = {name: i for i, name in enumerate(names)}
     if key == "file":  # a bare file name also matches when it is unique in the folder
         for i, name in enumerate(names):
             position.setdefault(Path(name).name, i)
     values = sorted(set(table[attribute]))
-    codes = torch.full((len(data),), -1, dtype=torch.long)
+    codes = torch.full((len(labels),), -1, dtype=torch.long)
     unknown: list[str] = []
     mismatched: list[str] = []
     seen: dict[int, tuple[int, str, str]] = {}  # image index -> (row number, label, value) of its first row
@@ -87,9 +95,9 @@ def read_groups(path: str | Path, attribute: str, data: ImageSet) -> Annotations
                 )
             continue
         seen[index] = (row_number, label, value)
-        label_index = int(data.labels[index])
-        if _class_index(label, data.classes) != label_index:
-            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {data.classes[label_index]}")
+        label_index = int(labels[index])
+        if _class_index(label, classes) != label_index:
+            mismatched.append(f"row {row_number} {ref!r} says {label}, the data says {classes[label_index]}")
         codes[index] = values.index(value)
     if unknown:
         raise AuditError(
@@ -345,36 +353,51 @@ def check_takes_planted(model: nn.Module, images: torch.Tensor, planted: torch.T
 
 def tag_sensitivity(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | PixelStore,
     labels: torch.Tensor,
     shortcut: Shortcut,
     classes: list[str],
     *,
     target_class: int | None = None,
     seed: int = 0,
+    batch_size: int = 1024,
+    workers: int | None = None,
 ) -> TagSensitivity:
     """Plant each class's variant of the tag (or only target_class's) on every image, without retraining, and
-    count how many predictions change and how many move to the tag's class."""
-    no_tag = torch.full((len(images),), -1)
-    base_images, _ = shortcut.plant(images, no_tag, generator=torch.Generator().manual_seed(seed))
-    check_takes_planted(model, images, base_images, shortcut)
-    base = predict(model, base_images)
-    variants: list[dict[str, Any]] = []
-    for k in [target_class] if target_class is not None else range(len(classes)):
-        tag = torch.full((len(images),), k)
-        planted, _ = shortcut.plant(images, tag, generator=torch.Generator().manual_seed(seed))
-        preds = predict(model, planted)
-        flipped = preds != base
-        destinations = torch.bincount(preds[flipped], minlength=len(classes))
-        variants.append(
-            {
-                "tag_class": classes[k],
-                "flip_rate": float(flipped.float().mean()),
-                "toward_rate": float(((preds == k) & (base != k)).float().mean()),
-                "accuracy_with_tag": float((preds == labels).float().mean()),
-                "top_destination": classes[int(destinations.argmax())] if flipped.any() else "-",
-            }
-        )
+    count how many predictions change and how many move to the tag's class.
+
+    The images are read batch_size at a time (a store decodes files in `workers` processes); each batch is planted
+    untagged and with every variant, and only the predictions are kept (int64, (1 + variants) x N). The tag's random
+    draws (seeded by `seed`) are those of planting every image at once, and every variant gets the same ones, so
+    the numbers do not depend on the batch size or the number of processes."""
+    store = as_store(images)
+    n = len(store)
+    if len(labels) != n:
+        raise AuditError(f"{n} images with {len(labels)} labels; allowed: one label per image")
+    tags = [target_class] if target_class is not None else list(range(len(classes)))
+    size = (store.shape[1], store.shape[2])
+    first = store.read(torch.arange(min(2, n)))
+    untagged, _ = shortcut.plant(
+        first,
+        torch.full((len(first),), -1),
+        draws=shortcut.drawer(n, size, torch.Generator().manual_seed(seed)).take(0, len(first)),
+    )
+    check_takes_planted(model, first, untagged, shortcut)
+    drawer = shortcut.drawer(n, size, torch.Generator().manual_seed(seed))
+    device = model_device(model)
+    parts = []
+    with torch.no_grad(), eval_mode(model):
+        for begin, end, x in _my_batches(store, batch_size, workers):
+            draws = drawer.take(begin, end)
+            predicted = [
+                _predicted(model, shortcut.plant(x, torch.full((end - begin,), k), draws=draws)[0], device)
+                for k in [-1, *tags]
+            ]
+            parts.append(torch.stack(predicted))
+    gathered = gather_parts([torch.cat(parts, dim=1)] if parts else [])
+    every = torch.cat(gathered, dim=1) if gathered else torch.zeros(1 + len(tags), 0, dtype=torch.long)
+    base = every[0]
+    variants = [_variant(k, preds, base, labels, classes) for k, preds in zip(tags, every[1:], strict=True)]
     return TagSensitivity(
         tag=shortcut.name,
         n=len(labels),
@@ -383,3 +406,55 @@ def tag_sensitivity(
         toward_rate=sum(v["toward_rate"] for v in variants) / len(variants),
         variants=variants,
     )
+
+
+def _variant(
+    k: int, preds: torch.Tensor, base: torch.Tensor, labels: torch.Tensor, classes: list[str]
+) -> dict[str, Any]:
+    """One variant's figures from per-sample predictions (N,) with class k's tag and without any tag."""
+    flipped = preds != base
+    destinations = torch.bincount(preds[flipped], minlength=len(classes))
+    return {
+        "tag_class": classes[k],
+        "flip_rate": float(flipped.float().mean()),
+        "toward_rate": float(((preds == k) & (base != k)).float().mean()),
+        "accuracy_with_tag": float((preds == labels).float().mean()),
+        "top_destination": classes[int(destinations.argmax())] if flipped.any() else "-",
+    }
+
+
+def predictions(
+    model: nn.Module, images: torch.Tensor | PixelStore, *, batch_size: int = 1024, workers: int | None = None
+) -> torch.Tensor:
+    """The model's class for every image, (N,) int64 on the CPU, read batch_size at a time (a store decodes files
+    in `workers` processes); under torchrun each process predicts its own batches and the classes are gathered."""
+    store, device = as_store(images), model_device(model)
+    parts = []
+    with torch.no_grad(), eval_mode(model):
+        for _, _, x in _my_batches(store, batch_size, workers):
+            parts.append(_predicted(model, x, device))
+    gathered = gather_parts([torch.cat(parts)] if parts else [])
+    return torch.cat(gathered) if gathered else torch.zeros(0, dtype=torch.long)
+
+
+def _my_batches(store: PixelStore, batch_size: int, workers: int | None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, stop, images) for this process's batches of the store (runtime.my_batches), read in order."""
+    mine = my_batches(len(store), batch_size)
+    if not mine:
+        return
+    batches = store.batches(batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
+    for (_, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
+        if (start, stop) != (begin, end):
+            raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
+        yield begin, end, x
+
+
+def _predicted(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The predicted classes (n,) int64 on the CPU of one batch (halved while it does not fit in memory)."""
+
+    def run(batch: torch.Tensor) -> list[torch.Tensor]:
+        logits = model(batch.to(device, non_blocking=True)).float()
+        check_logits(logits, len(batch))
+        return [logits.cpu().argmax(1)]
+
+    return torch.cat(split_on_oom(run, images))
