@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.stream import PixelStore, as_store
+from ..data.stream import PixelStore, as_store, my_batches_of
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import eval_mode, model_device
 from ..io import atomic_torch_save, atomic_write_text
-from ..runtime import gather_parts, is_main_process, my_batches
+from ..runtime import gather_parts, is_main_process
 from ..values import fmt_eps
 from .base import ATTACKS, Attack, AttackResult, attack_class, concat_results, share_of
 from .fgsm import FGSM
@@ -276,25 +276,21 @@ def evaluate_attack(
     # the runs that join each eps's headline: those at that eps in the spec's norm, in order
     joining = {eps: [r for r in runs if r.attack.norm == spec.norm and r.attack.eps == eps] for eps in spec.eps}
     device = model_device(model)
-    mine = my_batches(len(labels), spec.batch_size)
+    batches = -(-len(labels) // spec.batch_size)  # every process's, for the progress line
     like = torch.zeros(0, *store.shape)
     examples: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": [], "labels": [], "predictions": []}
     files: list[str] = []
-    if mine:
-        batches = store.batches(spec.batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
-        for (index, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
-            if (start, stop) != (begin, end):
-                raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
-            if progress:
-                progress(f"batch {index + 1} of {len(mine)}: images {begin}-{end}")
-            x, y = x.to(device, non_blocking=True), labels[begin:end].to(device)
-            done = {id(r): r.attack.attack_batch(model, x, y, index) for r in runs}
-            worst = {eps: worst_case([done[id(r)] for r in joining[eps]]) for eps in sorted(spec.eps)}
-            if save_adversarial is not None:
-                files.append(save_adversarial_batch(save_adversarial, index, begin, worst))
-            _keep_examples(examples, x, worst[max(spec.eps)])
-            for r in runs:
-                r.parts.append(replace(done[id(r)], adversarial=None))
+    for index, begin, end, x in my_batches_of(store, spec.batch_size, workers=workers):
+        if progress:
+            progress(f"batch {index + 1} of {batches}: images {begin}-{end}")
+        x, y = x.to(device, non_blocking=True), labels[begin:end].to(device)
+        done = {id(r): r.attack.attack_batch(model, x, y, index) for r in runs}
+        worst = {eps: worst_case([done[id(r)] for r in joining[eps]]) for eps in sorted(spec.eps)}
+        if save_adversarial is not None:
+            files.append(save_adversarial_batch(save_adversarial, index, begin, worst))
+        _keep_examples(examples, x, worst[max(spec.eps)])
+        for r in runs:
+            r.parts.append(replace(done[id(r)], adversarial=None))
     results = {id(r): r.result(like) for r in runs}
     first = results[id(runs[0])]
     if len(first.labels) and not first.counted.any():

@@ -8,12 +8,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.stream import PixelStore, as_store
-from ..errors import InvariantError
+from ..data.stream import PixelStore, as_store, my_batches_of
 from ..inference import check_logits, eval_mode, model_device
 from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table
-from ..runtime import gather_parts, my_batches, split_on_oom
+from ..runtime import gather_parts, split_on_oom
 from .base import CheckKind, CheckResult, Context, batch_size_for, cli_only, register
 
 
@@ -34,25 +33,15 @@ def clean_accuracy(
     `workers` processes) on the model's device. Under torchrun each process scores its batches and only the counts
     travel. float32 division, as every share auditnn reports (a mean of float32 0/1 values)."""
     store, device = as_store(images), model_device(model)
-    mine = my_batches(len(labels), batch_size)
     correct = 0
-    if mine:
-        with torch.no_grad(), eval_mode(model):
-            for _, begin, end, x in _zip_batches(mine, store, batch_size, workers):
-                logits = split_on_oom(lambda xs: [model(xs.to(device, non_blocking=True)).float().cpu()], x)
-                predicted = torch.cat(logits)
-                check_logits(predicted, len(x))
-                correct += int((predicted.argmax(1) == labels[begin:end]).sum())
+    with torch.no_grad(), eval_mode(model):
+        for _, begin, end, x in my_batches_of(store, batch_size, workers=workers):
+            logits = split_on_oom(lambda xs: [model(xs.to(device, non_blocking=True)).float().cpu()], x)
+            predicted = torch.cat(logits)
+            check_logits(predicted, len(x))
+            correct += int((predicted.argmax(1) == labels[begin:end]).sum())
     total = sum(gather_parts([correct]))
     return float(torch.tensor(float(total)) / len(labels)) if len(labels) else 0.0
-
-
-def _zip_batches(mine, store, batch_size, workers):  # noqa: ANN001, ANN202
-    batches = store.batches(batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
-    for (index, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
-        if (start, stop) != (begin, end):
-            raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
-        yield index, begin, end, x
 
 
 @register

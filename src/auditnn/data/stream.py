@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import AuditError
+from ..errors import AuditError, InvariantError
 
 # Per image: classifier inputs are far smaller, and this already takes 200 MB as float32 RGB; a header claiming more is
 # refused before any pixel is decoded (a decompression bomb costs nothing to send).
@@ -208,6 +208,23 @@ class ConformedStore(PixelStore):
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         for start, stop, images in self.base.batches(batch_size, begin=begin, end=end, workers=workers):
             yield start, stop, conform_images(images, self.target_shape)
+
+
+def my_batches_of(
+    store: PixelStore, batch_size: int, *, workers: int | None = None
+) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+    """(global batch index, start, stop, images) for this process's batches of the store (runtime.my_batches: under
+    torchrun each process reads only its own contiguous run of whole batches), in order."""
+    from ..runtime import my_batches
+
+    mine = my_batches(len(store), batch_size)
+    if not mine:
+        return
+    batches = store.batches(batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
+    for (index, begin, end), (start, stop, images) in zip(mine, batches, strict=True):
+        if (start, stop) != (begin, end):
+            raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
+        yield index, begin, end, images
 
 
 def as_store(images: torch.Tensor | PixelStore) -> PixelStore:

@@ -7,7 +7,6 @@ predictions only; under torchrun each process reads its own batches and the pred
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ import torch
 import torch.nn as nn
 
 from ..data.shortcuts import Shortcut
-from ..data.stream import PixelStore, as_store
-from ..errors import AuditError, InvariantError, allowed, option
+from ..data.stream import PixelStore, as_store, my_batches_of
+from ..errors import AuditError, allowed, option
 from ..inference import check_logits, eval_mode, model_device, predict
-from ..runtime import gather_parts, my_batches, split_on_oom
+from ..runtime import gather_parts, split_on_oom
 
 
 @dataclass
@@ -387,7 +386,7 @@ def tag_sensitivity(
     device = model_device(model)
     parts = []
     with torch.no_grad(), eval_mode(model):
-        for begin, end, x in _my_batches(store, batch_size, workers):
+        for _, begin, end, x in my_batches_of(store, batch_size, workers=workers):
             draws = drawer.take(begin, end)
             predicted = [
                 _predicted(model, shortcut.plant(x, torch.full((end - begin,), k), draws=draws)[0], device)
@@ -431,22 +430,10 @@ def predictions(
     store, device = as_store(images), model_device(model)
     parts = []
     with torch.no_grad(), eval_mode(model):
-        for _, _, x in _my_batches(store, batch_size, workers):
+        for _, _, _, x in my_batches_of(store, batch_size, workers=workers):
             parts.append(_predicted(model, x, device))
     gathered = gather_parts([torch.cat(parts)] if parts else [])
     return torch.cat(gathered) if gathered else torch.zeros(0, dtype=torch.long)
-
-
-def _my_batches(store: PixelStore, batch_size: int, workers: int | None) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(start, stop, images) for this process's batches of the store (runtime.my_batches), read in order."""
-    mine = my_batches(len(store), batch_size)
-    if not mine:
-        return
-    batches = store.batches(batch_size, begin=mine[0][1], end=mine[-1][2], workers=workers)
-    for (_, begin, end), (start, stop, x) in zip(mine, batches, strict=True):
-        if (start, stop) != (begin, end):
-            raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
-        yield begin, end, x
 
 
 def _predicted(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
