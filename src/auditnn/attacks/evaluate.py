@@ -277,6 +277,8 @@ def evaluate_attack(
     joining = {eps: [r for r in runs if r.attack.norm == spec.norm and r.attack.eps == eps] for eps in spec.eps}
     device = model_device(model)
     batches = -(-len(labels) // spec.batch_size)  # every process's, for the progress line
+    top = max(spec.eps)
+    joins = {id(r): eps for eps, rs in joining.items() for r in rs}  # the eps whose headline each run joins
     like = torch.zeros(0, *store.shape)
     examples: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": [], "labels": [], "predictions": []}
     files: list[str] = []
@@ -284,13 +286,25 @@ def evaluate_attack(
         if progress:
             progress(f"batch {index + 1} of {batches}: images {begin}-{end}")
         x, y = x.to(device, non_blocking=True), labels[begin:end].to(device)
-        done = {id(r): r.attack.attack_batch(model, x, y, index) for r in runs}
-        worst = {eps: worst_case([done[id(r)] for r in joining[eps]]) for eps in sorted(spec.eps)}
+        # Images are kept only while they are needed: every eps's worst case when saving, the largest eps's while
+        # the examples are not all taken; one run's adversarial batch at a time otherwise.
+        wanted = set(spec.eps) if save_adversarial is not None else set()
+        if sum(len(t) for t in examples["labels"]) < EXAMPLES:
+            wanted.add(top)
+        worst: dict[float, AttackResult] = {}
+        for r in runs:
+            result = r.attack.attack_batch(model, x, y, index)
+            r.parts.append(replace(result, adversarial=None))
+            eps = joins.get(id(r))
+            if eps is not None:
+                mine = result if eps in wanted else replace(result, adversarial=None)
+                worst[eps] = mine if eps not in worst else worst_case([worst[eps], mine])
+            del result
         if save_adversarial is not None:
             files.append(save_adversarial_batch(save_adversarial, index, begin, worst))
-        _keep_examples(examples, x, worst[max(spec.eps)])
-        for r in runs:
-            r.parts.append(replace(done[id(r)], adversarial=None))
+        if top in wanted:
+            _keep_examples(examples, x, worst[top])
+        del worst, x, y
     results = {id(r): r.result(like) for r in runs}
     first = results[id(runs[0])]
     if len(first.labels) and not first.counted.any():
