@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
 from ..errors import AuditError, allowed
-from .base import Attack, Perturbed, finite_, per_sample_loss, register_attack, unusable_gradient
+from .base import Attack, Perturbed, finite_, is_adversarial, per_sample_loss, register_attack, unusable_gradient
 from .norms import TINY_NORM, Norm
 
 DEFAULT_STEPS = 100  # iterations per run (the paper's and AutoAttack's N_iter)
@@ -70,12 +70,6 @@ def _off_label(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
     return logits.argmax(1) != labels
 
 
-def _on_target(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    """Untargeted: off the label; targeted: on the target."""
-    pred = logits.argmax(1)
-    return pred != labels if targets is None else pred == targets
-
-
 def _gradient(
     model: nn.Module, x: torch.Tensor, objective: Objective, labels: torch.Tensor, targets: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,7 +110,12 @@ class _State:
     hit: torch.Tensor  # bool: an iterate was adversarial
 
     def keep(self, mask: torch.Tensor) -> _State:
-        return _State(**{f.name: None if (v := getattr(self, f.name)) is None else v[mask] for f in fields(self)})
+        """The points where `mask` holds."""
+        kept: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kept[f.name] = None if value is None else value[mask]
+        return _State(**kept)
 
 
 @dataclass
@@ -345,7 +344,7 @@ class APGD(_APGDBase):
                 )
         objective: Objective = _dlr if self.loss == "dlr" else per_sample_loss
         kept = _Kept.start(x, evaluations=1)
-        self._runs(model, x, y, targets, objective, _on_target, generator, kept)
+        self._runs(model, x, y, targets, objective, is_adversarial, generator, kept)
         return kept.perturbed()
 
 
