@@ -144,7 +144,13 @@ def apgd_run(
     w_j the step halved, per sample, under condition 1 (fewer than rho = 0.75 of the w_j - w_{j-1} steps since the
     last checkpoint raised the loss) or condition 2 (the step was not halved at the last checkpoint and the best
     loss has not risen since), the iterate then moved back to the best point (with its gradient). A point leaves
-    once an iterate is adversarial; it costs steps + 1 forward+backward passes at most."""
+    once an iterate is adversarial; it costs steps + 1 forward+backward passes at most.
+
+    Where this departs from the reference code (fra31/auto-attack, autopgd_base.py), it follows the paper: the
+    checkpoints come from the p_j formula (the reference's integer schedule 22, 19, 16, ... agrees at 100 steps, not
+    at every count), condition 1 is "fewer than" (the reference: "at most") over exactly the steps since the last
+    checkpoint, and condition 2 may hold at the first checkpoint (the reference skips it there). Broken points stop
+    early (the reference runs them on): the same points break, for less work."""
     n = len(x)
     start = geometry.random_start(x.shape, 1.0, generator).to(x.device)
     start = eps * start / _per_sample(geometry.norm(start).clamp_min(TINY_NORM), start)
