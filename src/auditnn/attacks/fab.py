@@ -226,4 +226,4 @@ def boundary_gap(
             rival = logits.detach().scatter(1, goal.unsqueeze(1), -torch.inf).argmax(1)
         f = logits.gather(1, goal.unsqueeze(1)).squeeze(1) - logits.gather(1, rival.unsqueeze(1)).squeeze(1)
         (grad,) = torch.autograd.grad(f.sum(), x)
-    return f.detach(), grad.flatten(1)
+    return f.detach(), grad.contiguous().flatten(1)  # contiguous: a constant model hands back an expanded zero
