@@ -12,7 +12,7 @@ from auditnn.attacks import ATTACKS, FGSM, PGD
 from auditnn.attacks.base import Perturbed, register_attack
 from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.norms import MAX_L2_EPS, NORMS, Norm, register_norm
-from auditnn.errors import AuditError, InvariantError
+from auditnn.errors import AuditError, InvariantError, allowed
 
 # Per-sample norms of (N, D) tensors, written out by hand for every registered norm (a new norm must add its own).
 HAND_NORMS = {"linf": lambda flat: flat.abs().amax(1), "l2": lambda flat: flat.pow(2).sum(1).sqrt()}
@@ -128,7 +128,7 @@ def test_an_attack_refuses_a_norm_it_does_not_take_naming_the_attacks_that_do(na
         ATTACKS[name](norm=norm)
     takers = [other for other, cls in ATTACKS.items() if norm in cls.norms]
     assert str(caught.value).startswith(f"method {name} takes norm ") and f"got '{norm}'" in str(caught.value)
-    assert str(caught.value).endswith(f"use {takers[0]} for {norm}")
+    assert str(caught.value).endswith(f"use {allowed(takers)} for {norm}")
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -158,7 +158,7 @@ def test_the_fgsm_refusal_names_every_setting_fgsm_does_not_take():
         AttackSpec(method="fgsm", eps=[0.1], steps=3, step_size=0.01).validate()
     assert str(caught.value) == (
         "method fgsm takes one step from the clean image, so steps 3, step_size 0.01 would "
-        "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd"
+        "be ignored; allowed: leave steps, restarts, step_size and target_classes unset with fgsm, or method pgd"
     )
 
 
