@@ -248,7 +248,18 @@ def test_the_default_number_of_target_classes_is_autoattacks_nine_capped_at_k_mi
         100,
         2,
     )
+    assert (FAB(steps=200).run_label, FAB(steps=5, target=1).run_label) == ("fab-t-200", "fab-5")
     assert ATTACKS["fab"] is FAB and FAB.minimum_norm
+
+
+def test_the_sanity_run_with_twice_the_steps_is_named_apart_from_the_run_itself(linear):
+    model, x, y, _, _ = linear
+    spec = AttackSpec(method="fab", eps=[0.05], steps=10, target_classes=3, batch_size=16)
+    row = evaluate_attack(model, x, y, spec).rows[0]
+    assert set(row.robust_accuracy_per_attack) == {"fab-t-10", "fab-t-20", "fgsm"}
+    # the headline is the worst case per sample over the runs; on a linear model FAB-T already is the analytic count
+    analytic = float((distances(linear, "linf").amin(1) > 0.05).double().mean())
+    assert row.robust_accuracy == pytest.approx(analytic) == pytest.approx(row.robust_accuracy_per_attack["fab-t-10"])
 
 
 # ---------------------------------------------------------------- bad settings

@@ -20,6 +20,7 @@ from .base import Attack, Perturbed, finite_, is_adversarial, register_attack, u
 ALPHA_MAX = 0.1  # the paper's alpha_max: the largest weight of the step taken from the clean image
 ETA = 1.05  # the paper's eta: overshoot past the linearized boundary
 BETA = 0.9  # the paper's beta: an adversarial iterate is pulled back to beta x its perturbation
+DEFAULT_STEPS = 100  # AutoAttack's FAB-T iterations per target class
 DEFAULT_TARGET_CLASSES = 9  # AutoAttack's n_target_classes (capped at K - 1 when the setting is left unset)
 TINY = 1e-8  # the reference's floor under the two projection lengths in the bias weight alpha
 TINY_RATE = 1e-30  # floor under a divisor that is positive whenever it is used
@@ -83,7 +84,7 @@ class FAB(Attack):
     name: ClassVar[str] = "fab"
     description: ClassVar[str] = "finds the smallest perturbation across linearized decision boundaries"
     minimum_norm: ClassVar[bool] = True  # it returns the smallest adversarial it found, not one at the ball's edge
-    steps: int = 100
+    steps: int = DEFAULT_STEPS
     restarts: int = 1
     target_classes: int | None = None
 
@@ -98,7 +99,10 @@ class FAB(Attack):
 
     @property
     def run_label(self) -> str:
-        return "fab-t" if self.target is None else "fab"
+        """fab-t (AutoAttack's name), or fab with a given target; with its steps when they are not the default 100
+        (so that the sanity run with twice the steps has a name of its own beside the headline)."""
+        label = "fab-t" if self.target is None else "fab"
+        return label if self.steps == DEFAULT_STEPS else f"{label}-{self.steps}"
 
     @property
     def step_count(self) -> int:
