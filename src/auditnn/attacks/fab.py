@@ -4,7 +4,14 @@ the highest-scoring other classes in turn, linearizes the boundary between the l
 iterate, projects onto it (inside the [0, 1] box), and steps with a bias toward the clean image. A point counts as
 broken only if an adversarial within eps was found; the kept adversarial is the smallest one of the run that found it.
 
-Norms Linf and L2 (the paper's L1 is not one of auditnn's norms)."""
+Norms Linf and L2 (the paper's L1 is not one of auditnn's norms). Followed from the reference (AutoAttack's
+fab_base.py): alpha_max 0.1, eta 1.05, beta 0.9, 100 iterations, one start per target class, the target classes
+ranked by clean logit, restarts on the sphere of radius eps/2, the projection's choice of the box corner where the
+hyperplane misses the box, and no final search. Departures: the change of w . z each projection must make is
+computed directly (-f, and -f + g . (x1 - x0)) instead of as b - w . x with b = w . x1 - f, which loses digits to
+cancellation; the projection finds its segment by counting the breakpoints below the target instead of by
+bisection (the same answer); with a given `target` (not part of AutoAttack) the boundary linearized is the one
+between the target and the strongest other class at the iterate."""
 
 from __future__ import annotations
 
@@ -24,13 +31,17 @@ DEFAULT_STEPS = 100  # AutoAttack's FAB-T iterations per target class
 DEFAULT_TARGET_CLASSES = 9  # AutoAttack's n_target_classes (capped at K - 1 when the setting is left unset)
 TINY = 1e-8  # the reference's floor under the two projection lengths in the bias weight alpha
 TINY_RATE = 1e-30  # floor under a divisor that is positive whenever it is used
+# How far each coordinate moves per unit of the projection's multiplier, given |w| per coordinate: Linf moves every
+# coordinate by the same radius, L2 along w. A norm without a rule here is not taken by FAB (FAB.norms).
+SPEEDS = {"linf": torch.ones_like, "l2": lambda gain: gain}
 
 
 def box_step(points: torch.Tensor, w: torch.Tensor, need: torch.Tensor, norm: str) -> torch.Tensor:
     """The smallest step d (in `norm`, linf or l2) with w . d = need and points + d inside the box [0, 1]; when no
     step inside the box reaches, the step to the box corner that changes w . z the most toward the target value.
 
-    points, w: (n, D); need: (n,). Returns d: (n, D). Exact (Croce & Hein 2020, section 3.1, with the box): moving
+    points, w: (n, D); need: (n,). Returns d: (n, D). Exact (the paper's projection onto the hyperplane inside the
+    box): moving
     coordinate i toward the side that changes w . z in the wanted direction, by min(s x speed_i, room_i) for a
     multiplier s >= 0, where speed_i = 1 (linf: every coordinate moves by the same radius s until it meets the box) or
     |w_i| (l2: the KKT solution d = clip(s w, box)), changes w . z by h(s) = sum_i |w_i| min(s speed_i, room_i), a
@@ -42,7 +53,7 @@ def box_step(points: torch.Tensor, w: torch.Tensor, need: torch.Tensor, norm: st
     gain = v.abs()  # change of v . z per unit move of a coordinate
     used = gain > 0
     room = torch.where(v > 0, 1 - points, points) * used  # how far a coordinate can move in its useful direction
-    speed = torch.ones_like(gain) if norm == "linf" else gain
+    speed = SPEEDS[norm](gain)
     knee = torch.where(used, room / torch.where(used, speed, 1.0), torch.inf)  # s at which a coordinate saturates
     order = knee.argsort(dim=1)
     knee_s, gain_s, speed_s, room_s = (t.gather(1, order) for t in (knee, gain, speed, room))
@@ -83,6 +94,7 @@ class FAB(Attack):
 
     name: ClassVar[str] = "fab"
     description: ClassVar[str] = "finds the smallest perturbation across linearized decision boundaries"
+    norms: ClassVar[tuple[str, ...]] = tuple(SPEEDS)
     minimum_norm: ClassVar[bool] = True  # it returns the smallest adversarial it found, not one at the ball's edge
     steps: int = DEFAULT_STEPS
     restarts: int = 1
