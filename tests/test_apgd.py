@@ -264,7 +264,7 @@ def test_each_attack_names_its_run_and_counts_its_steps():
         (
             lambda: AttackSpec(method="pgd", eps=[0.1], loss="dlr").validate(),
             "method pgd takes projected gradient steps from random starts in the ball, so loss dlr would be ignored; "
-            "allowed: leave loss and target_classes unset with pgd, or method apgd",
+            "allowed: leave loss unset with pgd, or method apgd",
         ),
     ],
 )
@@ -300,8 +300,12 @@ def _classes(k: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
             lambda: APGDT(eps=0.03, target_classes=2),
             "method apgd-t with 3 classes; allowed: a model with at least 4 classes (targeted DLR)",
         ),
-        (4, lambda: APGDT(eps=0.03), "target classes 9; allowed: 1 .. 3"),
-        (10, lambda: APGDT(eps=0.03, target_classes=10), "target classes 10; allowed: 1 .. 9"),
+        (4, lambda: APGDT(eps=0.03, target_classes=9), "target classes 9; allowed: 1 .. 3 (the model has 4 classes)"),
+        (
+            10,
+            lambda: APGDT(eps=0.03, target_classes=10),
+            "target classes 10; allowed: 1 .. 9 (the model has 10 classes)",
+        ),
     ],
 )
 def test_settings_the_model_cannot_serve_are_refused_once_its_classes_are_known(k, make, message):
@@ -310,3 +314,5 @@ def test_settings_the_model_cannot_serve_are_refused_once_its_classes_are_known(
         make().run(model, x, y)
     assert str(caught.value) == message
     APGD(eps=0.03, steps=2).run(model, x, y)  # the cross-entropy serves any number of classes
+    if k >= 4:  # left unset, APGD-T's target classes are AutoAttack's 9, at most K-1
+        APGDT(eps=0.03, steps=2).run(model, x, y)

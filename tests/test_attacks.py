@@ -231,5 +231,5 @@ def test_fgsm_refuses_the_pgd_settings_it_would_ignore():
         AttackSpec(method="fgsm", eps=[0.1], restarts=3, step_size=0.01).validate()
     assert str(caught.value) == (
         "method fgsm takes one step from the clean image, so restarts 3, step_size 0.01 would "
-        "be ignored; allowed: leave steps, restarts and step_size unset with fgsm, or method pgd"
+        "be ignored; allowed: leave restarts and step_size unset with fgsm, or method pgd"
     )

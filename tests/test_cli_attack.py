@@ -91,7 +91,10 @@ BAD = [
     (["--method", "patch", "--target", "11"], ["target class 11", "0 .. 9"]),
     (["--target", "everyone"], ["target 'everyone'", "random, least-likely"]),
     (["--method", "fgsm", "--norm", "l2"], ["fgsm", "linf"]),
-    (["--method", "fgsm", "--restarts", "3"], ["method fgsm", "restarts 3 would be ignored", "method pgd"]),
+    (
+        ["--method", "fgsm", "--restarts", "3"],
+        ["method fgsm", "restarts 3 would be ignored", "method apgd, apgd-t, fab or pgd"],
+    ),
     (["--method", "fgsm", "--steps", "5"], ["method fgsm", "steps 5 would be ignored"]),
     (["--method", "fgsm", "--step-size", "0.01"], ["method fgsm", "step_size 0.01 would be ignored"]),
 ]

@@ -1,7 +1,8 @@
-"""Adversarial attacks in pixel space [0, 1]: FGSM, PGD (Linf, L2) and a universal patch."""
+"""Adversarial attacks in pixel space [0, 1]: FGSM, PGD, APGD, APGD-T, FAB-T (Linf, L2) and a universal patch."""
 
 from .apgd import APGD, APGDT
 from .base import ATTACKS, Attack, AttackResult, Perturbed, make_attack
+from .fab import FAB
 from .fgsm import FGSM
 from .norms import NORMS, Norm
 from .pgd import PGD
@@ -10,6 +11,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "ATTACKS",
+    "FAB",
     "Attack",
     "AttackResult",
     "FGSM",

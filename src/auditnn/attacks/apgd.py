@@ -354,23 +354,27 @@ class APGD(_APGDBase):
         return kept.perturbed()
 
 
+DEFAULT_TARGET_CLASSES = 9  # AutoAttack's n_target_classes, capped at K - 1 when the setting is left unset
+
+
 @register_attack
 @dataclass
 class APGDT(_APGDBase):
     """APGD-T: untargeted in what it counts (a point is broken when it leaves its label), it runs targeted-DLR APGD
     toward each of the `target_classes` highest-scoring other classes by clean logit in turn (`restarts` runs each),
-    each on the points still standing. It picks its own targets: `target` must stay unset. Needs 4 classes."""
+    each on the points still standing (None: AutoAttack's 9, at most K-1). It picks its own targets: `target` must
+    stay unset. Needs 4 classes."""
 
     name: ClassVar[str] = "apgd-t"
     description: ClassVar[str] = "pushes toward each of the highest-scoring other classes in turn"
     picks_own_targets: ClassVar[bool] = True  # its targets come from the clean logits: `target` is refused
-    target_classes: int = 9
+    target_classes: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.target is not None:
             raise AuditError(f"method {self.name} picks its own targets; allowed: leave target unset")
-        if self.target_classes < 1:
+        if self.target_classes is not None and self.target_classes < 1:
             raise AuditError(f"target classes {self.target_classes}; allowed: 1 .. K-1 (K: the model's classes)")
 
     @property
@@ -393,11 +397,12 @@ class APGDT(_APGDBase):
             raise AuditError(
                 f"method {self.name} with {classes} classes; allowed: a model with at least 4 classes (targeted DLR)"
             )
-        if not 1 <= self.target_classes <= classes - 1:
-            raise AuditError(f"target classes {self.target_classes}; allowed: 1 .. {classes - 1}")
+        count = min(DEFAULT_TARGET_CLASSES, classes - 1) if self.target_classes is None else self.target_classes
+        if not 1 <= count <= classes - 1:
+            raise AuditError(f"target classes {count}; allowed: 1 .. {classes - 1} (the model has {classes} classes)")
         # The other classes by clean logit, highest first (the label itself set aside, whatever the ties).
         ranked = logits.scatter(1, y.view(-1, 1), -float("inf")).argsort(dim=1, descending=True, stable=True)
         kept = _Kept.start(x, evaluations=len(x))
-        for rank in range(self.target_classes):
+        for rank in range(count):
             self._runs(model, x, y, ranked[:, rank], _dlr, _off_label, generator, kept)
         return kept.perturbed()

@@ -44,14 +44,15 @@ VERSIONS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 class AutoAttack(Attack):
     """version: standard (APGD-CE, APGD-T, FAB-T, Square), plus (more restarts, APGD-DLR), rand (APGD-CE and
     APGD-DLR with the gradient averaged over 20 draws of a random model). steps: APGD's and FAB's iterations
-    (None: theirs, 100); target_classes: APGD-T's and FAB-T's; queries: Square's. Untargeted only."""
+    (None: theirs, 100); target_classes: APGD-T's and FAB-T's (None: 9, at most K-1); queries: Square's. Untargeted
+    only. APGD-T's targeted DLR needs a model with at least 4 classes."""
 
     name: ClassVar[str] = "autoattack"
     description: ClassVar[str] = "runs APGD-CE, APGD-T, FAB-T and Square, each on the points still standing"
     sanity_runs: ClassVar[bool] = False  # its Square is the check: black_box_beats_white_box
     version: str = "standard"
     steps: int | None = None
-    target_classes: int = 9
+    target_classes: int | None = None
     queries: int = 5000
 
     def __post_init__(self) -> None:

@@ -59,7 +59,8 @@ class AttackSpec:
     seed: int = 0
     sanity: bool = True
     loss: str = "ce"  # APGD's: ce (cross-entropy) or dlr (difference of logits ratio)
-    target_classes: int = 9  # APGD-T and FAB-T: the highest-scoring other classes each point is pushed toward
+    target_classes: int | None = None  # APGD-T, FAB-T: how many other classes (by clean logit) each point is pushed
+    # toward (None: AutoAttack's 9, at most K-1)
     queries: int = 5000  # Square: model evaluations per point
     version: str = "standard"  # AutoAttack's: standard, plus or rand
 
@@ -87,7 +88,7 @@ class AttackSpec:
             instead = f", or method {allowed(takers)}" if takers else ""
             raise AuditError(
                 f"method {cls.name} {cls.description}, so {values} would be ignored; "
-                f"allowed: leave {_all_of(not_taken)} unset with {cls.name}{instead}"
+                f"allowed: leave {_all_of(ignored)} unset with {cls.name}{instead}"
             )
         for eps in self.eps:
             self.build(eps)  # each attack checks its own settings

@@ -45,7 +45,8 @@ class AttackSettings:
     step_size: float | None = None
     sanity: bool = True
     version: str = "standard"  # autoattack's: standard, plus or rand
-    target_classes: int = 9  # apgd-t, fab and autoattack: the other classes each point is pushed toward
+    target_classes: int | None = None  # apgd-t, fab, autoattack: other classes each point is pushed toward (None: 9,
+    # at most K-1)
     queries: int = 5000  # square and autoattack: model evaluations per point
     loss: str = "ce"  # apgd's: ce or dlr
     batch_size: int | None = field(default=None, metadata=cli_only())  # None: chosen from memory (batch_size_for)

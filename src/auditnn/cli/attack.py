@@ -54,8 +54,11 @@ def attack(
         str, typer.Option(help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square), plus or rand.")
     ] = "standard",
     target_classes: Annotated[
-        int, typer.Option(help="apgd-t, fab, autoattack: how many of the top other classes each point is pushed to.")
-    ] = 9,
+        int | None,
+        typer.Option(
+            help="apgd-t, fab, autoattack: how many of the top other classes each point is pushed to (9, at most K-1)."
+        ),
+    ] = None,
     queries: Annotated[int, typer.Option(help="square, autoattack: model evaluations per point.")] = 5000,
     loss: Annotated[str, typer.Option(help="apgd: ce (cross-entropy) or dlr (difference of logits ratio).")] = "ce",
     patch_size: Annotated[float, typer.Option(help="Patch side as a fraction of the image side, in (0, 1).")] = 0.3,
@@ -123,7 +126,7 @@ def attack(
             "--batch-size": batch_size is not None,
             "--save-adversarial": save_adversarial is not None,
             "--version": version != "standard",
-            "--target-classes": target_classes != 9,
+            "--target-classes": target_classes is not None,
             "--queries": queries != 5000,
             "--loss": loss != "ce",
         }
