@@ -184,6 +184,7 @@ class FolderStore(PixelStore):
                 raise AuditError(error)
             stop = start + len(pixels)
             yield start, stop, pixels.float().div_(255)
+            del pixels  # the decoded batch goes before the next one arrives
             start = stop
 
 
@@ -225,6 +226,7 @@ def my_batches_of(
         if (start, stop) != (begin, end):
             raise InvariantError(f"the store read images {start}:{stop} for batch {begin}:{end}")
         yield index, begin, end, images
+        del images  # before the next batch is read: two batches are never held at once here
 
 
 def as_store(images: torch.Tensor | PixelStore) -> PixelStore:
