@@ -31,10 +31,12 @@ NON_DEFAULT = {
     "seed": 1,
     "loss": "dlr",
     "target_classes": 2,
+    "queries": 50,
 }
 # The generic runs below take each attack's defaults but these, which keep them fast on 40 tiny images (APGD's 100
-# steps and APGD-T's 9 target classes are sized for real models); each attack gets those it takes.
-QUICK = {"steps": 10, "target_classes": 2}
+# steps, APGD-T's 9 target classes and Square's 5000 queries are sized for real models); each attack gets those it
+# takes.
+QUICK = {"steps": 10, "target_classes": 2, "queries": 100}
 
 
 def quick(name: str, **settings):

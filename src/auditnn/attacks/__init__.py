@@ -6,6 +6,7 @@ from .fab import FAB
 from .fgsm import FGSM
 from .norms import NORMS, Norm
 from .pgd import PGD
+from .square import Square
 
 __all__ = [
     "APGD",
@@ -19,5 +20,6 @@ __all__ = [
     "Norm",
     "PGD",
     "Perturbed",
+    "Square",
     "make_attack",
 ]
