@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from auditnn.attacks import PGD, Square
-from auditnn.attacks.evaluate import AttackSpec
+from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
 from auditnn.attacks.square import Windows, meta_pattern, p_schedule, square_loss
 from auditnn.errors import AuditError
 
@@ -274,7 +274,9 @@ def test_queries_are_counted_and_a_point_that_stands_uses_all_of_them(norm):
 def test_square_takes_no_gradient_and_names_its_run():
     attack = Square(queries=10, restarts=2)
     assert not Square.uses_gradients and attack.run_label == "square"
-    assert (attack.step_count, attack.restart_count) == (10, 2)
+    # no gradient steps: the base class's 1, as the attack check's labels say for a method without steps (its
+    # rows carry the queries instead), so an ensemble's step count stays its gradient attacks'
+    assert (attack.step_count, attack.restart_count) == (1, 2)
     spec = AttackSpec(method="square", eps=[0.1], queries=10, restarts=2)
     spec.validate()
     built = spec.build(0.1)
@@ -340,3 +342,19 @@ def test_every_linf_query_changes_the_image_it_would_replace(channels):
         rows, cols = changed.any(1).nonzero().view(-1), changed.any(0).nonzero().view(-1)
         assert rows.max() - rows.min() < side and cols.max() - cols.min() < side
         assert torch.allclose((query - x).abs(), torch.full_like(x, eps), atol=1e-6)
+
+
+def test_an_evaluation_with_square_reports_its_own_figure_and_runs_no_gradient_sanity_checks():
+    # The rows equal a direct run's figures at each eps (same seed, same batches); Square takes no steps, so the
+    # evaluation adds no FGSM, double-steps or huge-eps runs.
+    model, x = linear_case(30, (1, 6, 6), 3, seed=3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = float(hand_distance(model, x, y, "linf").median())
+    evaluation = evaluate_attack(model, x, y, AttackSpec(method="square", eps=[0.0, eps], queries=40, batch_size=16))
+    assert evaluation.checks == [] and [row.eps for row in evaluation.rows] == [0.0, eps]
+    direct = Square(eps=eps, queries=40, batch_size=16).run(model, x, y)
+    row = evaluation.rows[1]
+    assert row.robust_accuracy == pytest.approx(direct.robust_accuracy) and 0 < row.robust_accuracy < 1
+    assert row.robust_accuracy_per_attack == {"square": pytest.approx(direct.robust_accuracy)}
+    assert evaluation.rows[0].robust_accuracy == 1.0 and (row.steps, row.restarts) == (1, 1)

@@ -156,11 +156,6 @@ class Square(Attack):
         return "square"
 
     @property
-    def step_count(self) -> int:
-        """Queries per point and restart: the search's iterations, its starting image included."""
-        return self.queries
-
-    @property
     def restart_count(self) -> int:
         return self.restarts
 
