@@ -7,7 +7,18 @@ Linf (the paper's Algorithm 1): vertical stripes of +-eps to start; each window 
 channel. L2 (Algorithm 3): a grid of centered "meta-pattern" squares to start; each update adds the pattern to one
 window and moves the norm of a second window into it. The window side follows the fraction p of pixels changed,
 p_init halved at the reference's iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10000, rescaled to
-the query budget. No gradient is taken, so the attack is the check that gradient masking cannot fool."""
+the query budget. No gradient is taken, so the attack is the check that gradient masking cannot fool.
+
+Where it follows the paper rather than the reference code (github.com/max-andr/square-attack, and AutoAttack's copy):
+windows (and the L2 pattern's transposition) are drawn per point (AutoAttack's copy draws one for the whole batch) and
+uniformly over every position inside the image, {0, ..., H - side} (both references draw from {0, ..., H - side - 1}, so
+their windows never reach the last row or column); the Linf side is capped at the image (the reference's one pixel short
+of it). With the reference: Linf signs that would leave the window unchanged are redrawn (its `while` loop, here one
+exact draw); a change is kept when it lowers the loss or breaks the point (AutoAttack's rule); `queries` counts every
+forward pass of a point, the starting image's included (the reference's n_iters); a point is broken when the model's
+argmax leaves its label (reaches its target), as the base class scores it (the reference stops at a margin <= 0, a tie
+too); the L2 start's grid is centered in the image for every size (the reference's runs off the bottom and right edges
+below 10 pixels, and for some sizes between 10 and 15)."""
 
 from __future__ import annotations
 
