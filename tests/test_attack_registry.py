@@ -32,6 +32,7 @@ NON_DEFAULT = {
     "loss": "dlr",
     "target_classes": 2,
     "queries": 50,
+    "version": "plus",
 }
 # The generic runs below take each attack's defaults but these, which keep them fast on 40 tiny images (APGD's 100
 # steps, APGD-T's 9 target classes and Square's 5000 queries are sized for real models); each attack gets those it

@@ -1,6 +1,8 @@
-"""Adversarial attacks in pixel space [0, 1]: FGSM, PGD, APGD, APGD-T, FAB-T (Linf, L2) and a universal patch."""
+"""Adversarial attacks in pixel space [0, 1]: FGSM, PGD, APGD, APGD-T, FAB-T, Square (Linf, L2), the AutoAttack
+ensemble of the last four, and a universal patch."""
 
 from .apgd import APGD, APGDT
+from .autoattack import AutoAttack
 from .base import ATTACKS, Attack, AttackResult, Perturbed, make_attack
 from .fab import FAB
 from .fgsm import FGSM
@@ -11,6 +13,7 @@ from .square import Square
 __all__ = [
     "APGD",
     "APGDT",
+    "AutoAttack",
     "ATTACKS",
     "FAB",
     "Attack",

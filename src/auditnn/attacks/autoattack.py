@@ -50,6 +50,7 @@ class AutoAttack(Attack):
     name: ClassVar[str] = "autoattack"
     description: ClassVar[str] = "runs APGD-CE, APGD-T, FAB-T and Square, each on the points still standing"
     sanity_runs: ClassVar[bool] = False  # its Square is the check: black_box_beats_white_box
+    picks_own_targets: ClassVar[bool] = True
     version: str = "standard"
     steps: int | None = None
     target_classes: int | None = None
@@ -59,11 +60,8 @@ class AutoAttack(Attack):
         super().__post_init__()
         if self.version not in VERSIONS:
             raise AuditError(f"version '{self.version}' is unknown; allowed: {allowed(VERSIONS)}")
-        if self.target is not None:
-            raise AuditError(
-                f"method autoattack is untargeted (APGD-T and FAB-T pick their own targets), got target "
-                f"{self.target}; allowed: leave target unset"
-            )
+        if self.target is not None:  # APGD-T and FAB-T pick their targets from the clean logits
+            raise AuditError(f"method {self.name} picks its own targets; allowed: leave target unset")
         self.components  # noqa: B018 - builds every attack now, so a bad setting is refused before any data is read
 
     @property

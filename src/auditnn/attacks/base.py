@@ -154,6 +154,8 @@ class Attack(ABC):
     description: ClassVar[str] = ""  # what it does, in a few words, for the messages that refuse settings it ignores
     norms: ClassVar[tuple[str, ...]] = tuple(NORMS)  # the norms it can attack in
     uses_gradients: ClassVar[bool] = True  # False: a score-based attack (it queries the model's outputs only)
+    picks_own_targets: ClassVar[bool] = False  # True: its targets come from the clean logits, `target` is refused
+    minimum_norm: ClassVar[bool] = False  # True: it returns the smallest adversarial it found, not one at the edge
     # whether an evaluation adds the sanity runs (FGSM at each eps, twice the steps, Linf eps 0.5) to an attack that
     # takes steps; an ensemble brings its own check (a gradient-free member) instead
     sanity_runs: ClassVar[bool] = True

@@ -1,0 +1,140 @@
+"""Issue 13: the AutoAttack ensemble. Figures recomputed a second way: the analytic minimal perturbation of a linear
+classifier, hand counts of which member broke which point, and masked copies of one function."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_usage_error, run_cli
+
+from auditnn.attacks import ATTACKS
+from auditnn.attacks.autoattack import VERSIONS
+from auditnn.attacks.evaluate import AttackSpec, evaluate_attack
+from auditnn.errors import AuditError
+
+FAST = {"steps": 20, "queries": 300}  # the members' budgets, small enough for a test, ample on 16 pixels
+
+
+def linear_case(n: int = 48, classes: int = 4, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A linear classifier on 1x4x4 images with pixels in [0.3, 0.7] (every ball of radius <= 0.3 lies inside the
+    box), labels its own answers (all correct)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, classes)).eval()
+    x = 0.3 + 0.4 * torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def linf_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The smallest Linf perturbation that changes a linear classifier's answer, per point (inside the box):
+    min over j != y of (z_y - z_j) / ||w_y - w_j||_1."""
+    weight, bias = model[1].weight.detach(), model[1].bias.detach()
+    z = x.flatten(1) @ weight.T + bias
+    margins = z.gather(1, y[:, None]) - z  # (n, K)
+    dual = (weight[y][:, None, :] - weight[None, :, :]).abs().sum(-1)  # (n, K): ||w_y - w_j||_1
+    ratio = margins / dual.clamp_min(1e-12)
+    ratio[torch.arange(len(y)), y] = float("inf")
+    return ratio.min(1).values
+
+
+class Scaled(nn.Module):
+    """The same function with logits x `scale`: cross-entropy saturates, its gradient underflows to zero."""
+
+    def __init__(self, inner: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+class Rounded(nn.Module):
+    """The same function on the input rounded to 1/`levels` steps: its input gradient is exactly zero."""
+
+    def __init__(self, inner: nn.Module, levels: int) -> None:
+        super().__init__()
+        self.inner, self.levels = inner, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * self.levels) / self.levels)
+
+
+def test_the_ensemble_matches_the_analytic_count_and_says_who_broke_what():
+    model, x, y = linear_case()
+    distance = linf_distance(model, x, y)
+    eps = [0.02, 0.05]
+    spec = AttackSpec(method="autoattack", eps=eps, batch_size=16, **FAST)
+    evaluation = evaluate_attack(model, x, y, spec)
+    for row, e in zip(evaluation.rows, eps, strict=True):
+        analytic = float((distance > e).float().mean())
+        assert 0 < analytic < 1, "the case must have points on both sides"
+        assert row.robust_accuracy == pytest.approx(analytic, abs=1e-7)
+        assert set(row.broken_by_attack) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+        assert sum(row.broken_by_attack.values()) == round((1 - analytic) * len(y))  # each broken point once
+    assert "black_box_beats_white_box" not in [w["code"] for w in evaluation.warnings]
+
+
+def test_masked_copies_of_one_function_get_the_same_robust_accuracy_and_the_masking_is_named():
+    model, x, y = linear_case(seed=1)
+    eps = [0.05]
+    spec = AttackSpec(method="autoattack", eps=eps, batch_size=48, **FAST)
+    plain = evaluate_attack(model, x, y, spec).rows[0].robust_accuracy
+    scaled = evaluate_attack(Scaled(model, 1e4), x, y, spec)
+    assert abs(scaled.rows[0].robust_accuracy - plain) <= 0.02  # within 2 points: DLR does not see the scale
+    rounded = evaluate_attack(Rounded(model, 255), x, y, spec)
+    codes = [w["code"] for w in rounded.warnings]
+    assert "zero_or_nan_gradients" in codes and "black_box_beats_white_box" in codes
+    row = rounded.rows[0]
+    assert row.broken_by_attack["square"] > 0 and row.broken_by_attack["apgd-ce"] == 0
+    pgd = evaluate_attack(Rounded(model, 255), x, y, AttackSpec(eps=eps, steps=20, sanity=False)).rows[0]
+    assert row.robust_accuracy < pgd.robust_accuracy  # the ensemble breaks what PGD cannot
+
+
+def test_every_version_names_members_that_exist_and_rand_refuses_without_its_expectation():
+    for version, members in VERSIONS.items():
+        for _, method, _ in members:
+            assert method in ATTACKS, (version, method)
+    ATTACKS["autoattack"](version="plus")
+    with pytest.raises(AuditError) as caught:
+        ATTACKS["autoattack"](version="fancy")
+    assert str(caught.value) == "version 'fancy' is unknown; allowed: standard, plus or rand"
+
+
+def test_the_attack_command_runs_autoattack_and_shows_a_column_per_member(tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "attack", "--method", "autoattack", "--eps", "0,8/255", "--steps", "5", "--queries", "50",
+        "--model", "mlp", "--width", "16", "--epochs", "1", "--test-per-class", "3", "--device", "cpu",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, err
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    for column in ("broken by apgd-ce", "broken by apgd-t", "broken by fab-t", "broken by square"):
+        assert column in summary, column
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["attack"]["rows"]
+    top = rows[-1]
+    broken = round((top["clean_accuracy"] - top["robust_accuracy"]) * 30)
+    assert sum(top["broken_by_attack"].values()) == broken
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--method", "autoattack", "--version", "fancy"], ["version 'fancy' is unknown", "allowed: standard"]),
+        (["--method", "apgd-t", "--target-classes", "0"], ["target classes 0", "allowed:"]),
+        (["--method", "square", "--queries", "0"], ["queries 0", "allowed:"]),
+        (["--method", "pgd", "--queries", "50"], ["queries 50 would be ignored"]),
+        (
+            ["--method", "autoattack", "--target", "3"],
+            ["method autoattack picks its own targets", "allowed: leave target unset"],
+        ),
+    ],
+)
+def test_bad_autoattack_settings_exit_2_in_one_line(tmp_path, capsys, args, needles):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "attack", *args, "--device", "cpu", "--out", str(out))
+    assert_usage_error(code, err, *needles)
+    assert not out.exists()
