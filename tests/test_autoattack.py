@@ -138,3 +138,20 @@ def test_bad_autoattack_settings_exit_2_in_one_line(tmp_path, capsys, args, need
     code, _, err = run_cli(capsys, "attack", *args, "--device", "cpu", "--out", str(out))
     assert_usage_error(code, err, *needles)
     assert not out.exists()
+
+
+def test_expectation_over_transformation_averages_passes_and_the_rand_version_runs():
+    """On a deterministic model the average of k equal gradients is that gradient: the same images, k times the
+    passes (the counting is by hand: each gradient is k forward+backward passes of every active point)."""
+    model, x, y = linear_case(n=12)
+    one = ATTACKS["apgd"](eps=0.05, steps=5).run(model, x, y)
+    four = ATTACKS["apgd"](eps=0.05, steps=5, eot=4).run(model, x, y)
+    assert torch.equal(one.adversarial, four.adversarial) and torch.equal(one.robust, four.robust)
+    assert four.gradient_evaluations > one.gradient_evaluations
+    with pytest.raises(AuditError, match="^eot 0; allowed: at least 1 pass per gradient$"):
+        ATTACKS["apgd"](eot=0)
+    spec = AttackSpec(method="autoattack", version="rand", eps=[0.05], steps=5, batch_size=16)
+    row = evaluate_attack(model, x, y, spec).rows[0]
+    assert set(row.broken_by_attack) == {"apgd-ce", "apgd-dlr"}
+    analytic = float((linf_distance(model, x, y) > 0.05).float().mean())
+    assert row.robust_accuracy >= analytic - 1e-7  # an attack never breaks a point that cannot be broken

@@ -71,16 +71,31 @@ def _off_label(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
 
 
 def _gradient(
-    model: nn.Module, x: torch.Tensor, objective: Objective, labels: torch.Tensor, targets: torch.Tensor | None
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward+backward: (logits, per-sample objective, d sum(objective) / d x); the gradient may hold NaN or
-    infinite entries (pass it through finite_)."""
+    """`eot` forward+backward passes: (logits of the last, per-sample objective and d sum(objective) / d x, each
+    averaged over the passes). More than one pass is expectation over transformation (Athalye et al. 2018): for a
+    model with randomness, the gradient of the expected loss. The gradient may hold NaN or infinite entries (pass it
+    through finite_)."""
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x).float()
-        losses = objective(logits, labels, targets)
-        (grad,) = torch.autograd.grad(losses.sum(), x)
-    return logits.detach(), losses.detach(), grad
+    total_loss: torch.Tensor | None = None
+    total_grad: torch.Tensor | None = None
+    for _ in range(eot):
+        with torch.enable_grad():
+            logits = model(x).float()
+            losses = objective(logits, labels, targets)
+            (grad,) = torch.autograd.grad(losses.sum(), x)
+        total_loss = losses.detach() if total_loss is None else total_loss + losses.detach()
+        total_grad = grad if total_grad is None else total_grad + grad
+    assert total_loss is not None and total_grad is not None  # eot >= 1
+    if eot == 1:
+        return logits.detach(), total_loss, total_grad
+    return logits.detach(), total_loss / eot, total_grad / eot
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -138,6 +153,7 @@ def apgd_run(
     eps: float,
     steps: int,
     generator: torch.Generator,
+    eot: int = 1,
 ) -> _RunResult:
     """One run of Algorithm 1 on n points: a random start on the sphere of radius eps (as the reference does),
     `steps` momentum steps (alpha = 0.75, the first without momentum) from step size 2 eps, and at each checkpoint
@@ -155,11 +171,11 @@ def apgd_run(
     start = geometry.random_start(x.shape, 1.0, generator).to(x.device)
     start = eps * start / _per_sample(geometry.norm(start).clamp_min(TINY_NORM), start)
     cur = (x + start).clamp(0.0, 1.0)
-    logits, loss, grad = _gradient(model, cur, objective, y, targets)
+    logits, loss, grad = _gradient(model, cur, objective, y, targets, eot)
     zero_gradient = unusable_gradient(grad)
     finite_(grad)
     hit = broken_by(logits, y, targets)
-    evaluations = n
+    evaluations = n * eot
     s = _State(
         idx=torch.arange(n, device=x.device),
         x0=x,
@@ -202,9 +218,9 @@ def apgd_run(
         )
         moved = s.cur + alpha * (z - s.cur) + (1 - alpha) * (s.cur - s.prev)
         nxt = (x0 + geometry.project(moved - x0, eps)).clamp(0.0, 1.0)
-        logits, loss, grad = _gradient(model, nxt, objective, s.y0, s.t0)
+        logits, loss, grad = _gradient(model, nxt, objective, s.y0, s.t0, eot)
         finite_(grad)
-        evaluations += len(s.idx)
+        evaluations += len(s.idx) * eot
         hit = broken_by(logits, s.y0, s.t0)
         s.found = torch.where(_per_sample(hit & ~s.hit, nxt), nxt, s.found)
         s.hit = s.hit | hit
@@ -232,11 +248,13 @@ def apgd_run(
 @dataclass
 class _APGDBase(Attack):
     """steps: iterations per run (>= 1; default 100). restarts: runs per point from random starts on the sphere;
-    only points still standing start again."""
+    only points still standing start again. eot: forward+backward passes averaged per gradient (1; AutoAttack's rand
+    version takes 20, for models with randomness)."""
 
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # Algorithm 1's geometries
     steps: int = DEFAULT_STEPS
     restarts: int = 1
+    eot: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -244,6 +262,8 @@ class _APGDBase(Attack):
             raise AuditError(f"steps {self.steps}; allowed: at least 1")
         if self.restarts < 1:
             raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
+        if self.eot < 1:
+            raise AuditError(f"eot {self.eot}; allowed: at least 1 pass per gradient")
 
     @property
     def step_count(self) -> int:
@@ -274,7 +294,7 @@ class _APGDBase(Attack):
                 break
             t = None if targets is None else targets[idx]
             run = apgd_run(
-                model, x[idx], y[idx], t, objective, broken_by, self.geometry, self.eps, self.steps, generator
+                model, x[idx], y[idx], t, objective, broken_by, self.geometry, self.eps, self.steps, generator, self.eot
             )
             kept.add(idx, run)
 
