@@ -192,7 +192,7 @@ def test_resume_needs_the_folder_of_an_earlier_run(capsys, tmp_path):
     assert_usage_error(code, err, "--resume needs --out FOLDER")
     (tmp_path / "mine").mkdir()
     code, _, err = run_cli(capsys, "audit", str(tmp_path / "audit.toml"), "--resume", "--out", str(tmp_path / "mine"))
-    assert_usage_error(code, err, f"--resume folder '{tmp_path / 'mine'}' is not a complete auditnn output folder")
+    assert_usage_error(code, err, f"--resume folder '{tmp_path / 'mine'}' is neither a complete auditnn output folder")
 
 
 def test_an_audit_file_dataset_given_as_a_relative_source_spec_is_read_from_the_files_folder(subject_files, tmp_path):

@@ -62,11 +62,12 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, *, every_process: bool = False) -> Path:
     """Write `data` to a temporary file in the same folder, then rename it over `path`. Under torchrun only the
-    first process writes: the others computed the same gathered numbers."""
+    first process writes (the others computed the same gathered numbers), unless `every_process`: a file of this
+    process's own share (its batches)."""
     path = Path(path)
-    if not is_main_process():
+    if not is_main_process() and not every_process:
         return path
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -98,8 +99,8 @@ def tensors_to_bytes(tensors: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_torch_save(path: str | Path, tensors: dict[str, Any]) -> Path:
-    return atomic_write_bytes(path, tensors_to_bytes(tensors))
+def atomic_torch_save(path: str | Path, tensors: dict[str, Any], *, every_process: bool = False) -> Path:
+    return atomic_write_bytes(path, tensors_to_bytes(tensors), every_process=every_process)
 
 
 def safe_torch_load(path: str | Path, what: str) -> Any:

@@ -14,13 +14,14 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
+from .checkpoint import Checkpoint, refuse_changed
 from .checks import KINDS, CheckResult, Context
 from .checks.base import first_layer_pictures
 from .errors import AuditError
@@ -111,13 +112,12 @@ class _Collector:
                 self.pictures[where] = value
 
 
-def check_key(plan: Plan, check: Check, ctx: Context) -> str | None:
-    """What a check's result depends on, hashed: the record key (module docstring); None when the kind says its
-    result is never reused."""
+def check_material(plan: Plan, check: Check, ctx: Context) -> dict[str, Any] | None:
+    """What a check's result depends on (module docstring); None when the kind says its result is never reused."""
     inputs = KINDS[check.kind].inputs(check.settings, ctx)
     if inputs is None:
         return None
-    material = {
+    return {
         "kind": check.kind,
         "name": check.name,
         "settings": asdict(check.settings),
@@ -127,7 +127,29 @@ def check_key(plan: Plan, check: Check, ctx: Context) -> str | None:
         "subject": asdict(plan.subject),
         "inputs": inputs,
     }
+
+
+def check_key(plan: Plan, check: Check, ctx: Context) -> str | None:
+    """check_material, hashed: the key of a check's record and of its saved batches."""
+    material = check_material(plan, check, ctx)
+    if material is None:
+        return None
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _checkpoint(plan: Plan, check: Check, ctx: Context, partial: Path, resume: bool) -> Checkpoint | None:
+    """The saved batches of a check whose kind saves them: under partial/<key>; on resume, batches of the same
+    check under another key are refused, naming what changed."""
+    material = check_material(plan, check, ctx)
+    if material is None:
+        return None
+    key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    name = check.name or check.kind
+    if resume:
+        refuse_changed(partial, name, key, material)
+    checkpoint = Checkpoint(partial / key, key, resume)
+    checkpoint.start(name, material)
+    return checkpoint
 
 
 def run_plan(
@@ -138,10 +160,13 @@ def run_plan(
     out_dir: Path | None = None,
     progress: ProgressFn | None = None,
     reuse: dict[str, tuple[str, CheckResult]] | None = None,
+    partial: Path | None = None,
+    resume: bool = False,
 ) -> Outcome:
     """Measure every check of the plan: those that share the subject first (it is resolved once), then those that
     build their own data. out_dir: the folder the report will be in (for paths it records); reuse: records of an
-    earlier run (read_records), used for the checks whose key they hold."""
+    earlier run (read_records), used for the checks whose key they hold; partial: where checks that save their
+    batches as they go (CheckKind.saves_batches) keep them (checkpoint.partial_root), taken up again with resume."""
     validate_plan(plan)
     start = time.perf_counter()
     device = resolve_device(plan.device)
@@ -159,7 +184,9 @@ def run_plan(
             if reuse and key in reuse and reuse[key][0] == check.kind:  # a record of another kind is not its
                 result, reused = reuse[key][1], reused + 1
             else:
-                result = KINDS[check.kind].measure(check.settings, ctx)
+                saving = partial is not None and KINDS[check.kind].saves_batches
+                checkpoint = _checkpoint(plan, check, ctx, partial, resume) if saving and partial else None
+                result = KINDS[check.kind].measure(check.settings, replace(ctx, checkpoint=checkpoint))
         collected.add(check, result, ctx)
         if key is not None:  # an audit file's check: kept for a later --resume
             records[key] = (check.kind, result)

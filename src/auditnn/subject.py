@@ -172,7 +172,8 @@ class Subject:
     """The model (on `device`, eval mode, taking [0, 1] pixels), its card, the data it is measured on, where the
     model came from ('trained', 'cache' or the user's spec) and a fingerprint: sha256 over the model's weights, its
     answers and input gradients on 16 test images, the test and training images and labels, and the settings that
-    made them. It keys the per-check records that --resume reuses (runner.check_key), and is computed on first use:
+    made them (images in memory by their pixels, files by path, size and modification time). It keys the per-check
+    records and saved batches that --resume reuses (runner.check_key), and is computed on first use:
     a command that keeps no records never pays for it."""
 
     model: nn.Module
@@ -185,12 +186,12 @@ class Subject:
     @functools.cached_property
     def fingerprint(self) -> str:
         data = self.data
-        train = data.description.get("train_sha256") or data_digest(data.train, data.train_labels)
+        train = data.description.get("train_sha256") or data_identity(data.train, data.train_labels)
         return _fingerprint(
             self.made_by,
             weights_digest(self.model),
             answers_digest(self.model, data),
-            data_digest(data.test, data.test_labels),
+            data_identity(data.test, data.test_labels),
             train,  # a patch is fitted on the training images
         )
 
@@ -224,6 +225,14 @@ def data_digest(images: torch.Tensor | PixelStore, labels: torch.Tensor) -> str:
     digest = hashlib.sha256(str([len(store), *store.shape]).encode())
     for _, _, batch in store.batches(DIGEST_BATCH):
         digest.update(batch.float().contiguous().numpy().tobytes())
+    digest.update(labels.detach().cpu().long().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_identity(images: PixelStore, labels: torch.Tensor) -> str:
+    """sha256 of a store's identity (its pixel bytes in memory, its files' paths, sizes and modification times) and
+    the labels: what keys the per-check records, without decoding a folder again."""
+    digest = hashlib.sha256(images.identity().encode())
     digest.update(labels.detach().cpu().long().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

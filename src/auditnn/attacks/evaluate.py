@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..checkpoint import Checkpoint, as_payload
 from ..data.stream import PixelStore, as_store, my_batches_of
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import eval_mode, model_device
@@ -258,6 +259,7 @@ def evaluate_attack(
     progress: Callable[[str], None] | None = None,
     save_adversarial: Path | None = None,
     workers: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> AttackEvaluation:
     """Run the attack at every eps, then the sanity checks; each row's headline is the per-sample worst case over
     every run at its eps and norm. tolerance: how far a robust accuracy may move the wrong way before a flag is
@@ -267,7 +269,9 @@ def evaluate_attack(
     run attacks each batch before the next is read; only per-sample numbers are kept, plus the first 8 images for
     the pictures. With `save_adversarial`, each batch's worst-case adversarial images at every eps are written there
     (save_adversarial_batch). Each (attack, batch) draws from its own seeded stream, so the numbers do not depend on
-    the order of the runs, on the number of processes, or on whether the images came as a tensor or a store."""
+    the order of the runs, on the number of processes, or on whether the images came as a tensor or a store.
+    With a `checkpoint`, each batch's per-sample numbers are saved as it is done, and batches saved by an
+    interrupted run (checkpoint.resume) are taken from there instead of measured again."""
     spec.validate()
     store = as_store(images)
     if len(store) != len(labels):
@@ -284,8 +288,12 @@ def evaluate_attack(
     examples: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": [], "labels": [], "predictions": []}
     files: list[str] = []
     for index, begin, end, x in my_batches_of(store, spec.batch_size, workers=workers):
+        saved = None if checkpoint is None else checkpoint.load(index)
+        if saved is not None and _restore(saved, runs, examples, begin, end):
+            continue
         if progress:
             progress(f"batch {index + 1} of {batches}: images {begin}-{end}")
+        taken = sum(len(t) for t in examples["labels"])
         x, y = x.to(device, non_blocking=True), labels[begin:end].to(device)
         # Images are kept only while they are needed: every eps's worst case when saving, the largest eps's while
         # the examples are not all taken; one run's adversarial batch at a time otherwise.
@@ -305,6 +313,8 @@ def evaluate_attack(
             files.append(save_adversarial_batch(save_adversarial, index, begin, worst))
         if top in wanted:
             _keep_examples(examples, x, worst[top])
+        if checkpoint is not None:
+            checkpoint.save(index, {**_payload(runs, examples, taken), "range": torch.tensor([begin, end])})
         del worst, x, y
     results = {id(r): r.result(like) for r in runs}
     first = results[id(runs[0])]
@@ -411,6 +421,62 @@ def evaluate_attack(
     return AttackEvaluation(rows, warnings, checks, kept if len(kept["labels"]) else {})
 
 
+SAVED_FIELDS = (
+    "labels",
+    "clean_correct",
+    "robust",
+    "adversarial_prediction",
+    "perturbation_norm",
+    "zero_gradient",
+    "counted",
+    "targets",
+    "broken_by",
+)
+
+
+def _payload(runs: list[_Run], examples: dict[str, list[torch.Tensor]], taken: int) -> dict[str, Any]:
+    """The batch just done, as a checkpoint saves it: each run's per-sample numbers (its last part), and the example
+    images this batch added (after the first `taken`)."""
+    saved_runs = []
+    for r in runs:
+        part = r.parts[-1]
+        fields_ = as_payload({name: getattr(part, name) for name in SAVED_FIELDS})
+        numbers = torch.tensor([part.seconds, part.gradient_evaluations, part.oom_retries], dtype=torch.float64)
+        saved_runs.append({**fields_, "numbers": numbers})
+    added = {k: torch.cat(v)[taken:] if v else torch.zeros(0) for k, v in examples.items()}
+    return {"runs": saved_runs, "examples": added}
+
+
+def _restore(
+    saved: dict[str, Any], runs: list[_Run], examples: dict[str, list[torch.Tensor]], begin: int, end: int
+) -> bool:
+    """Add a saved batch to the runs and the examples; False (nothing added) when it is not this batch of these runs
+    (another range of images: the batch size was chosen otherwise)."""
+    parts, n = [], end - begin
+    try:
+        if saved["range"].tolist() != [begin, end] or len(saved["runs"]) != len(runs):
+            return False
+        for data in saved["runs"]:
+            values = {name: data.get(name) for name in SAVED_FIELDS}
+            if any(not isinstance(values[k], torch.Tensor) or len(values[k]) != n for k in SAVED_FIELDS[:7]):
+                return False
+            seconds, evaluations, retries = data["numbers"].tolist()
+            parts.append(
+                AttackResult(
+                    None, **values, seconds=seconds, gradient_evaluations=int(evaluations), oom_retries=int(retries)
+                )
+            )
+        added = {k: saved["examples"][k] for k in examples}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    for r, part in zip(runs, parts, strict=True):
+        r.parts.append(part)
+    for k, v in added.items():
+        if len(v):
+            examples[k].append(v)
+    return True
+
+
 EXAMPLES = 8  # images kept for the pictures: the first ones, clean and their worst-case adversarial at the top eps
 
 
@@ -438,6 +504,7 @@ def save_adversarial_batch(folder: Path, index: int, begin: int, worst: dict[flo
     eps = sorted(worst)
     first = worst[eps[0]]
     name = f"batch-{index:06d}.pt"
+    folder.mkdir(parents=True, exist_ok=True)  # under torchrun, another process may be the one that made it
     atomic_torch_save(
         folder / name,
         {
@@ -448,6 +515,7 @@ def save_adversarial_batch(folder: Path, index: int, begin: int, worst: dict[flo
             "prediction": torch.stack([worst[e].adversarial_prediction for e in eps]),
             "robust": torch.stack([worst[e].robust for e in eps]),
         },
+        every_process=True,  # under torchrun, each process writes the batches it attacked
     )
     return name
 

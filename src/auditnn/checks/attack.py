@@ -121,6 +121,7 @@ class Attack(CheckKind[AttackSettings]):
     thresholds = {"min_robust_accuracy": ("robust_accuracy", "min")}
     merged = True
     unreliable_warnings = MASKING_WARNINGS
+    saves_batches = True
     section_schema = {
         "model": STR,
         "data": DATA,
@@ -189,7 +190,7 @@ class Attack(CheckKind[AttackSettings]):
         save = None if settings.save_adversarial is None else Path(settings.save_adversarial)
         data = subject.data
         if save is None:
-            evaluation = evaluate_attack(model, data.test, data.test_labels, spec)
+            evaluation = evaluate_attack(model, data.test, data.test_labels, spec, checkpoint=ctx.checkpoint)
         else:
             with output_folder(check_new_folder(save, "--save-adversarial"), "--save-adversarial folder"):
                 try:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 import torch.nn as nn
 
+from ..checkpoint import Checkpoint
 from ..data.controlled import ShortcutConfig
 from ..errors import option
 from ..io import sha256_file
@@ -62,6 +63,7 @@ class Context:
     out_dir: Path | None = None
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None  # (task, epoch, epochs, row)
     max_memory: int | None = None  # bytes a batch may take (None: memory.default_budget of the device)
+    checkpoint: Checkpoint | None = None  # where this check saves its batches as it goes (saves_batches kinds)
 
 
 class CheckKind(Generic[S]):
@@ -75,6 +77,7 @@ class CheckKind(Generic[S]):
     # Warning codes that say this kind's figure may not be trusted (it may overstate what it measures): a gate fails
     # a check whose measurement carries one, unless the audit file lists it in the check's allow_warnings.
     unreliable_warnings: ClassVar[frozenset[str]] = frozenset()
+    saves_batches: ClassVar[bool] = False  # True: it measures batch by batch and saves each (Context.checkpoint)
     section_schema: ClassVar[dict[str, Any]]  # its results section's fields, as report.schema checks them on reading
 
     # ------------------------------------------------------------ settings

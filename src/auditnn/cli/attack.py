@@ -107,6 +107,10 @@ def attack(
     data_root: o.DataRoot = None,
     download: o.Download = False,
     out: o.Out = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted run into --out from the batches it finished (fgsm, pgd, apgd...)."),
+    ] = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Robust accuracy under FGSM or PGD at each eps (with gradient-masking flags), or a universal patch's success."""
@@ -168,5 +172,11 @@ def attack(
                 save_adversarial=None if save_adversarial is None else str(save_adversarial),
             ),
         )
+    if resume and save_adversarial is not None:
+        raise AuditError(
+            "--resume with --save-adversarial: the batches done before the interruption were saved then, and a "
+            "resumed run would not write them again; allowed: one of the two"
+        )
     plan = Plan("attack", [check], subject, seed, device, max_memory=max_memory)
-    return run_and_render(plan, out, Consoles(quiet), method if method == "patch" else f"{method}-{norm}")
+    detail = method if method == "patch" else f"{method}-{norm}"
+    return run_and_render(plan, out, Consoles(quiet), detail, resume=resume)

@@ -4,6 +4,7 @@ plan). Output folder staged and committed whole, progress on stderr, tables and 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,15 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from ..checkpoint import partial_root
 from ..checks import CheckResult
-from ..errors import AuditError
+from ..errors import AuditError, Interrupted
 from ..io import OUTPUT_MARKER, staged_folder
 from ..plan import Plan
 from ..report.tables import bound_symbol, fmt, report_tables
 from ..report.writers import verdict_markdown
 from ..runner import read_records, run_plan, write_outcome
-from ..runtime import environment, resolve_device
+from ..runtime import environment, is_main_process, resolve_device
 from . import EXIT_GATE_FAILED, EXIT_OK
 from .common import Consoles, epoch_progress, output_dir, render_table, run_id
 
@@ -77,15 +79,18 @@ def _skipped_files(results: dict[str, Any]) -> int:
 
 
 def _earlier_records(out: Path | None) -> dict[str, tuple[str, CheckResult]]:
-    """The per-check records of the run whose output folder --resume names."""
+    """The per-check records of the run whose output folder --resume names: a complete run's records, or none for
+    a run that was interrupted before it wrote its report (its saved batches are taken up by the checks)."""
     if out is None:
         raise AuditError("--resume needs --out FOLDER: the output folder of the earlier run to continue")
-    if not (out / OUTPUT_MARKER).is_file() or not (out / "report.json").is_file():
-        raise AuditError(
-            f"--resume folder '{out}' is not a complete auditnn output folder; allowed: the --out folder "
-            "of an earlier auditnn audit"
-        )
-    return read_records(out)
+    if (out / OUTPUT_MARKER).is_file() and (out / "report.json").is_file():
+        return read_records(out)
+    if not out.exists() and partial_root(out).is_dir():
+        return {}
+    raise AuditError(
+        f"--resume folder '{out}' is neither a complete auditnn output folder nor the --out of an interrupted run; "
+        "allowed: the --out folder of an earlier auditnn run"
+    )
 
 
 def run_and_render(
@@ -98,12 +103,27 @@ def run_and_render(
     rid = run_id(plan.command, detail)
     out_dir = output_dir(out, rid)
     reuse = _earlier_records(out) if resume else None
-    with staged_folder(out_dir) as staging:
-        with epoch_progress(consoles, f"training {plan.subject.model.text} ({device})") as update:
-            outcome = run_plan(
-                plan, run_id=rid, environment=environment(device), out_dir=out_dir, progress=update, reuse=reuse
-            )
-        written = write_outcome(outcome, staging)
+    partial = partial_root(out_dir)
+    try:
+        with staged_folder(out_dir) as staging:
+            with epoch_progress(consoles, f"training {plan.subject.model.text} ({device})") as update:
+                outcome = run_plan(
+                    plan,
+                    run_id=rid,
+                    environment=environment(device),
+                    out_dir=out_dir,
+                    progress=update,
+                    reuse=reuse,
+                    partial=partial,
+                    resume=resume,
+                )
+            written = write_outcome(outcome, staging)
+    except Interrupted as exc:
+        if any(partial.glob("*/batch-*.pt")):
+            exc.left += f"; the batches finished are kept: the same command with --resume --out {out_dir} goes on"
+        raise
+    if is_main_process():  # the run is whole: the batches an interruption would have resumed from can go
+        shutil.rmtree(partial, ignore_errors=True)
     report = outcome.report
     for table in report_tables(report):
         consoles.out.print(render_table(table))

@@ -7,6 +7,7 @@ Splits, subsets and seeded orders work on indices: `subset(index)` never decodes
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -51,6 +52,11 @@ class PixelStore(ABC):
     @abstractmethod
     def subset(self, index: torch.Tensor) -> PixelStore:
         """The images at `index`, in that order, as a store (nothing is decoded)."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """A sha256 that changes when the images do, cheap to compute: the pixel bytes of images in memory, each
+        file's path, size and modification time for files (decoding them all would cost a pass over the data)."""
 
     def batches(
         self, batch_size: int, *, begin: int = 0, end: int | None = None, workers: int | None = None
@@ -107,6 +113,11 @@ class TensorStore(PixelStore):
     def subset(self, index: torch.Tensor) -> TensorStore:
         return TensorStore(self.pixels[index])
 
+    def identity(self) -> str:
+        digest = hashlib.sha256(f"{self.pixels.dtype} {list(self.pixels.shape)}".encode())
+        digest.update(self.pixels.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def materialize(self) -> torch.Tensor:
         if self.pixels.dtype == torch.float32:
             return self.pixels  # already what a reader gets: no copy
@@ -159,6 +170,16 @@ class FolderStore(PixelStore):
     def subset(self, index: torch.Tensor) -> FolderStore:
         return FolderStore([self.files[i] for i in index.tolist()], self.mode, self.size)
 
+    def identity(self) -> str:
+        digest = hashlib.sha256(f"{self.mode} {self.size}".encode())
+        for path in self.files:
+            try:
+                stat = path.stat()
+                digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path} missing\n".encode())
+        return digest.hexdigest()
+
     def batches(
         self, batch_size: int, *, begin: int = 0, end: int | None = None, workers: int | None = None
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -203,6 +224,9 @@ class ConformedStore(PixelStore):
 
     def subset(self, index: torch.Tensor) -> PixelStore:
         return self.base.subset(index).conformed(self.target_shape)
+
+    def identity(self) -> str:
+        return hashlib.sha256(f"{self.base.identity()} -> {self.target_shape}".encode()).hexdigest()
 
     def batches(
         self, batch_size: int, *, begin: int = 0, end: int | None = None, workers: int | None = None
