@@ -377,7 +377,7 @@ def test_an_attack_check_whose_figure_carries_a_masking_warning_fails_the_gate(t
     assert "zero_or_nan_gradients" in [w["code"] for w in report.warnings]
     (row,) = report.results["verdict"]["rows"]
     assert row["passed"] is False and row["note"].startswith("unreliable: ")
-    assert "zero_or_nan_gradients" in row["note"].split(" (")[0]
+    assert "zero_or_nan_gradients" in row["note"].split(";")[0]
     assert row["measured"] >= 0.0  # the figure itself clears the threshold: only its reliability fails it
     code, out, err = run_cli(capsys, "gate", str(tmp_path / "out" / "report.json"), "--policy", str(audit))
     assert code == 1 and "unreliable: " in out and "zero_or_nan_gradients" in out, out + err
@@ -396,7 +396,7 @@ def test_a_warning_of_another_check_or_kind_does_not_fail_a_check(tmp_path):
         {"code": "compile_unavailable", "message": "m", "check": "untargeted"},
     ]
     verdict = judge(report, policy)
-    assert [(r.check, r.passed, r.note.split(" (")[0]) for r in verdict.rows] == [
+    assert [(r.check, r.passed, r.note.split(";")[0]) for r in verdict.rows] == [
         ("untargeted", True, ""),
         ("targeted", False, "unreliable: robust_at_huge_eps"),
     ]

@@ -229,3 +229,42 @@ def test_an_audit_files_max_memory_is_read_and_checked(tmp_path, capsys):
     (tmp_path / "a.toml").write_text('[run]\nmax_memory = "lots"\n[[check]]\nkind = "clean"\nmin_accuracy = 0.5\n')
     code, _, err = run_cli(capsys, "audit", str(tmp_path / "a.toml"), "--out", str(tmp_path / "out"))
     assert_usage_error(code, err, "run.max_memory", "'lots'", "allowed:")
+
+
+@pytest.mark.parametrize("inside", ["same", "inside"])
+def test_save_adversarial_overlapping_the_report_folder_is_refused_before_any_work(
+    tmp_path, capsys, folder_and_model, inside
+):
+    folder, model = folder_and_model
+    out = tmp_path / "out"
+    save = out if inside == "same" else out / "adv"
+    code, _, err = run_cli(capsys, *attack_args(folder, model, "--out", str(out), "--save-adversarial", str(save)))
+    assert_usage_error(code, err, "--save-adversarial", "overlap", "allowed: two separate folders")
+    assert not out.exists()
+
+
+def test_an_image_whose_decoder_raises_anything_is_named_in_one_line(tmp_path, monkeypatch):
+    """PIL's PNG decoder raises SyntaxError on some damaged files (the review's byte flips): exit 2 naming the file,
+    not an internal error."""
+    from PIL import Image
+
+    write_folder(tmp_path, n=4)
+    images, _ = load_imagefolder(tmp_path)
+
+    def broken(self):  # noqa: ANN001, ANN202
+        raise SyntaxError("broken PNG file")
+
+    monkeypatch.setattr(Image.Image, "load", broken)
+    with pytest.raises(AuditError) as caught:
+        list(images.store.batches(2, workers=0))
+    assert "0000.png" in str(caught.value) and "SyntaxError: broken PNG file" in str(caught.value)
+
+
+def test_an_audit_files_budget_too_small_is_named_by_its_key(tmp_path, capsys, folder_and_model):
+    folder, model = folder_and_model
+    (tmp_path / "a.toml").write_text(
+        f'[model]\nsource = "torchscript:{model}"\n[data]\nsource = "imagefolder:{folder}"\n'
+        '[run]\ndevice = "cpu"\nmax_memory = "1kB"\n[[check]]\nkind = "clean"\nmin_accuracy = 0.1\n'
+    )
+    code, _, err = run_cli(capsys, "audit", str(tmp_path / "a.toml"), "--out", str(tmp_path / "out"))
+    assert_usage_error(code, err, "key 'run.max_memory' 1 kB is too small", "allowed: at least")

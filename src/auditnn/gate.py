@@ -132,7 +132,7 @@ def _reliability(report: Report, check: Check) -> tuple[str, str]:
     blocking = list(dict.fromkeys(blocking))
     why = ""
     if blocking:
-        why = f"unreliable: {', '.join(blocking)} (see the warnings; allow_warnings lets a code pass)"
+        why = f"unreliable: {', '.join(blocking)}; see the warnings, and allow_warnings to accept a code"
     return why, f"allowed: {', '.join(allowed_codes)}" if allowed_codes else ""
 
 

@@ -244,7 +244,10 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
 def _allowed_warnings(value: Any, codes: frozenset[str], at: str) -> list[str]:
     """allow_warnings: a list of the warning codes of this kind that say its figure may not be trusted."""
     if not codes:
-        raise AuditError(f"{at} has unknown key 'allow_warnings'; this kind raises no warning the gate judges")
+        raise AuditError(
+            f"{at} has unknown key 'allow_warnings' (this kind raises no warning the gate judges); "
+            "allowed: allow_warnings on an attack check"
+        )
     listed = sorted(codes)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise AuditError(

@@ -176,6 +176,8 @@ def run_plan(
         subject = load_subject(plan.subject, device, plan.seed, trained)
     seed_everything(plan.seed)
     ctx = Context(subject, plan.subject, device, plan.seed, out_dir, progress, budget(plan))
+    if plan.path:
+        ctx.max_memory_name = f"{plan.path}: key 'run.max_memory'"
     collected, timings, records, reused = _Collector(), {}, {}, 0
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
         began = time.perf_counter()

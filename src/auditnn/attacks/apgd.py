@@ -265,6 +265,10 @@ class _APGDBase(Attack):
         if self.eot < 1:
             raise AuditError(f"eot {self.eot}; allowed: at least 1 pass per gradient")
 
+    def memory_copies(self) -> int:
+        """APGD's state per point: clean, current, previous, gradient, best, best gradient, found, kept, start, step temporaries."""
+        return 12
+
     @property
     def step_count(self) -> int:
         return self.steps
@@ -346,6 +350,20 @@ class APGD(_APGDBase):
         if self.loss not in LOSSES:
             raise AuditError(f"loss '{self.loss}' is unknown; allowed: {allowed(LOSSES)}")
 
+    def check_classes(self, classes: int) -> None:
+        super().check_classes(classes)
+        self._check_dlr(classes, targeted=self.target is not None)
+
+    def _check_dlr(self, classes: int, *, targeted: bool) -> None:
+        if self.loss != "dlr":
+            return
+        need = 4 if targeted else 3
+        if classes < need:
+            toward = " toward a target" if targeted else ""
+            raise AuditError(
+                f"loss dlr{toward} with {classes} classes; allowed: loss ce, or a model with at least {need} classes"
+            )
+
     @property
     def run_label(self) -> str:
         """apgd-ce or apgd-dlr, with its steps when they are not 100."""
@@ -361,13 +379,7 @@ class APGD(_APGDBase):
     ) -> Perturbed:
         with torch.no_grad():  # the number of classes, from one image (DLR needs 3, targeted DLR 4)
             classes = model(x[:1]).shape[1]
-        if self.loss == "dlr":
-            need = 3 if targets is None else 4
-            if classes < need:
-                toward = "" if targets is None else " toward a target"
-                raise AuditError(
-                    f"loss dlr{toward} with {classes} classes; allowed: loss ce, or a model with at least {need} classes"
-                )
+        self._check_dlr(classes, targeted=targets is not None)
         objective: Objective = _dlr if self.loss == "dlr" else per_sample_loss
         kept = _Kept.start(x, evaluations=1)
         self._runs(model, x, y, targets, objective, is_adversarial, generator, kept)
@@ -397,6 +409,21 @@ class APGDT(_APGDBase):
         if self.target_classes is not None and self.target_classes < 1:
             raise AuditError(f"target classes {self.target_classes}; allowed: 1 .. K-1 (K: the model's classes)")
 
+    def check_classes(self, classes: int) -> None:
+        super().check_classes(classes)
+        self._target_count(classes)
+
+    def _target_count(self, classes: int) -> int:
+        """How many other classes each point is pushed toward, for a model with `classes` logits."""
+        if classes < 4:
+            raise AuditError(
+                f"method {self.name} with {classes} classes; allowed: a model with at least 4 classes (targeted DLR)"
+            )
+        count = min(DEFAULT_TARGET_CLASSES, classes - 1) if self.target_classes is None else self.target_classes
+        if not 1 <= count <= classes - 1:
+            raise AuditError(f"target classes {count}; allowed: 1 .. {classes - 1} (the model has {classes} classes)")
+        return count
+
     @property
     def run_label(self) -> str:
         """apgd-t, with its steps when they are not 100."""
@@ -412,14 +439,7 @@ class APGDT(_APGDBase):
     ) -> Perturbed:
         with torch.no_grad():
             logits = model(x).float()
-        classes = logits.shape[1]
-        if classes < 4:
-            raise AuditError(
-                f"method {self.name} with {classes} classes; allowed: a model with at least 4 classes (targeted DLR)"
-            )
-        count = min(DEFAULT_TARGET_CLASSES, classes - 1) if self.target_classes is None else self.target_classes
-        if not 1 <= count <= classes - 1:
-            raise AuditError(f"target classes {count}; allowed: 1 .. {classes - 1} (the model has {classes} classes)")
+        count = self._target_count(logits.shape[1])
         # The other classes by clean logit, highest first (the label itself set aside, whatever the ties).
         ranked = logits.scatter(1, y.view(-1, 1), -float("inf")).argsort(dim=1, descending=True, stable=True)
         kept = _Kept.start(x, evaluations=len(x))

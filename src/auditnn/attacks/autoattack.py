@@ -94,6 +94,15 @@ class AutoAttack(Attack):
             built.append(cls(**{k: v for k, v in given.items() if k in taken and v is not None}))
         return built
 
+    def memory_copies(self) -> int:
+        """The most any member holds (they run one after the other)."""
+        return max(attack.memory_copies() for attack in self.components)
+
+    def check_classes(self, classes: int) -> None:
+        super().check_classes(classes)
+        for attack in self.components:
+            attack.check_classes(classes)
+
     @property
     def component_labels(self) -> tuple[str, ...]:
         return tuple(label for label, _, _ in VERSIONS[self.version])

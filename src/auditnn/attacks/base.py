@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import AuditError, InvariantError, allowed
 from ..inference import check_logits, eval_mode, frozen_parameters, model_device
+from ..memory import DEFAULT_COPIES
 from ..runtime import batch_generator, gather_parts, my_batches, split_on_oom
 from .norms import NORMS, Norm
 
@@ -215,6 +216,20 @@ class Attack(ABC):
     def step_count(self) -> int:
         """Gradient steps per start."""
         return 1
+
+    def memory_copies(self) -> int:
+        """Image-sized tensors per attacked image this attack holds at once besides the model's activations, for the
+        memory probe (memory.DEFAULT_COPIES is PGD's count: batch, clone, subset, best, start, run best, gradient,
+        noise)."""
+        return DEFAULT_COPIES
+
+    def check_classes(self, classes: int) -> None:
+        """Refuse, before any work, a setting that a model with `classes` logits cannot serve (an attack that needs
+        more classes, more target classes than there are). The attack checks again where it uses them."""
+        if isinstance(self.target, int) and not 0 <= self.target < classes:
+            raise AuditError(
+                f"target class {self.target} is out of range; allowed: 0 .. {classes - 1}, random or least-likely"
+            )
 
     @property
     def gradient_free_labels(self) -> tuple[str, ...]:

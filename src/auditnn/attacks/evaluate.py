@@ -199,12 +199,19 @@ def _row(attack: Attack, result: AttackResult, own: dict[str, float]) -> AttackR
     )
 
 
+UNATTRIBUTED = "unattributed"  # broken by the final answer although no member saw it broken (a random model)
+
+
 def _broken_by(attack: Attack, result: AttackResult) -> dict[str, int]:
-    """An ensemble's count of the points each of its attacks broke (counted points whose final answer is wrong)."""
+    """An ensemble's count of the points each of its attacks broke (counted points whose final answer is wrong);
+    their sum is the points broken. A model with randomness can answer the final forward pass otherwise than the
+    member's own: such points are counted under UNATTRIBUTED, shown only when there are some."""
     if not attack.component_labels or result.broken_by is None:
         return {}
     broken = ~result.robust & result.attacked
-    return {label: int((broken & (result.broken_by == i)).sum()) for i, label in enumerate(attack.component_labels)}
+    counts = {label: int((broken & (result.broken_by == i)).sum()) for i, label in enumerate(attack.component_labels)}
+    unattributed = int((broken & (result.broken_by < 0)).sum())
+    return {**counts, UNATTRIBUTED: unattributed} if unattributed else counts
 
 
 def mid_gray_class(model: nn.Module, shape: torch.Size) -> int:
@@ -278,6 +285,11 @@ def evaluate_attack(
         raise AuditError(f"{len(store)} images with {len(labels)} labels; allowed: one label per image")
     tol = tolerance if tolerance is not None else max(0.01, 2.0 / max(1, len(labels)))
     runs = [_Run(role, attack) for role, attack in planned_runs(spec)]
+    if len(store):  # what the model's number of classes rules out is refused before any work (every process alike)
+        with torch.no_grad(), eval_mode(model):
+            classes = int(model(store.read(torch.arange(1)).to(model_device(model))).shape[1])
+        for r in runs:
+            r.attack.check_classes(classes)
     # the runs that join each eps's headline: those at that eps in the spec's norm, in order
     joining = {eps: [r for r in runs if r.attack.norm == spec.norm and r.attack.eps == eps] for eps in spec.eps}
     device = model_device(model)
@@ -406,14 +418,24 @@ def evaluate_attack(
                 f"{', '.join(free)} (no gradient) broke {by_free} point(s) ({share:.3f}) that every gradient attack "
                 f"left standing at eps {fmt_eps(eps)}: the gradients mislead the attacks; suspect gradient masking",
             )
+    checked_by = runs[0].attack.gradient_free_labels  # an ensemble's own check of what its gradients miss
     for row in rows:
         if row.zero_gradient_share > ZERO_GRADIENT_SHARE:
-            warn(
-                "zero_or_nan_gradients",
+            seen = (
                 f"{row.zero_gradient_share:.0%} of attacked points had an input gradient that was all zero or had "
-                f"NaN/infinite entries at eps {fmt_eps(row.eps)} (such entries are set to 0 before each step): "
-                "gradient-based attacks see these points poorly; suspect gradient masking",
+                f"NaN/infinite entries at eps {fmt_eps(row.eps)} (such entries are set to 0 before each step)"
             )
+            if checked_by:  # not a verdict on the figure: the gradient-free member is (black_box_beats_white_box)
+                warn(
+                    "zero_or_nan_gradients_in_ensemble",
+                    f"{seen}, in the ensemble's first gradient attack; {', '.join(checked_by)} (no gradient) then "
+                    "attacked every point the gradient attacks left standing",
+                )
+            else:
+                warn(
+                    "zero_or_nan_gradients",
+                    f"{seen}: gradient-based attacks see these points poorly; suspect gradient masking",
+                )
             break
     if save_adversarial is not None:
         write_adversarial_index(save_adversarial, spec, len(labels), gather_parts(files))

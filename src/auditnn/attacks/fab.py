@@ -116,6 +116,10 @@ class FAB(Attack):
         label = "fab-t" if self.target is None else "fab"
         return label if self.steps == DEFAULT_STEPS else f"{label}-{self.steps}"
 
+    def memory_copies(self) -> int:
+        """FAB's: its iterate, best, the gradients of two logits, and the projection's sort over a (2n, D) array with its indices."""
+        return 16
+
     @property
     def step_count(self) -> int:
         return self.steps
@@ -124,6 +128,11 @@ class FAB(Attack):
     def restart_count(self) -> int:
         """Starts per target class."""
         return self.restarts
+
+    def check_classes(self, classes: int) -> None:
+        super().check_classes(classes)
+        if self.target is None:
+            self.target_count(classes)
 
     def target_count(self, classes: int) -> int:
         """How many other classes each point is pushed toward, for a model with `classes` logits."""

@@ -126,6 +126,7 @@ class Attack(CheckKind[AttackSettings]):
         "model": STR,
         "data": DATA,
         "batch?": BATCH,
+        "batches?": {"*": BATCH},
         "adversarial_folder?": STR,
         "rows": [
             {
@@ -185,14 +186,17 @@ class Attack(CheckKind[AttackSettings]):
             model, reason = compile_or_eager(model, subject.data.test.read(torch.arange(2)).to(subject.device))
             if reason:
                 warnings.append({"code": "compile_unavailable", "message": reason})
-        batch = batch_size_for(ctx, settings.batch_size)
+        first = attack_spec(settings, ctx.seed).build(max(settings.eps))
+        batch = batch_size_for(ctx, settings.batch_size, copies=first.memory_copies())
         spec = dataclasses.replace(attack_spec(settings, ctx.seed), batch_size=batch["size"])
         save = None if settings.save_adversarial is None else Path(settings.save_adversarial)
         data = subject.data
         if save is None:
             evaluation = evaluate_attack(model, data.test, data.test_labels, spec, checkpoint=ctx.checkpoint)
         else:
-            with output_folder(check_new_folder(save, "--save-adversarial"), "--save-adversarial folder"):
+            # checked before anything ran (validate); not again here: under torchrun another process may already
+            # have written its first batch into it
+            with output_folder(save, "--save-adversarial folder"):
                 try:
                     evaluation = evaluate_attack(model, data.test, data.test_labels, spec, save_adversarial=save)
                 except BaseException:  # a failed run leaves no batch files behind (output_folder removes the folder)
@@ -224,6 +228,8 @@ class Attack(CheckKind[AttackSettings]):
 
     def merge(self, into: dict[str, Any] | None, section: dict[str, Any], name: str) -> dict[str, Any]:
         merged = into if into is not None else {"rows": [], "model": section["model"], "data": section["data"]}
+        if "batch" in section:  # each check's batch size, as a single command's section records its own
+            merged.setdefault("batches", {})[name] = section["batch"]
         return super().merge(merged, section, name)
 
     def tables(self, section: dict[str, Any]) -> list[Table]:

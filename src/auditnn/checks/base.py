@@ -63,6 +63,7 @@ class Context:
     out_dir: Path | None = None
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None  # (task, epoch, epochs, row)
     max_memory: int | None = None  # bytes a batch may take (None: memory.default_budget of the device)
+    max_memory_name: str = "--max-memory"  # how the user wrote it (an audit file's key), for messages
     checkpoint: Checkpoint | None = None  # where this check saves its batches as it goes (saves_batches kinds)
 
 
@@ -174,11 +175,14 @@ class CheckKind(Generic[S]):
 UPPER_BATCH = 512  # images per batch at most when the batch size is chosen from memory (the default it always had)
 
 
-def batch_size_for(ctx: Context, requested: int | None, *, upper: int = UPPER_BATCH) -> dict[str, Any]:
+def batch_size_for(
+    ctx: Context, requested: int | None, *, upper: int = UPPER_BATCH, copies: int | None = None
+) -> dict[str, Any]:
     """The images per batch of a pass over the subject's test images, as a report records it: `requested` when given,
     else the largest batch (at most `upper`) whose attack step fits the memory budget (ctx.max_memory, default
-    memory.default_budget of the device), by a probe of the model (memory.choose_batch_size). Under torchrun every
-    process takes the first process's choice: their batches, and the random draws seeded by batch, must line up."""
+    memory.default_budget of the device), by a probe of the model (memory.choose_batch_size; `copies`: the image-sized
+    working copies per image the measurement holds, default memory's). Under torchrun every process takes the first
+    process's choice: their batches, and the random draws seeded by batch, must line up."""
     from ..memory import choose_batch_size, default_budget
     from ..runtime import object_from_first
 
@@ -189,11 +193,14 @@ def batch_size_for(ctx: Context, requested: int | None, *, upper: int = UPPER_BA
     given = ctx.max_memory is not None
     budget = ctx.max_memory if ctx.max_memory is not None else default_budget(ctx.device)
     where = (
-        "--max-memory"
+        ctx.max_memory_name
         if given
         else f"the default memory budget (a share of the free memory; set {option('--max-memory', 'run.max_memory')})"
     )
-    choice = choose_batch_size(subject.model, subject.data.test.shape, ctx.device, budget, upper=upper, where=where)
+    extra = {} if copies is None else {"copies": copies}
+    choice = choose_batch_size(
+        subject.model, subject.data.test.shape, ctx.device, budget, upper=upper, where=where, **extra
+    )
     chosen = {
         "size": choice.batch_size,
         "chosen_by": choice.limited_by,

@@ -38,17 +38,23 @@ def attack(
     method: Annotated[
         str, typer.Option(help="fgsm, pgd, apgd, apgd-t, fab, square, autoattack (the ensemble) or patch.")
     ] = "pgd",
-    norm: Annotated[str, typer.Option(help="linf or l2 (pgd); fgsm is linf.")] = "linf",
+    norm: Annotated[str, typer.Option(help="linf or l2 (fgsm is linf only).")] = "linf",
     eps: Annotated[
         str | None, typer.Option(help="Radii in pixel units, fractions allowed: 0,2/255,4/255,8/255.")
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(help="Steps: the method's own default when not given (PGD 10, patch 300).")
+        int | None,
+        typer.Option(help="Steps: the method's own default when not given (PGD 10, APGD and FAB 100, patch 300)."),
     ] = None,
-    restarts: Annotated[int, typer.Option(help="PGD random restarts, scored per sample.")] = 1,
+    restarts: Annotated[
+        int, typer.Option(help="Random restarts of pgd, apgd, apgd-t, fab, square, scored per sample.")
+    ] = 1,
     step_size: Annotated[str | None, typer.Option(help="PGD step in pixel units (default 2.5 x eps / steps).")] = None,
     target: Annotated[
-        str | None, typer.Option(help="CLASS, random or least-likely (pgd); CLASS or none (patch, default 0).")
+        str | None,
+        typer.Option(
+            help="CLASS, random or least-likely (fgsm, pgd, apgd, fab, square); CLASS or none (patch, default 0)."
+        ),
     ] = None,
     version: Annotated[
         str, typer.Option(help="autoattack: standard (APGD-CE, APGD-T, FAB-T, Square), plus or rand.")
@@ -113,7 +119,8 @@ def attack(
     ] = False,
     quiet: o.Quiet = False,
 ) -> int:
-    """Robust accuracy under FGSM or PGD at each eps (with gradient-masking flags), or a universal patch's success."""
+    """Robust accuracy under an attack (FGSM, PGD, APGD, APGD-T, FAB-T, Square) or the AutoAttack ensemble at each eps
+    (with gradient-masking flags), or a universal patch's success."""
     subject = o.subject_spec(
         model=o.user_model(model, weights, mean, std),
         base=base,
@@ -138,7 +145,7 @@ def attack(
         if unused:
             raise AuditError(
                 f"{unused[0]} is not taken by method patch (it fits one patch on every training image at once); "
-                "allowed: drop it, or method fgsm or pgd"
+                "allowed: drop it, or another method"
             )
         patch_target = parse_target(target, 0)
         if isinstance(patch_target, str):
@@ -172,6 +179,13 @@ def attack(
                 save_adversarial=None if save_adversarial is None else str(save_adversarial),
             ),
         )
+    if save_adversarial is not None and out is not None:
+        saved, report = save_adversarial.resolve(), out.resolve()
+        if saved == report or report in saved.parents or saved in report.parents:
+            raise AuditError(
+                f"--save-adversarial '{save_adversarial}' and --out '{out}' overlap (the report folder is replaced "
+                "as a whole when the run ends); allowed: two separate folders"
+            )
     if resume and save_adversarial is not None:
         raise AuditError(
             "--resume with --save-adversarial: the batches done before the interruption were saved then, and a "

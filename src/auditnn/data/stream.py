@@ -301,8 +301,10 @@ def decode_image(path: Path, mode: str, size: tuple[int, int]) -> torch.Tensor:
             if converted.size != size:
                 converted = converted.resize(size)
             array: Any = np.asarray(converted)
-        except OSError as exc:  # truncated or damaged data behind a valid header
-            raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
+        except Exception as exc:  # damaged data behind a valid header: PIL's decoders raise OSError, SyntaxError, ...
+            raise AuditError(
+                f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}); remove or replace it"
+            ) from None
     pixels = torch.from_numpy(array.copy())
     return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
 
@@ -326,7 +328,7 @@ class _opened:
                 f"image '{path}' is refused as a decompression bomb ({exc}); allowed: at most "
                 f"{MAX_IMAGE_PIXELS} pixels per image"
             ) from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # a damaged header
             raise AuditError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from None
         width, height = self.img.size
         if width * height > MAX_IMAGE_PIXELS:
