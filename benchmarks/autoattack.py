@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,7 +77,7 @@ def bn_net(channels: int, size: int, classes: int) -> nn.Module:
     )
 
 
-def cached(path: Path, model: nn.Module, train: callable) -> nn.Module:  # type: ignore[valid-type]
+def cached(path: Path, model: nn.Module, train: Callable[[nn.Module], object]) -> nn.Module:
     """The model with the weights stored at `path`, or trained by `train(model)` and stored there."""
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
@@ -89,7 +90,9 @@ def cached(path: Path, model: nn.Module, train: callable) -> nn.Module:  # type:
     return model
 
 
-def build_models(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, nn.Module], torch.Tensor, ...]:
+def build_models(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, nn.Module], torch.Tensor, torch.Tensor]:
     """The three models on `device` in eval mode, and the test images (N, 1, 28, 28) in [0, 1] with their labels."""
     subject = load_subject(SubjectSpec(), device, seed=0)  # the default `auditnn attack` model (auditnn's cache)
     data = subject.data
