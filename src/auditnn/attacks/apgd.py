@@ -258,24 +258,13 @@ class _APGDBase(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1:
-            raise AuditError(f"steps {self.steps}; allowed: at least 1")
-        if self.restarts < 1:
-            raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
         if self.eot < 1:
             raise AuditError(f"eot {self.eot}; allowed: at least 1 pass per gradient")
 
     def memory_copies(self) -> int:
-        """APGD's state per point: clean, current, previous, gradient, best, best gradient, found, kept, start, step temporaries."""
+        """APGD's state per point: clean, current, previous, gradient, best, best gradient, found, kept, start and
+        the step's temporaries."""
         return 12
-
-    @property
-    def step_count(self) -> int:
-        return self.steps
-
-    @property
-    def restart_count(self) -> int:
-        return self.restarts
 
     def _label(self, stem: str) -> str:
         return stem if self.steps == DEFAULT_STEPS else f"{stem} {self.steps} steps"

@@ -19,6 +19,7 @@ from ..runtime import batch_generator, gather_parts, my_batches, split_on_oom
 from .norms import NORMS, Norm
 
 TARGET_MODES = ("random", "least-likely")
+COUNTS = ("steps", "restarts", "queries")  # settings that count something: refused below 1 by Attack itself
 BOUND_SLACK = 1e-6  # float32 rounding allowed beyond eps when checking the ball
 
 
@@ -193,6 +194,10 @@ class Attack(ABC):
             raise AuditError(f"target '{self.target}' is unknown; allowed: a class index, random or least-likely")
         if self.batch_size < 1:
             raise AuditError(f"batch size {self.batch_size}; allowed: at least 1")
+        for name in COUNTS:  # the counts an attack takes (steps, restarts, queries) are at least 1
+            value = getattr(self, name, 1)
+            if value is not None and value < 1:
+                raise AuditError(f"{name} {value}; allowed: at least 1")
 
     @classmethod
     def settings(cls) -> tuple[str, ...]:
@@ -214,8 +219,9 @@ class Attack(ABC):
 
     @property
     def step_count(self) -> int:
-        """Gradient steps per start."""
-        return 1
+        """Gradient steps per start: its `steps` setting, 1 for an attack without one."""
+        steps = getattr(self, "steps", 1)
+        return 1 if steps is None else int(steps)
 
     def memory_copies(self) -> int:
         """Image-sized tensors per attacked image this attack holds at once besides the model's activations, for the
@@ -244,8 +250,8 @@ class Attack(ABC):
 
     @property
     def restart_count(self) -> int:
-        """Starts per point."""
-        return 1
+        """Starts per point: its `restarts` setting, 1 for an attack without one."""
+        return int(getattr(self, "restarts", 1))
 
     @final
     def run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:

@@ -102,10 +102,6 @@ class FAB(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1:
-            raise AuditError(f"steps {self.steps}; allowed: at least 1")
-        if self.restarts < 1:
-            raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
         if self.target_classes is not None and self.target_classes < 1:
             raise AuditError(f"target classes {self.target_classes}; allowed: 1 .. K-1 (K: the model's classes)")
 
@@ -117,17 +113,9 @@ class FAB(Attack):
         return label if self.steps == DEFAULT_STEPS else f"{label}-{self.steps}"
 
     def memory_copies(self) -> int:
-        """FAB's: its iterate, best, the gradients of two logits, and the projection's sort over a (2n, D) array with its indices."""
+        """FAB's: its iterate, best, the gradients of two logits, and the projection's sort over a (2n, D) array
+        with its indices."""
         return 16
-
-    @property
-    def step_count(self) -> int:
-        return self.steps
-
-    @property
-    def restart_count(self) -> int:
-        """Starts per target class."""
-        return self.restarts
 
     def check_classes(self, classes: int) -> None:
         super().check_classes(classes)

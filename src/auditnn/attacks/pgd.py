@@ -42,10 +42,6 @@ class PGD(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1:
-            raise AuditError(f"steps {self.steps}; allowed: at least 1")
-        if self.restarts < 1:
-            raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
         if self.step_size is not None and not self.step_size > 0:
             raise AuditError(f"step size {self.step_size}; allowed: > 0")
 
@@ -58,14 +54,6 @@ class PGD(Attack):
         """pgd-10 (its steps), with its step size when that is not the default."""
         label = f"pgd-{self.steps}"
         return label if self.step_size is None else f"{label} step {fmt_eps(self.step_size)}"
-
-    @property
-    def step_count(self) -> int:
-        return self.steps
-
-    @property
-    def restart_count(self) -> int:
-        return self.restarts
 
     def _perturb(
         self,

@@ -155,10 +155,6 @@ class Square(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.queries < 1:
-            raise AuditError(f"queries {self.queries}; allowed: at least 1")
-        if self.restarts < 1:
-            raise AuditError(f"restarts {self.restarts}; allowed: at least 1")
         if not 0 < self.p_init <= 1:
             raise AuditError(f"p_init {self.p_init:g}; allowed: 0 < p_init <= 1")
 
