@@ -127,9 +127,8 @@ def _reliability(report: Report, check: Check) -> tuple[str, str]:
         for w in report.warnings
         if w.get("code") in codes and (w.get("check") == check.name if "check" in w else True)
     ]
-    blocking = [w["code"] for w in mine if w["code"] not in check.allow_warnings]
+    blocking = list(dict.fromkeys(w["code"] for w in mine if w["code"] not in check.allow_warnings))
     allowed_codes = list(dict.fromkeys(w["code"] for w in mine if w["code"] in check.allow_warnings))
-    blocking = list(dict.fromkeys(blocking))
     why = ""
     if blocking:
         why = f"unreliable: {', '.join(blocking)}; see the warnings, and allow_warnings to accept a code"

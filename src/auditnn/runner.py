@@ -131,19 +131,21 @@ def check_material(plan: Plan, check: Check, ctx: Context) -> dict[str, Any] | N
 
 def check_key(plan: Plan, check: Check, ctx: Context) -> str | None:
     """check_material, hashed: the key of a check's record and of its saved batches."""
-    material = check_material(plan, check, ctx)
+    return _hashed(check_material(plan, check, ctx))
+
+
+def _hashed(material: dict[str, Any] | None) -> str | None:
     if material is None:
         return None
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _checkpoint(plan: Plan, check: Check, ctx: Context, partial: Path, resume: bool) -> Checkpoint | None:
+def _checkpoint(check: Check, material: dict[str, Any] | None, partial: Path, resume: bool) -> Checkpoint | None:
     """The saved batches of a check whose kind saves them: under partial/<key>; on resume, batches of the same
     check under another key are refused, naming what changed."""
-    material = check_material(plan, check, ctx)
-    if material is None:
+    key = _hashed(material)
+    if material is None or key is None:
         return None
-    key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
     name = check.name or check.kind
     if resume:
         refuse_changed(partial, name, key, material)
@@ -182,12 +184,14 @@ def run_plan(
     for check in sorted(plan.checks, key=lambda c: not KINDS[c.kind].needs_subject):
         began = time.perf_counter()
         with _naming(plan, check):
-            key = None if check.name is None else check_key(plan, check, ctx)  # a command's check keeps no record
+            saving = partial is not None and KINDS[check.kind].saves_batches
+            # computed once, and only when used: a command's check keeps no record, and only some kinds save batches
+            material = check_material(plan, check, ctx) if check.name is not None or saving else None
+            key = None if check.name is None else _hashed(material)
             if reuse and key in reuse and reuse[key][0] == check.kind:  # a record of another kind is not its
                 result, reused = reuse[key][1], reused + 1
             else:
-                saving = partial is not None and KINDS[check.kind].saves_batches
-                checkpoint = _checkpoint(plan, check, ctx, partial, resume) if saving and partial else None
+                checkpoint = _checkpoint(check, material, partial, resume) if saving and partial else None
                 result = KINDS[check.kind].measure(check.settings, replace(ctx, checkpoint=checkpoint))
         collected.add(check, result, ctx)
         if key is not None:  # an audit file's check: kept for a later --resume

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,6 @@ class EvalData:
         """Every test image as one float32 tensor (made once): for what must see them all at once; a pass over
         the images reads `test.batches` instead."""
         return self.test.materialize()
-
-    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test images and labels in order, batch_size at a time: what a check reads when it needs one pass."""
-        for begin, end, images in self.test.batches(batch_size):
-            yield images, self.test_labels[begin:end]
 
 
 def load_eval_data(

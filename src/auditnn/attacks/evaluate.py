@@ -310,7 +310,7 @@ def evaluate_attack(
         # Images are kept only while they are needed: every eps's worst case when saving, the largest eps's while
         # the examples are not all taken; one run's adversarial batch at a time otherwise.
         wanted = set(spec.eps) if save_adversarial is not None else set()
-        if sum(len(t) for t in examples["labels"]) < EXAMPLES:
+        if taken < EXAMPLES:
             wanted.add(top)
         worst: dict[float, AttackResult] = {}
         for r in runs:

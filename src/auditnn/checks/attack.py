@@ -186,9 +186,9 @@ class Attack(CheckKind[AttackSettings]):
             model, reason = compile_or_eager(model, subject.data.test.read(torch.arange(2)).to(subject.device))
             if reason:
                 warnings.append({"code": "compile_unavailable", "message": reason})
-        first = attack_spec(settings, ctx.seed).build(max(settings.eps))
-        batch = batch_size_for(ctx, settings.batch_size, copies=first.memory_copies())
-        spec = dataclasses.replace(attack_spec(settings, ctx.seed), batch_size=batch["size"])
+        spec = attack_spec(settings, ctx.seed)
+        batch = batch_size_for(ctx, settings.batch_size, copies=spec.build(max(spec.eps)).memory_copies())
+        spec = dataclasses.replace(spec, batch_size=batch["size"])
         save = None if settings.save_adversarial is None else Path(settings.save_adversarial)
         data = subject.data
         if save is None:
