@@ -21,7 +21,8 @@ from auditnn.data.shortcuts import make_shortcut
 from auditnn.data.sources import load_imagefolder
 from auditnn.data.stream import FolderStore, TensorStore
 from auditnn.errors import InvariantError
-from auditnn.shortcut.annotated import TagSensitivity, predictions, tag_sensitivity
+from auditnn.inference import predictions
+from auditnn.shortcut.annotated import TagSensitivity, tag_sensitivity
 
 CLASSES = ["a", "b", "c"]
 
@@ -284,7 +285,8 @@ from dataclasses import asdict
 sys.path.insert(0, sys.argv[2])
 from auditnn.data.shortcuts import make_shortcut
 from auditnn.runtime import finish_distributed, init_distributed, rank_and_world
-from auditnn.shortcut.annotated import predictions, tag_sensitivity
+from auditnn.inference import predictions
+from auditnn.shortcut.annotated import tag_sensitivity
 from test_shortcut_stream import CLASSES, TORCHRUN, case_images, tiny_model
 
 init_distributed("cpu")

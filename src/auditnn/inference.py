@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from .data.stream import PixelStore, as_store, my_batches_of
 from .errors import AuditError
 from .runtime import gather_parts, my_batches, split_on_oom
 
@@ -78,3 +79,28 @@ def predict(
 ) -> torch.Tensor:
     """Predicted classes (N,) int64 on the images' device."""
     return predict_logits(model, images, device=device, batch_size=batch_size).argmax(1).to(images.device)
+
+
+def predictions(
+    model: nn.Module, images: torch.Tensor | PixelStore, *, batch_size: int = 1024, workers: int | None = None
+) -> torch.Tensor:
+    """The model's class for every image, (N,) int64 on the CPU, read batch_size at a time (a store decodes files
+    in `workers` processes); under torchrun each process predicts its own batches and the classes are gathered."""
+    store, device = as_store(images), model_device(model)
+    parts = []
+    with torch.no_grad(), eval_mode(model):
+        for _, _, _, x in my_batches_of(store, batch_size, workers=workers):
+            parts.append(predicted_classes(model, x, device))
+    gathered = gather_parts([torch.cat(parts)] if parts else [])
+    return torch.cat(gathered) if gathered else torch.zeros(0, dtype=torch.long)
+
+
+def predicted_classes(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The predicted classes (n,) int64 on the CPU of one batch (halved while it does not fit in memory)."""
+
+    def run(batch: torch.Tensor) -> list[torch.Tensor]:
+        logits = model(batch.to(device, non_blocking=True)).float()
+        check_logits(logits, len(batch))
+        return [logits.cpu().argmax(1)]
+
+    return torch.cat(split_on_oom(run, images))

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.stream import PixelStore, as_store, my_batches_of
-from ..inference import check_logits, eval_mode, model_device
+from ..data.stream import PixelStore
+from ..inference import predictions
 from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table
-from ..runtime import gather_parts, split_on_oom
 from .base import CheckKind, CheckResult, Context, batch_size_for, cli_only, register
 
 
@@ -29,19 +28,11 @@ def clean_accuracy(
     batch_size: int,
     workers: int | None = None,
 ) -> float:
-    """Share of the images the model classifies as labelled, read batch_size at a time (a store decodes files in
-    `workers` processes) on the model's device. Under torchrun each process scores its batches and only the counts
-    travel. float32 division, as every share auditnn reports (a mean of float32 0/1 values)."""
-    store, device = as_store(images), model_device(model)
-    correct = 0
-    with torch.no_grad(), eval_mode(model):
-        for _, begin, end, x in my_batches_of(store, batch_size, workers=workers):
-            logits = split_on_oom(lambda xs: [model(xs.to(device, non_blocking=True)).float().cpu()], x)
-            predicted = torch.cat(logits)
-            check_logits(predicted, len(x))
-            correct += int((predicted.argmax(1) == labels[begin:end]).sum())
-    total = sum(gather_parts([correct]))
-    return float(torch.tensor(float(total)) / len(labels)) if len(labels) else 0.0
+    """Share of the images the model classifies as labelled, read batch_size at a time (inference.predictions: a
+    store decodes files in `workers` processes; under torchrun each process predicts its own batches). float32
+    division, as every share auditnn reports (a mean of float32 0/1 values)."""
+    correct = int((predictions(model, images, batch_size=batch_size, workers=workers) == labels).sum())
+    return float(torch.tensor(float(correct)) / len(labels)) if len(labels) else 0.0
 
 
 @register

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..inference import predictions
 from ..report.schema import BATCH, DATA, INT, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
-from ..shortcut.annotated import AnnotatedMetrics, annotated_metrics, load_association, predictions, read_groups
+from ..shortcut.annotated import AnnotatedMetrics, annotated_metrics, load_association, read_groups
 from .base import CheckKind, CheckResult, Context, batch_size_for, of_check, path_setting, register
 
 

@@ -18,8 +18,8 @@ import torch.nn as nn
 from ..data.shortcuts import Shortcut
 from ..data.stream import PixelStore, as_store, my_batches_of
 from ..errors import AuditError, allowed, option
-from ..inference import check_logits, eval_mode, model_device, predict
-from ..runtime import gather_parts, split_on_oom
+from ..inference import eval_mode, model_device, predict, predicted_classes
+from ..runtime import gather_parts
 
 
 @dataclass
@@ -389,7 +389,7 @@ def tag_sensitivity(
         for _, begin, end, x in my_batches_of(store, batch_size, workers=workers):
             draws = drawer.take(begin, end)
             predicted = [
-                _predicted(model, shortcut.plant(x, torch.full((end - begin,), k), draws=draws)[0], device)
+                predicted_classes(model, shortcut.plant(x, torch.full((end - begin,), k), draws=draws)[0], device)
                 for k in [-1, *tags]
             ]
             parts.append(torch.stack(predicted))
@@ -420,28 +420,3 @@ def _variant(
         "accuracy_with_tag": float((preds == labels).float().mean()),
         "top_destination": classes[int(destinations.argmax())] if flipped.any() else "-",
     }
-
-
-def predictions(
-    model: nn.Module, images: torch.Tensor | PixelStore, *, batch_size: int = 1024, workers: int | None = None
-) -> torch.Tensor:
-    """The model's class for every image, (N,) int64 on the CPU, read batch_size at a time (a store decodes files
-    in `workers` processes); under torchrun each process predicts its own batches and the classes are gathered."""
-    store, device = as_store(images), model_device(model)
-    parts = []
-    with torch.no_grad(), eval_mode(model):
-        for _, _, _, x in my_batches_of(store, batch_size, workers=workers):
-            parts.append(_predicted(model, x, device))
-    gathered = gather_parts([torch.cat(parts)] if parts else [])
-    return torch.cat(gathered) if gathered else torch.zeros(0, dtype=torch.long)
-
-
-def _predicted(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The predicted classes (n,) int64 on the CPU of one batch (halved while it does not fit in memory)."""
-
-    def run(batch: torch.Tensor) -> list[torch.Tensor]:
-        logits = model(batch.to(device, non_blocking=True)).float()
-        check_logits(logits, len(batch))
-        return [logits.cpu().argmax(1)]
-
-    return torch.cat(split_on_oom(run, images))
