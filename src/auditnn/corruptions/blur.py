@@ -1,0 +1,1 @@
+"""Corruptions: defocus, glass, motion, zoom and Gaussian blur (registered in base.CORRUPTIONS)."""

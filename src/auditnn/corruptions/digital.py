@@ -1,0 +1,1 @@
+"""Corruptions: contrast, elastic transform, pixelate, JPEG and saturate (registered in base.CORRUPTIONS)."""

@@ -1,0 +1,1 @@
+"""Corruptions: gaussian, shot, impulse and speckle noise (registered in base.CORRUPTIONS)."""

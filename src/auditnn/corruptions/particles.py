@@ -1,0 +1,1 @@
+"""Corruptions: snow, frost and spatter (registered in base.CORRUPTIONS)."""

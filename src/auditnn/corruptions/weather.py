@@ -1,0 +1,1 @@
+"""Corruptions: brightness and fog (registered in base.CORRUPTIONS)."""
