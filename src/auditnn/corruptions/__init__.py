@@ -2,4 +2,13 @@
 
 from .base import BENCHMARK, CORRUPTIONS, HELD_OUT, SEVERITIES, Corruption, corrupt, corruption, parse_corruptions
 
-__all__ = ["BENCHMARK", "CORRUPTIONS", "HELD_OUT", "SEVERITIES", "Corruption", "corrupt", "corruption", "parse_corruptions"]
+__all__ = [
+    "BENCHMARK",
+    "CORRUPTIONS",
+    "HELD_OUT",
+    "SEVERITIES",
+    "Corruption",
+    "corrupt",
+    "corruption",
+    "parse_corruptions",
+]

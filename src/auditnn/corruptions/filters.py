@@ -3,7 +3,6 @@ scipy.ndimage / skimage.filters.gaussian compute them, truncated at 4 sigma by d
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -39,4 +38,3 @@ def gaussian_blur(images: torch.Tensor, sigma: float, *, mode: str = "reflect", 
         mode = "replicate"
     out = depthwise(images, k.view(1, -1), mode=mode)
     return depthwise(out, k.view(-1, 1), mode=mode)
-
