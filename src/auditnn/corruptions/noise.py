@@ -60,8 +60,10 @@ def shot_noise(images: torch.Tensor, severity: int, generator: torch.Generator) 
 @register("impulse_noise", "noise", random=True)
 def impulse_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Salt and pepper: each pixel value is flipped with probability c (IMPULSE_AMOUNT), a flipped value becoming 1
-    or 0 with probability 1/2 each (skimage.util.random_noise(mode='s&p', amount=c), which the reference calls; the
-    channels of one pixel flip independently, as there)."""
+    or 0 with probability 1/2 each (skimage.util.random_noise(mode='s&p', amount=c), which the reference calls, as
+    skimage draws it today; the channels of one pixel flip independently, as there). Deviation: the skimage of 2018
+    placed exactly ceil(c * n / 2) salt and as many pepper values at positions drawn with replacement and, by an
+    off-by-one, never in the last row, column or channel; we follow the current, unbiased definition."""
     c = constants(IMPULSE_AMOUNT, images, severity)
     flipped = _uniform(images, generator) < c
     salt = (_uniform(images, generator) < 0.5).to(images.dtype)
