@@ -84,6 +84,15 @@ def test_contract_shape_range_and_seeding(name: str, severity: int, channels: in
         torch.testing.assert_close(other, raw, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4)])
+@pytest.mark.parametrize("name", MINE)
+def test_tiny_images_keep_the_contract(name: str, size: tuple[int, int]) -> None:
+    images = torch.rand((2, 3, *size), generator=seeded(0))
+    for severity in (1, 5):
+        out = corruption(name).fn(images, severity, seeded(severity))
+        assert out.shape == images.shape and torch.isfinite(out).all() and 0.0 <= out.min() <= out.max() <= 1.0
+
+
 def test_registration_families_and_held_out() -> None:
     families = {name: corruption(name).family for name in MINE}
     assert families == {
@@ -230,6 +239,11 @@ def test_brightness_is_the_analytic_value(severity: int, size: tuple[int, int]) 
     torch.testing.assert_close(out[1], torch.full_like(out[1], c), atol=1e-6, rtol=0)
     gray = torch.tensor([0.1, 0.8]).repeat_interleave(size[0] * size[1] // 2).reshape(1, 1, *size)
     torch.testing.assert_close(corrupt(gray, "brightness", severity, seeded(0)), (gray + c).clamp(0, 1))
+    natural = scene(2, 3, *size)
+    hsv = rgb_to_hsv(natural)
+    hsv[:, 2] = (hsv[:, 2] + c).clamp(0, 1)
+    through_hsv = hsv_to_rgb(hsv).clamp(0, 1)  # the reference's round trip, converted (second way)
+    torch.testing.assert_close(corrupt(natural, "brightness", severity, seeded(0)), through_hsv, atol=1e-6, rtol=0)
 
 
 def plasma_by_hand(size: int, decay: float, generator: torch.Generator) -> np.ndarray:

@@ -149,9 +149,9 @@ def reflected_blur_matrix(n: int, sigma: float, truncate: float = 3.0) -> torch.
 
 def affine_source_grid(shifts: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, H, W, 2) grid_sample grid (align_corners=True) of the random affine: the triangle (cx + s, cy + s),
-    (cx + s, cy - s), (cx - s, cy - s) (centre (W // 2, H // 2), s = min(H, W) // 3, points as (x, y)) moved by
+    (cx + s, cy - s), (cx - s, cy - s) (centre (W // 2, H // 2), s = min(H, W) // 3 but at least 1, points as (x, y)) moved by
     `shifts` (N, 3, 2) pixels; each output pixel reads the source at the inverse map, as cv2.warpAffine."""
-    cx, cy, s = float(w // 2), float(h // 2), float(min(h, w) // 3)
+    cx, cy, s = float(w // 2), float(h // 2), float(max(min(h, w) // 3, 1))  # at least 1: a triangle on tiny images
     device = shifts.device
     corners = torch.tensor([[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], device=device)
     design = torch.cat([corners, torch.ones(3, 1, device=device)], 1)  # rows (x, y, 1)

@@ -68,14 +68,18 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 @register("brightness", "weather", random=False)
 def brightness(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """Add c (BRIGHTNESS_SHIFT) to the HSV value and clip it to [0, 1], hue and saturation kept. One channel: c added
-    to the gray level and clipped (the gray level is its value; imagecorruptions does the same)."""
+    """Add c (BRIGHTNESS_SHIFT) to the HSV value V and clip it to [0, 1], hue and saturation kept. With hue and
+    saturation fixed, hsv_to_rgb is linear in V, so the round trip is x * V' / V with V the pixel's max over channels
+    and V' = min(V + c, 1); a black pixel (V = 0, hue and saturation 0) becomes the gray V'. Computed that way (an
+    order of magnitude faster than converting; the test compares it with the conversion). One channel: c added to the
+    gray level and clipped (the gray level is its value; imagecorruptions does the same)."""
     c = constants(BRIGHTNESS_SHIFT, images, severity)
     if images.shape[1] == 1:
         return (images + c).clamp_(0.0, 1.0)
-    hsv = rgb_to_hsv(images)
-    hsv[:, 2] = (hsv[:, 2] + c).clamp_(0.0, 1.0)
-    return hsv_to_rgb(hsv).clamp_(0.0, 1.0)
+    value = images.amax(1, keepdim=True)
+    brighter = (value + c).clamp_(max=1.0)
+    scaled = images * (brighter / torch.where(value > 0, value, torch.ones_like(value)))
+    return torch.where(value > 0, scaled, brighter).clamp_(0.0, 1.0)
 
 
 def plasma_fractal(
@@ -125,7 +129,8 @@ def fog(images: torch.Tensor, severity: int, generator: torch.Generator) -> torc
     256 for 224 x 224 and 32 for 32 x 32, so the same there; imagecorruptions' rule for other sizes)."""
     strength, decay = constants(FOG, images, severity)
     n, _, h, w = images.shape
-    fractal = plasma_fractal(n, next_power_of_two(max(h, w)), decay, generator, images.device)[:, None, :h, :w]
+    side = max(next_power_of_two(max(h, w)), 2)  # a 1 x 1 map would be constant (no level of the algorithm runs)
+    fractal = plasma_fractal(n, side, decay, generator, images.device)[:, None, :h, :w]
     peak = images.amax((1, 2, 3), keepdim=True)
     out = (images + strength * fractal.to(images.dtype)) * (peak / (peak + strength))
     return out.clamp_(0.0, 1.0)
