@@ -329,3 +329,43 @@ def test_a_baseline_without_a_chosen_corruption_or_severity_exits_2(capsys, proj
         code, _, err = run_cli(capsys, *_main(*args))
         assert_usage_error(code, err, needle, "allowed: a corrupt report measured with every chosen")
         assert files_under(tmp_path / "out") == []
+
+
+def test_the_real_blurs_give_the_accuracy_of_a_plain_pass_over_their_seeded_batches(capsys, project, tmp_path):
+    """defocus_blur (deterministic) and glass_blur (random: drawn again here batch by batch, 16 images each, from the
+    seed the check documents) from the registry, not fakes: the streamed counts equal one plain pass per batch."""
+    from auditnn.checks.corruption import draw_seed
+    from auditnn.corruptions import corrupt
+
+    args = ("--model", f"auditnn:{project / 'model8'}", "--data", f"tensors:{project / 'images.pt'}", "-q")
+    code, out, err = run_cli(
+        capsys,
+        "corrupt",
+        *args,
+        "--corruptions",
+        "defocus_blur,glass_blur",
+        "--severities",
+        "1,5",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--seed",
+        "2",
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, err
+    accuracy = _rows(_report(tmp_path), "accuracy")
+    data = torch.load(project / "images.pt", weights_only=True)
+    images, labels = data["images"].float() / (255 if data["images"].dtype == torch.uint8 else 1), data["labels"]
+    model = load_model_dir(project / "model8")[0].eval()
+    with torch.no_grad():
+        for name in ("defocus_blur", "glass_blur"):
+            for s in (1, 5):
+                right = 0
+                for begin in range(0, 40, 16):
+                    generator = torch.Generator().manual_seed(draw_seed(2, name, s, begin))
+                    x = corrupt(images[begin : begin + 16], name, s, generator)
+                    right += int((model(x).argmax(1) == labels[begin : begin + 16]).sum())
+                assert accuracy[(name, s)] == pytest.approx(right / 40, abs=1e-7)
