@@ -213,6 +213,8 @@ def test_an_audit_file_measures_and_gates_a_corruption_check(capsys, project, tm
     assert verdict["black"] == (black["value"], False) and verdict["sweep"][1] is True
     assert report["results"]["corruption/black"]["corruptions"] == ["brightness"]
     assert report["results"]["corruption/black"]["severities"] == [2]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "black: accuracy against corruption severity." in html and "sweep: accuracy against" in html
 
 
 WORKER = (
