@@ -240,3 +240,23 @@ def test_each_threshold_is_refused_without_the_settings_its_row_needs(key, setti
     KINDS["corruption"].validate_thresholds(
         CorruptionSettings(baseline="b.json", corruption="fog", severity=1), [Threshold("max_ece", "ece", "max", 0.5)]
     )
+
+
+def test_at_most_one_corrupted_batch_is_alive_the_picture_keeps_a_copy_not_a_view(monkeypatch):
+    """Each call of the corruption finds every earlier output freed, on the first batch (whose first image goes into
+    the picture) as on the others. Before: the picture kept views of each output, so the first batch held all of them."""
+    import weakref
+
+    outputs: list[weakref.ref] = []
+    alive_at_call: list[int] = []
+
+    def tracked(images, severity, generator):
+        alive_at_call.append(sum(ref() is not None for ref in outputs))
+        out = images * 0.5
+        outputs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setitem(CORRUPTIONS, "contrast", Corruption("contrast", "digital", False, False, tracked))
+    result = sweep(MeanModel(), IMAGES, LABELS, ["contrast"], [1, 2, 3], seed=0, batch_size=4)
+    assert len(alive_at_call) == 9 and max(alive_at_call) == 0
+    assert torch.equal(result.picture[1:], (IMAGES[:1] * 0.5).expand(3, -1, -1, -1))

@@ -10,8 +10,9 @@ S: the chosen severities; the benchmark corruptions are those of corruptions.BEN
   relative CE_c     = sum_s (E_s,c - E_clean) / sum_s (E_s,c(baseline) - E_clean(baseline))   relative_mce its mean
   ECE               = sum_b |sum of correct_b - sum of confidence_b| / N over 15 equal-width bins (i/15, (i+1)/15] of
                       the max softmax confidence; per severity over every chosen corruption at it, pooled.
-Every figure is computed from integer counts (and the bins' float64 sums of float32 confidences, which are exact),
-summed over batches and processes, so the numbers do not depend on the number of processes."""
+Every figure is computed from integer counts and the bins' float64 sums of float32 confidences, summed over batches
+and processes. Those sums are exact (so their order, and the number of processes, cannot change them) while the images
+in one sum times 2^ceil(log2 K) stay below 2^30: a million images of 1000 classes."""
 
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def sweep(
         x, y = x.to(device, non_blocking=True), y.to(device)
         first = int(index[0])
         out = torch.zeros(cells, ECE_BINS, len(STATS), dtype=torch.float64, device=device)
-        kept = [x[:1].cpu()] if first == 0 else []
+        kept = [x[:1].cpu().clone()] if first == 0 else []  # copies: a view would keep its whole batch alive
         out[0] = bin_stats(_logits(model, x), y)
         for i, name in enumerate(names):
             for j, severity in enumerate(severities):
@@ -170,7 +171,7 @@ def sweep(
                 corrupted = corrupt(x, name, severity, generator)
                 out[1 + i * len(severities) + j] = bin_stats(_logits(model, corrupted), y)
                 if first == 0:
-                    kept.append(corrupted[:1].cpu())
+                    kept.append(corrupted[:1].cpu().clone())
                 del corrupted
         return [out.cpu(), torch.cat(kept) if kept else torch.zeros(0)]
 
@@ -444,7 +445,8 @@ class Corruption(CheckKind[CorruptionSettings]):
     def validate_thresholds(self, settings: CorruptionSettings, thresholds: list[Threshold]) -> None:
         """What a check's thresholds need of its settings: max_mce a baseline, min_accuracy a corruption and a
         severity, max_ece a severity; min_mean_accuracy and max_mce judge rows without those labels, so a check that
-        sets them takes neither. (Needs the runner to call it: see the report of the branch that added it.)"""
+        sets them takes neither. runner.validate_plan does not call it yet (it hands `validate` the settings only):
+        until it does, such a check is measured and the gate finds its threshold's row not measured (exit 1)."""
         keys = [t.key for t in thresholds]
         if "max_mce" in keys and settings.baseline is None:
             raise AuditError("max_mce needs a baseline; allowed: baseline = another model's corrupt report.json")
