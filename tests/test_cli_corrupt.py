@@ -19,6 +19,7 @@ from auditnn.train import TrainConfig, train_classifier
 
 FAKES = """
 import torch
+import auditnn.corruptions.families  # the real ones first: each fake then replaces one
 from auditnn.corruptions.base import CORRUPTIONS, Corruption
 
 def _noise(x, s, g):
@@ -145,7 +146,10 @@ def test_corrupt_prints_the_tables_and_its_accuracies_are_plain_torch_counts(cap
         rows = list(csv.DictReader(handle))
     assert {"corruption", "severity"} <= set(rows[0]) and len(rows) == len(report["metrics"])
     html = (tmp_path / "report.html").read_text()
-    assert "Accuracy against corruption severity." in html and "The first test image under every corruption." in html
+    assert (
+        "Accuracy against digital corruption severity." in html
+        and "The first test image under every corruption." in html
+    )
     grid = torch.load(tmp_path / "pictures.pt", weights_only=True)["corruption/grid"]
     assert grid.shape == (1 + 4 * 2, 1, 28, 28) and torch.equal(grid[1], torch.zeros(1, 28, 28))
 
@@ -214,7 +218,7 @@ def test_an_audit_file_measures_and_gates_a_corruption_check(capsys, project, tm
     assert report["results"]["corruption/black"]["corruptions"] == ["brightness"]
     assert report["results"]["corruption/black"]["severities"] == [2]
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "black: accuracy against corruption severity." in html and "sweep: accuracy against" in html
+    assert "black: accuracy against digital corruption severity." in html and "sweep: accuracy against" in html
 
 
 WORKER = (
@@ -371,3 +375,19 @@ def test_the_real_blurs_give_the_accuracy_of_a_plain_pass_over_their_seeded_batc
                     x = corrupt(images[begin : begin + 16], name, s, generator)
                     right += int((model(x).argmax(1) == labels[begin : begin + 16]).sum())
                 assert accuracy[(name, s)] == pytest.approx(right / 40, abs=1e-7)
+    assert "Accuracy against blur corruption severity." in (tmp_path / "report.html").read_text()
+
+
+def test_a_report_read_back_without_some_cells_still_renders_them_as_dashes(capsys, reports, tmp_path):
+    """Report files come from forks: a section whose rows lack a chosen cell is drawn, not a crash (exit 3)."""
+    report = _report(reports / "b")
+    section = report["results"]["corruption"]
+    section["rows"] = [r for r in section["rows"] if (r["corruption"], r["severity"]) != ("contrast", 3)]
+    section["baseline"]["by_corruption"] = section["baseline"]["by_corruption"][1:]
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    code, out, err = run_cli(capsys, "report", "show", tmp_path / "report.json")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "contrast" in line)
+    assert line.count("-") >= 2  # its severity 3 and its mean
+    code, _, err = run_cli(capsys, "report", "html", tmp_path / "report.json")
+    assert code == 0, err and (tmp_path / "report.html").is_file()

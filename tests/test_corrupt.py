@@ -43,6 +43,8 @@ FAKES = {
 
 @pytest.fixture(autouse=True)
 def fakes(monkeypatch):
+    import auditnn.corruptions.families  # noqa: F401 - the real ones first: a fake then replaces one for the test
+
     for name, (held_out, fn) in FAKES.items():
         monkeypatch.setitem(CORRUPTIONS, name, Corruption(name, "digital", held_out, name == "gaussian_noise", fn))
     SEEDS.clear()

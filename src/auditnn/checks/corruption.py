@@ -17,13 +17,14 @@ in one sum times 2^ceil(log2 K) stay below 2^30: a million images of 1000 classe
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
-from ..corruptions.base import BENCHMARK, HELD_OUT, SEVERITIES, corrupt, parse_corruptions, scale_of
+from ..corruptions.base import BENCHMARK, HELD_OUT, SEVERITIES, corrupt, corruption, parse_corruptions, scale_of
 from ..data.stream import PixelStore, as_store, my_batches_of
 from ..errors import AuditError, allowed, option
 from ..inference import check_logits, eval_mode, model_device
@@ -546,12 +547,14 @@ def accuracy_table(section: dict[str, Any]) -> Table:
     columns = ["corruption", *(f"sev {s}" for s in severities), "mean"] + ["CE", "rel CE"] * bool(ce)
     body = []
     for name in section["corruptions"]:
-        cells = [by_cell[(name, s)] for s in severities]
-        correct = sum(c["correct"] for c in cells)
+        cells = [by_cell.get((name, s)) for s in severities]  # a report read back may lack a cell: shown as '-'
+        held = [c for c in cells if c is not None]
+        correct = sum(c["correct"] for c in held)
         label = name + (" (held out)" if name in HELD_OUT else "")
-        row = [label, *(fmt(c["accuracy"]) for c in cells), fmt(share(correct, section["n"] * len(cells)))]
+        row = [label, *(fmt(None if c is None else c["accuracy"]) for c in cells)]
+        row.append(fmt(share(correct, section["n"] * len(held)) if len(held) == len(cells) else None))
         if ce:
-            row += [fmt(ce[name]["ce"]), fmt(ce[name]["relative_ce"])]
+            row += [fmt(ce[name]["ce"]), fmt(ce[name]["relative_ce"])] if name in ce else ["-", "-"]
         body.append(row)
     title = (
         f"Accuracy under corruption ({section['n']} test images, {section['constants']}-size constants, "
@@ -578,11 +581,23 @@ def summary_table(section: dict[str, Any]) -> Table:
     return Table(f"Corruption summary{of_check(section)}", ["figure", "value"], body)
 
 
-def accuracy_curves(section: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per corruption, (severities with 0 for clean, accuracies): the series of the accuracy-vs-severity plot."""
+def family_of(name: str) -> str:
+    """The registered corruption's family (noise, blur, weather, digital), 'other' for a name not registered."""
+    try:
+        return corruption(name).family
+    except AuditError:
+        return "other"
+
+
+def accuracy_curves(section: dict[str, Any]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Per family, per corruption: (severities with 0 for clean, accuracies), the series of one accuracy-vs-severity
+    plot (a cell the section lacks is NaN: a report read back is checked for its types, not its completeness)."""
     by_cell = {(r["corruption"], r["severity"]): r["accuracy"] for r in section["rows"]}
-    clean = section["clean"]["accuracy"]
-    return {
-        name: ([0.0, *map(float, section["severities"])], [clean, *(by_cell[(name, s)] for s in section["severities"])])
-        for name in section["corruptions"]
-    }
+    xs = [0.0, *map(float, section["severities"])]
+    curves: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for name in section["corruptions"]:
+        values = [section["clean"]["accuracy"], *(by_cell.get((name, s)) for s in section["severities"])]
+        label = name + (" (held out)" if name in HELD_OUT else "")
+        ys = [math.nan if v is None else float(v) for v in values]
+        curves.setdefault(family_of(name), {})[label] = (xs, ys)
+    return curves

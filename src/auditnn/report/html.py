@@ -191,15 +191,17 @@ def _corruption_figures(report: Report, pictures: dict[str, torch.Tensor], class
         if key.split("/", 1)[0] != "corruption" or not isinstance(section, dict):
             continue
         name = key.removeprefix("corruption").removeprefix("/")
-        out.append(
-            _img(
-                plots.line_plot(
-                    accuracy_curves(section), "severity (0: clean)", "accuracy", "Accuracy under corruption"
-                ),
-                "accuracy against severity",
-                f"{name}: accuracy against corruption severity." if name else "Accuracy against corruption severity.",
+        for family, series in accuracy_curves(section).items():
+            title = f"Accuracy under {family} corruptions"
+            out.append(
+                _img(
+                    plots.line_plot(series, "severity (0: clean)", "accuracy", title),
+                    f"accuracy against severity, {family}",
+                    f"{name}: accuracy against {family} corruption severity."
+                    if name
+                    else f"Accuracy against {family} corruption severity.",
+                )
             )
-        )
         grid = pictures.get(f"{key}/grid")
         columns = len(section["severities"])
         if grid is None or len(grid) != 1 + columns * len(section["corruptions"]):
