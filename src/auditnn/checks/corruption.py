@@ -445,9 +445,8 @@ class Corruption(CheckKind[CorruptionSettings]):
 
     def validate_thresholds(self, settings: CorruptionSettings, thresholds: list[Threshold]) -> None:
         """What a check's thresholds need of its settings: max_mce a baseline, min_accuracy a corruption and a
-        severity, max_ece a severity; min_mean_accuracy and max_mce judge rows without those labels, so a check that
-        sets them takes neither. runner.validate_plan does not call it yet (it hands `validate` the settings only):
-        until it does, such a check is measured and the gate finds its threshold's row not measured (exit 1)."""
+        severity, max_ece a severity. runner.validate_plan does not call it yet (it hands `validate` the settings
+        only): until it does, such a check is measured and the gate finds its threshold's row not measured (exit 1)."""
         keys = [t.key for t in thresholds]
         if "max_mce" in keys and settings.baseline is None:
             raise AuditError("max_mce needs a baseline; allowed: baseline = another model's corrupt report.json")
@@ -457,12 +456,6 @@ class Corruption(CheckKind[CorruptionSettings]):
             )
         if "max_ece" in keys and settings.severity is None:
             raise AuditError("max_ece needs a severity (the ECE of every chosen corruption at it); allowed: 1 to 5")
-        summary_keys = [k for k in keys if k in ("min_mean_accuracy", "max_mce")]
-        if summary_keys and (settings.corruption is not None or settings.severity is not None):
-            raise AuditError(
-                f"{summary_keys[0]} judges the whole sweep, and this check sets corruption or severity; "
-                "allowed: that threshold in a check without corruption and severity"
-            )
 
     def title(self, settings: CorruptionSettings) -> tuple[str, tuple[str, ...]]:
         if settings.corruption is None and settings.severity is None:
