@@ -2,6 +2,7 @@
 Importing this package registers every kind."""
 
 from . import clean, attack, shortcut, patch, sensitivity, groups  # noqa: I001 - registration order is the order shown
+from . import corruption  # noqa: I001
 from .base import KINDS, CheckKind, CheckResult, Context
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Context",
     "attack",
     "clean",
+    "corruption",
     "groups",
     "patch",
     "sensitivity",

@@ -6,6 +6,7 @@ import typer
 
 from . import attack as attack_cmd
 from . import audit as audit_cmd
+from . import corrupt as corrupt_cmd
 from . import data as data_cmd
 from . import gate as gate_cmd
 from . import shortcut as shortcut_cmd
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("shortcut")(shortcut_cmd.shortcut)
 app.command("attack")(attack_cmd.attack)
 app.command("train")(train_cmd.train)
+app.command("corrupt")(corrupt_cmd.corrupt)
 app.command("audit")(audit_cmd.audit)
 app.command("gate")(gate_cmd.gate)
 app.add_typer(gate_cmd.report_app, name="report")

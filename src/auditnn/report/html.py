@@ -181,6 +181,39 @@ def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: 
     return out
 
 
+def _corruption_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """Per corruption check: accuracy against severity (0: clean), one line per corruption, and the first test image
+    clean then through every chosen corruption (rows) and severity (columns)."""
+    from ..checks.corruption import accuracy_curves  # the check kinds import the report package
+
+    out = []
+    for key, section in report.results.items():
+        if key.split("/", 1)[0] != "corruption" or not isinstance(section, dict):
+            continue
+        name = key.removeprefix("corruption").removeprefix("/")
+        for family, series in accuracy_curves(section).items():
+            title = f"Accuracy under {family} corruptions"
+            out.append(
+                _img(
+                    plots.line_plot(series, "severity (0: clean)", "accuracy", title),
+                    f"accuracy against severity, {family}",
+                    f"{name}: accuracy against {family} corruption severity."
+                    if name
+                    else f"Accuracy against {family} corruption severity.",
+                )
+            )
+        grid = pictures.get(f"{key}/grid")
+        columns = len(section["severities"])
+        if grid is None or len(grid) != 1 + columns * len(section["corruptions"]):
+            continue
+        rows = [("clean", grid[:1], ["clean"])]
+        for i, corruption in enumerate(section["corruptions"]):
+            images = grid[1 + i * columns : 1 + (i + 1) * columns]
+            rows.append((corruption, images, [f"severity {s}" for s in section["severities"]]))
+        out.append(_img(plots.image_grid(rows), "corrupted images", "The first test image under every corruption."))
+    return out
+
+
 def _classes(report: Report) -> list[str]:
     """Class names from whichever section recorded them (an index without a name is shown as the index)."""
     for section in report.results.values():
@@ -219,7 +252,11 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
     parts.append("<h2>Measurements</h2>")
     parts += [_table(t) for t in report_tables(report)]
     classes = _classes(report)
-    figures = _shortcut_figures(report, pictures, classes) + _attack_figures(report, pictures, classes)
+    figures = (
+        _shortcut_figures(report, pictures, classes)
+        + _attack_figures(report, pictures, classes)
+        + _corruption_figures(report, pictures, classes)
+    )
     if figures:
         parts.append("<h2>Pictures</h2>")
         parts += figures
