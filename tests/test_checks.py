@@ -11,6 +11,7 @@ from helpers import assert_usage_error, run_cli
 
 from auditnn.checks import KINDS, Context
 from auditnn.checks.base import CheckKind, register
+from auditnn.cli import main
 from auditnn.data.sources import load_source
 from auditnn.errors import AuditError
 from auditnn.gate import find_row
@@ -29,6 +30,13 @@ EXAMPLES = {
     "patch": {"steps": 3, "size": 0.25},
     "sensitivity": {"tag": "watermark"},
     "groups": {"groups": "GROUPS", "attribute": "side"},
+    "corruption": {
+        "corruptions": ["defocus_blur,gaussian_blur"],
+        "severities": ["1,2"],
+        "corruption": "defocus_blur",
+        "severity": 1,
+        "baseline": "BASELINE",
+    },
 }
 
 
@@ -57,6 +65,25 @@ def subject_files(tmp_path_factory):
         writer = csv.writer(handle)
         writer.writerow(["file", "label", "side"])
         writer.writerows([i, int(y), "left" if i % 3 else "right"] for i, y in enumerate(labels.tolist()))
+    code = main(
+        [
+            "corrupt",
+            "--model",
+            f"auditnn:{root / 'model'}",
+            "--data",
+            f"tensors:{root / 'images.pt'}",
+            "--corruptions",
+            "defocus_blur,gaussian_blur",
+            "--severities",
+            "1,2",
+            "--device",
+            "cpu",
+            "-q",
+            "--out",
+            str(root / "base"),
+        ]
+    )
+    assert code == 0
     return root
 
 
@@ -69,7 +96,8 @@ def _plan(root, kinds, named=True):
     )
     checks = []
     for kind in kinds:
-        values = {k: str(root / "groups.csv") if v == "GROUPS" else v for k, v in EXAMPLES[kind].items()}
+        files = {"GROUPS": str(root / "groups.csv"), "BASELINE": str(root / "base" / "report.json")}
+        values = {k: files.get(v, v) if isinstance(v, str) else v for k, v in EXAMPLES[kind].items()}
         thresholds = [Threshold(key, metric, bound, 0.5) for key, (metric, bound) in KINDS[kind].thresholds.items()]
         checks.append(Check(kind, f"my {kind}" if named else None, KINDS[kind].settings(**values), thresholds))
     return Plan("audit", checks, spec, device="cpu")

@@ -260,3 +260,18 @@ def test_at_most_one_corrupted_batch_is_alive_the_picture_keeps_a_copy_not_a_vie
     result = sweep(MeanModel(), IMAGES, LABELS, ["contrast"], [1, 2, 3], seed=0, batch_size=4)
     assert len(alive_at_call) == 9 and max(alive_at_call) == 0
     assert torch.equal(result.picture[1:], (IMAGES[:1] * 0.5).expand(3, -1, -1, -1))
+
+
+def test_an_audit_file_with_max_mce_and_no_baseline_is_refused_before_anything_runs(tmp_path):
+    """The runner hands each check's thresholds to its kind: max_mce without a baseline is bad input (exit 2), not a
+    check measured and then failed as 'not measured'."""
+    from auditnn.plan import load_plan
+    from auditnn.runner import validate_plan
+
+    audit = tmp_path / "audit.toml"
+    audit.write_text(
+        '[model]\nsource = "mlp"\n[data]\nsource = "digits"\n'
+        '[[check]]\nkind = "corruption"\ncorruptions = "fog"\nmax_mce = 1.0\n'
+    )
+    with pytest.raises(AuditError, match="max_mce needs a baseline"):
+        validate_plan(load_plan(audit))

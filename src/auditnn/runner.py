@@ -73,6 +73,7 @@ def validate_plan(plan: Plan) -> None:
     for check in plan.checks:
         with _naming(plan, check):
             KINDS[check.kind].validate(check.settings, plan.subject)
+            KINDS[check.kind].validate_thresholds(check.settings, check.thresholds)
 
 
 def budget(plan: Plan) -> int | None:

@@ -117,6 +117,10 @@ class CheckKind(Generic[S]):
     def validate(self, settings: S, spec: SubjectSpec) -> None:
         """Every check that needs no data, before anything is trained or attacked."""
 
+    def validate_thresholds(self, settings: S, thresholds: list[Any]) -> None:
+        """What the check's thresholds (plan.Threshold) need of its settings, before anything runs (a threshold
+        whose row the settings never produce is bad input, not a gate failure)."""
+
     def inputs(self, settings: S, ctx: Context) -> str | None:
         """What the result depends on besides the settings and the seed, as one digest: the subject's fingerprint
         and the content of every file a setting names. None: the result is never reused (see runner.check_key)."""

@@ -445,8 +445,7 @@ class Corruption(CheckKind[CorruptionSettings]):
 
     def validate_thresholds(self, settings: CorruptionSettings, thresholds: list[Threshold]) -> None:
         """What a check's thresholds need of its settings: max_mce a baseline, min_accuracy a corruption and a
-        severity, max_ece a severity. runner.validate_plan does not call it yet (it hands `validate` the settings
-        only): until it does, such a check is measured and the gate finds its threshold's row not measured (exit 1)."""
+        severity, max_ece a severity."""
         keys = [t.key for t in thresholds]
         if "max_mce" in keys and settings.baseline is None:
             raise AuditError("max_mce needs a baseline; allowed: baseline = another model's corrupt report.json")
