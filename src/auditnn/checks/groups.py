@@ -16,12 +16,20 @@ from .base import CheckKind, CheckResult, Context, batch_size_for, of_check, pat
 class GroupsSettings:
     """groups: a metadata CSV (file or index, label, attribute columns); attribute: the column to group by;
     associate: VALUE:CLASS,... the class each value stands for; associate_from: a training split's metadata CSV
-    whose majority class per value is used (neither: the majority among the evaluated images, with a warning)."""
+    whose majority class per value is used (neither: the majority among the evaluated images, with a warning);
+    mitigation: None, or "dfr" to retrain the model's last layer on a group-balanced part of the annotated images
+    (Deep Feature Reweighting) and report before/after on the rest, the thresholds judging the retrained rows;
+    holdout: the share of each group's images set aside for that retraining (never scored)."""
 
     groups: str = field(metadata=path_setting())
     attribute: str
     associate: str | None = None
     associate_from: str | None = field(default=None, metadata=path_setting())
+    mitigation: str | None = None
+    holdout: float = 0.5
+
+
+MITIGATIONS = ("dfr",)
 
 
 SCALARS = ("accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy", "gap", "agreement_rate")
