@@ -103,6 +103,26 @@ def test_batched_equals_one_by_one() -> None:
     assert torch.allclose(logits[1], features[1] @ fit.weight[1].T + fit.bias[1])
 
 
+def test_label_sets_sharing_features_equal_one_by_one() -> None:
+    # R = 2 label sets x G = 3 feature matrices with per-group weights (a fold's test rows weigh 0), as the scan's
+    # permutation null solves them; each problem against its own fit.
+    x, y = _blobs(24, 3, 3, seed=5)
+    features = torch.stack([x, x.flip(0), x * 0.5])
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.stack([y.expand(3, 24), y[torch.randperm(24, generator=generator)].expand(3, 24)])
+    weights = torch.ones(3, 24, dtype=torch.float64)
+    weights[0, :8] = weights[1, 8:16] = weights[2, 16:] = 0
+    fit = fit_logistic(features, labels, 3, l2=0.1, sample_weight=weights, max_iter=3000, tol=1e-12)
+    assert fit.weight.shape == (2, 3, 3, 3) and fit.converged.shape == (2, 3)
+    for r in range(2):
+        for g in range(3):
+            keep = weights[g] > 0
+            one = fit_logistic(features[g][keep], labels[r, g][keep], 3, l2=0.1, max_iter=3000, tol=1e-12)
+            assert torch.allclose(fit.weight[r, g], one.weight, atol=1e-8)
+            assert torch.allclose(fit.bias[r, g], one.bias, atol=1e-8)
+    assert torch.allclose(predict_logits(fit, features)[1, 2], features[2] @ fit.weight[1, 2].T + fit.bias[1, 2])
+
+
 def test_sample_weights_equal_repeated_rows() -> None:
     x, y = _blobs(20, 3, 2, seed=4)
     counts = torch.arange(20) % 3 + 1

@@ -25,8 +25,8 @@ TOL = 1e-5
 
 @dataclass
 class LogisticFit:
-    """weight (B, K, D) and bias (B, K) of B fitted problems (no leading B when one problem was given: (K, D), (K,)),
-    iterations: the proximal steps taken (the slowest problem's), converged: bool (B,) (or a 0-d tensor), True where
+    """weight (..., K, D) and bias (..., K) of the fitted problems (leading dimensions: see fit_logistic),
+    iterations: the proximal steps taken (the slowest problem's), converged: bool (...), True where
     the largest change of a parameter in the last step was below tol times (1 + its largest magnitude)."""
 
     weight: torch.Tensor
@@ -36,8 +36,12 @@ class LogisticFit:
 
 
 def predict_logits(fit: LogisticFit, features: torch.Tensor) -> torch.Tensor:
-    """Logits (B?, N, K) of features (B?, N, D) under a fit with the same leading B (or none)."""
-    return features @ fit.weight.transpose(-1, -2) + fit.bias.unsqueeze(-2)
+    """Logits (..., N, K) of features (N, D) or (G, N, D) under a fit of leading dimensions (), (G,) or (R, G)."""
+    weight = fit.weight if fit.weight.dim() > 2 else fit.weight.unsqueeze(0)
+    bias = fit.bias if fit.bias.dim() > 1 else fit.bias.unsqueeze(0)
+    x = features if features.dim() == 3 else features.unsqueeze(0)
+    logits = torch.einsum("gnd,...gkd->...gnk", x, weight) + bias.unsqueeze(-2)
+    return logits if fit.weight.dim() > 2 or features.dim() > 2 else logits[0]
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -52,11 +56,18 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
 
 def _check(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, l1: float) -> None:
     if features.dim() not in (2, 3) or not features.is_floating_point():
-        raise AuditError(f"features of shape {tuple(features.shape)}; allowed: a float tensor (N, D) or (B, N, D)")
-    if labels.dtype != torch.int64 or labels.shape[-1] != features.shape[-2] or labels.dim() > features.dim() - 1:
+        raise AuditError(f"features of shape {tuple(features.shape)}; allowed: a float tensor (N, D) or (G, N, D)")
+    shared = features.shape[:-2]
+    if (
+        labels.dtype != torch.int64
+        or labels.dim() not in (1, 2, 3)
+        or labels.shape[-1] != features.shape[-2]
+        or (labels.dim() > 1 and shared and labels.shape[-2] != shared[0])
+        or (labels.dim() == 3 and not shared)
+    ):
         raise AuditError(
             f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} for features {tuple(features.shape)}; "
-            "allowed: int64 (N,) or (B, N)"
+            "allowed: int64 (N,), (G, N) or (R, G, N)"
         )
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise AuditError(f"labels fall outside [0, {num_classes}); allowed: class indices 0 .. {num_classes - 1}")
@@ -65,12 +76,13 @@ def _check(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: f
 
 
 def lipschitz_bound(features: torch.Tensor, sample_weight: torch.Tensor, l2: float) -> torch.Tensor:
-    """L (B, 1, 1) of the smooth part's gradient for features (B, N, D) and weights (B, N) that sum to 1 per problem."""
+    """L (R, G, 1, 1) of the smooth part's gradient for features (G, N, D) and weights (R, G, N) that sum to 1 per
+    problem."""
     ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
     x1 = torch.cat([features, ones], dim=-1)
-    gram = (x1 * sample_weight.unsqueeze(-1)).transpose(-1, -2) @ x1
+    gram = torch.einsum("gnd,rgn,gne->rgde", x1, sample_weight, x1)
     largest = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0)
-    return (0.5 * largest + l2).view(-1, 1, 1)
+    return (0.5 * largest + l2)[..., None, None]
 
 
 def fit_logistic(
@@ -85,35 +97,43 @@ def fit_logistic(
     tol: float = TOL,
 ) -> LogisticFit:
     """Minimize, per problem, sum_i w_i CE(W x_i + b, y_i) / sum_i w_i + l2 / 2 ||W||^2 + l1 ||W||_1 by FISTA
-    (module docstring). features (N, D) or (B, N, D) float; labels (N,) (shared by all problems) or (B, N) int64;
-    sample_weight (N,) or (B, N) >= 0, default 1. The iteration stops when every problem has converged or after
-    max_iter steps; the result reports which converged. Without a penalty separable data has no optimum (the weights
-    grow without bound): give l2 > 0 for a finite one."""
+    (module docstring). Problems come in a batch of up to two leading dimensions: features (N, D) or (G, N, D)
+    float; labels (N,), (G, N) or (R, G, N) int64, where R sets of labels share the G feature matrices (a label
+    permutation null: R permutations x G folds, the features stored once); sample_weight >= 0, default 1,
+    broadcast like the labels. The fit's leading dimensions are those of the broadcast labels and features:
+    (K, D) for one problem, (G, K, D), (R, G, K, D). The iteration stops when every problem has converged or after
+    max_iter steps; the result reports which converged. Without a penalty separable data has no optimum (the
+    weights grow without bound): give l2 > 0 for a finite one."""
     _check(features, labels, num_classes, l2, l1)
-    single = features.dim() == 2
-    x = features.unsqueeze(0) if single else features
-    batch, n, dim = x.shape
-    y = labels.expand(batch, n) if labels.dim() == 1 else labels
+    lead = torch.broadcast_shapes(features.shape[:-2], labels.shape[:-1])
+    x = features if features.dim() == 3 else features.unsqueeze(0)  # (G, N, D)
+    groups, n, dim = x.shape
+    y = labels.view(-1, *labels.shape[-2:]) if labels.dim() > 1 else labels.view(1, 1, n)
+    y = y.expand(y.shape[0], groups, n)  # (R, G, N)
     if sample_weight is None:
-        w = torch.ones(batch, n, dtype=x.dtype, device=x.device)
+        w = torch.ones(1, groups, n, dtype=x.dtype, device=x.device)
     else:
-        w = sample_weight.to(x.dtype).expand(batch, n)
-    if bool((w < 0).any()) or bool((w.sum(dim=1) <= 0).any()):
+        given = sample_weight.to(x.dtype)
+        w = given.view(-1, *given.shape[-2:]) if given.dim() > 1 else given.view(1, 1, n)
+        w = w.expand(w.shape[0], groups, n)
+    if bool((w < 0).any()) or bool((w.sum(dim=-1) <= 0).any()):
         raise AuditError("sample weights include a negative value or sum to 0; allowed: weights >= 0, some > 0")
-    w = w / w.sum(dim=1, keepdim=True)
-    onehot = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)
-    step = 1.0 / lipschitz_bound(x, w, l2)  # (B, 1, 1)
+    w = w / w.sum(dim=-1, keepdim=True)
+    repeats = max(y.shape[0], w.shape[0])
+    y, w = y.expand(repeats, groups, n), w.expand(repeats, groups, n)
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)  # (R, G, N, K)
+    step = 1.0 / lipschitz_bound(x, w, l2)  # (R, G, 1, 1)
 
     def gradient(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = x @ weight.transpose(1, 2) + bias.unsqueeze(1)
-        residual = (torch.softmax(logits, dim=-1) - onehot) * w.unsqueeze(-1)  # (B, N, K)
-        return residual.transpose(1, 2) @ x + l2 * weight, residual.sum(dim=1)
+        logits = torch.einsum("gnd,rgkd->rgnk", x, weight) + bias.unsqueeze(-2)
+        residual = (torch.softmax(logits, dim=-1) - onehot) * w.unsqueeze(-1)  # (R, G, N, K)
+        return torch.einsum("rgnk,gnd->rgkd", residual, x) + l2 * weight, residual.sum(dim=-2)
 
-    weight = torch.zeros(batch, num_classes, dim, dtype=x.dtype, device=x.device)
-    bias = torch.zeros(batch, num_classes, dtype=x.dtype, device=x.device)
+    weight = torch.zeros(repeats, groups, num_classes, dim, dtype=x.dtype, device=x.device)
+    bias = torch.zeros(repeats, groups, num_classes, dtype=x.dtype, device=x.device)
     ahead_w, ahead_b = weight, bias  # the extrapolated point the gradient is taken at
-    momentum = torch.ones(batch, 1, 1, dtype=x.dtype, device=x.device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    momentum = torch.ones(repeats, groups, 1, 1, dtype=x.dtype, device=x.device)
+    converged = torch.zeros(repeats, groups, dtype=torch.bool, device=x.device)
     iterations = 0
     while iterations < max_iter:
         iterations += 1
@@ -121,20 +141,23 @@ def fit_logistic(
         new_w = ahead_w - step * grad_w
         if l1 > 0:
             new_w = torch.sign(new_w) * (new_w.abs() - step * l1).clamp_min(0)
-        new_b = ahead_b - step[:, :, 0] * grad_b
-        change = torch.maximum((new_w - weight).flatten(1).abs().amax(1), (new_b - bias).abs().amax(1))
-        size = torch.maximum(new_w.flatten(1).abs().amax(1), new_b.abs().amax(1))
+        new_b = ahead_b - step[..., 0] * grad_b
+        change = torch.maximum((new_w - weight).abs().amax((-2, -1)), (new_b - bias).abs().amax(-1))
+        size = torch.maximum(new_w.abs().amax((-2, -1)), new_b.abs().amax(-1))
         converged = change <= tol * (1 + size)
         # Restart where the step went against the momentum (the objective is then likely to rise).
-        uphill = ((ahead_w - new_w) * (new_w - weight)).flatten(1).sum(1) + ((ahead_b - new_b) * (new_b - bias)).sum(1)
-        restart = (uphill > 0).view(-1, 1, 1)
+        uphill = ((ahead_w - new_w) * (new_w - weight)).sum((-2, -1)) + ((ahead_b - new_b) * (new_b - bias)).sum(-1)
+        restart = (uphill > 0)[..., None, None]
         next_momentum = torch.where(restart, torch.ones_like(momentum), (1 + (1 + 4 * momentum**2).sqrt()) / 2)
         beta = torch.where(restart, torch.zeros_like(momentum), (momentum - 1) / next_momentum)
         ahead_w = new_w + beta * (new_w - weight)
-        ahead_b = new_b + beta[:, :, 0] * (new_b - bias)
+        ahead_b = new_b + beta[..., 0] * (new_b - bias)
         weight, bias, momentum = new_w, new_b, next_momentum
         if bool(converged.all()):
             break
-    if single:
-        return LogisticFit(weight[0], bias[0], iterations, converged[0])
-    return LogisticFit(weight, bias, iterations, converged)
+    return LogisticFit(
+        weight.reshape(*lead, num_classes, dim),
+        bias.reshape(*lead, num_classes),
+        iterations,
+        converged.reshape(lead),
+    )
