@@ -172,3 +172,12 @@ def test_a_model_without_a_linear_classifier_is_refused_by_name():
             batch_size=4,
             device=CPU,
         )
+
+
+def test_equal_groups_make_one_fit_since_every_balanced_subsample_is_every_image():
+    features = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * 8)
+    equal = fit_dfr(features, labels, torch.arange(16) % 4, num_classes=2, seed=0)
+    assert equal.result.ensemble == 1 and equal.result.per_group == 4 and equal.result.group_counts == [4] * 4
+    unequal = torch.tensor([0, 1, 2, 3] * 3 + [0, 1, 0, 1])  # counts 5, 5, 3, 3
+    assert fit_dfr(features, labels, unequal, num_classes=2, seed=0).result.ensemble == 10

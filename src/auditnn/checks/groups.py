@@ -243,6 +243,7 @@ class Groups(CheckKind[GroupsSettings]):
             )
         before, after = measured["erm"], measured["dfr"]
         files = {LAYER_FILE: layer_writer(subject.model, new_model, retraining, settings.attribute)}
+        layer = layer_key(subject.model, retraining.layer)
         mitigation = {
             "method": "dfr",
             "holdout": settings.holdout,
@@ -250,7 +251,7 @@ class Groups(CheckKind[GroupsSettings]):
             "scored": int(after.n),
             "retraining": retraining.to_dict(),
             "before": {k: v for k, v in before.to_dict().items() if k in ("groups", "worst_group", *SCALARS)},
-            "layer": layer_key(subject.model, retraining.layer),
+            "layer": layer,
         }
         section = {
             **after.to_dict(),
@@ -259,7 +260,7 @@ class Groups(CheckKind[GroupsSettings]):
             "batch": batch,
             "mitigation": mitigation,
         }
-        warnings = _unique(before.warnings + after.warnings + _convergence(retraining))
+        warnings = _unique(before.warnings + after.warnings + _convergence(retraining, layer))
         rows = groups_rows(before, "erm") + groups_rows(after, "dfr")
         return CheckResult(rows, section, warnings=warnings, files=files)
 
@@ -299,14 +300,14 @@ def _unique(warnings: list[dict[str, str]]) -> list[dict[str, str]]:
     return kept
 
 
-def _convergence(result: DFRResult) -> list[dict[str, str]]:
+def _convergence(result: DFRResult, layer: str) -> list[dict[str, str]]:
     if result.converged:
         return []
     return [
         {
             "code": "dfr_not_converged",
             "message": (
-                f"a retraining fit of layer '{result.layer}' stopped before it converged (l1 {result.l1:g}); "
+                f"a retraining fit of layer '{layer}' stopped before it converged (l1 {result.l1:g}); "
                 "the retrained layer may be short of its optimum"
             ),
         }

@@ -44,7 +44,8 @@ class DFRResult:
     """What retraining did. layer: the retrained layer's name in the model; l1: the chosen L1 strength (against the
     summed cross-entropy, = 1 / the paper's C); tuning: [{"l1", "worst_group_accuracy"}] on the tuning half, one
     per grid value; per_group: images each final subsample takes from every group (the smallest group's count);
-    groups: the number of groups; n: images retrained on; ensemble: fits averaged; group_counts: images per group
+    groups: the number of groups; n: images retrained on; ensemble: fits averaged (1 when every group has the
+    smallest group's count: each subsample is then every image, and the fits would be one); group_counts: images per group
     (group index order); converged: whether every fit met fit_logistic's tolerance within MAX_ITER steps."""
 
     layer: str
@@ -63,7 +64,7 @@ class DFRResult:
 
 @dataclass
 class DFRFit:
-    """The retrained layer on raw features: weight (K, D) and bias (K,) float64, so logits = x @ weight.T + bias;
+    """The retrained layer on raw features: weight (K, D) and bias (K,) in the fit's dtype, so logits = x @ weight.T + bias;
     and the same layer before the standardization was folded in: std_weight, std_bias on (x - mean) / scale, where
     mean and scale (D,) are those of the retraining features (scale 1 for a feature constant there)."""
 
@@ -171,13 +172,14 @@ def fit_dfr(
     layer: str = "",
     group_names: list[str] | None = None,
 ) -> DFRFit:
-    """DFR on features (N, D) (module docstring): the new layer, in float64 on the features' device. labels (N,)
+    """DFR on features (N, D) (module docstring): the new layer, in float64 for float64 features and float32
+    otherwise, on the features' device. labels (N,)
     int64 in [0, num_classes); groups (N,) int64 0 .. G-1, every group with at least MIN_PER_GROUP images (else
     AuditError naming the group, by group_names when given). Seeded: the same inputs give the same layer."""
     if not l1_grid or any(not l1 > 0 for l1 in l1_grid):
         raise AuditError(f"l1 grid {list(l1_grid)}; allowed: one or more numbers > 0")
     num_groups = _check(features, labels, groups, group_names, ensemble)
-    x = features.double()
+    x = features if features.dtype == torch.float64 else features.float()
     labels, groups = labels.to(x.device), groups.to(x.device)
     generator = torch.Generator().manual_seed(seed)
     cpu_groups = groups.cpu()
@@ -201,10 +203,11 @@ def fit_dfr(
     best = max(tuning, key=lambda row: row["worst_group_accuracy"])["l1"]  # the first of equals, as np.argmax
 
     mean, scale = moments(x)
-    index = torch.stack([balanced_subsample(cpu_groups, num_groups, generator) for _ in range(ensemble)]).to(x.device)
+    counts = group_counts(cpu_groups, num_groups)
+    fits = 1 if min(counts) == max(counts) else ensemble  # equal groups: every subsample is every image
+    index = torch.stack([balanced_subsample(cpu_groups, num_groups, generator) for _ in range(fits)]).to(x.device)
     std_weight, std_bias, converged = _fits((x - mean) / scale, labels, index, num_classes, best)
     weight, bias = fold_standardization(std_weight, std_bias, mean, scale)
-    counts = group_counts(cpu_groups, num_groups)
     result = DFRResult(
         layer=layer,
         l1=best,
@@ -212,7 +215,7 @@ def fit_dfr(
         per_group=min(counts),
         groups=num_groups,
         n=len(x),
-        ensemble=ensemble,
+        ensemble=fits,
         group_counts=counts,
         converged=converged,
     )
