@@ -61,7 +61,7 @@ def project(tmp_path, monkeypatch):
     torch.save({"images": images, "labels": labels, "classes": BIRDS}, tmp_path / "birds.pt")
     rows = ["index,label,place"] + [f"{i},{int(labels[i])},{PLACES[int(places[i])]}" for i in range(len(labels))]
     (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "birds_factory.py").write_text(FACTORY)
+    (tmp_path / "dfr_birds_factory.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)  # the factory module imports from the working folder
     return tmp_path
 
@@ -101,7 +101,7 @@ def test_the_layer_key_is_the_users_own_name():
 
 
 def _plan(root, mitigation="dfr", named=False, holdout=0.5):
-    spec = SubjectSpec(ModelSpec("factory:birds_factory:make"), data=DataSpec.parse(f"tensors:{root / 'birds.pt'}"))
+    spec = SubjectSpec(ModelSpec("factory:dfr_birds_factory:make"), data=DataSpec.parse(f"tensors:{root / 'birds.pt'}"))
     settings = GroupsSettings(
         groups=str(root / "meta.csv"),
         attribute="place",
@@ -137,12 +137,12 @@ def test_dfr_retrains_the_users_last_layer_and_reports_before_and_after_on_the_s
     notes = Annotations("place", PLACES, places, len(labels))
     scored = holdout_split(labels, notes, BIRDS, 0.5, seed=plan.seed).scored
     images, labels, places = images[scored], labels[scored], places[scored]
-    import birds_factory
+    import dfr_birds_factory
 
-    before = _group_accuracy(birds_factory.make(), images, labels, places)
+    before = _group_accuracy(dfr_birds_factory.make(), images, labels, places)
     tensors, metadata = read_tensors(project / "out" / "last_layer.safetensors")
     assert set(tensors) == {"1.weight", "1.bias"} and metadata["layer"] == "1" and metadata["method"] == "dfr"
-    retrained = birds_factory.make()
+    retrained = dfr_birds_factory.make()
     retrained.load_state_dict(tensors, strict=False)
     after = _group_accuracy(retrained, images, labels, places)
 
@@ -159,7 +159,7 @@ def test_dfr_retrains_the_users_last_layer_and_reports_before_and_after_on_the_s
 
 
 def test_an_audit_file_judges_the_dfr_rows_and_without_mitigation_the_models_own(capsys, project):
-    audit = """[model]\nsource = "factory:birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
+    audit = """[model]\nsource = "factory:dfr_birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
 [[check]]\nkind = "groups"\nname = "retrained"\ngroups = "meta.csv"\nattribute = "place"
 associate = "water:waterbird,land:landbird"\nmitigation = "dfr"\nmin_worst_group_accuracy = 0.8\n
 [[check]]\nkind = "groups"\nname = "as is"\ngroups = "meta.csv"\nattribute = "place"
@@ -197,7 +197,7 @@ associate = "water:waterbird,land:landbird"\nmin_worst_group_accuracy = 0.8\n"""
 )
 def test_bad_mitigation_settings_exit_2_with_one_line_and_no_files(capsys, project, line, needles):
     audit = (
-        """[model]\nsource = "factory:birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
+        """[model]\nsource = "factory:dfr_birds_factory:make"\n[data]\nsource = "tensors:birds.pt"\n[run]\ndevice = "cpu"\n
 [[check]]\nkind = "groups"\nname = "retrained"\ngroups = "meta.csv"\nattribute = "place"\nmax_gap = 1\n"""
         + line
         + "\n"
