@@ -13,6 +13,7 @@ from auditnn.checks.groups import GroupsSettings, holdout_split, layer_key, need
 from auditnn.errors import AuditError
 from auditnn.models.load import PixelModel
 from auditnn.plan import Check, Plan, Threshold
+from auditnn.report.schema import load_report
 from auditnn.runner import run_plan, write_outcome
 from auditnn.shortcut.annotated import Annotations
 from auditnn.spec import DataSpec, ModelSpec
@@ -127,6 +128,7 @@ def test_dfr_retrains_the_users_last_layer_and_reports_before_and_after_on_the_s
     (project / "out").mkdir()
     written = write_outcome(outcome, project / "out")
     assert "last_layer.safetensors" in written
+    assert load_report(project / "out" / "report.json").results["groups"]["mitigation"]["method"] == "dfr"  # schema
     section = outcome.report.results["groups"]
     mitigation = section["mitigation"]
     assert mitigation["retrained_on"] == 20 + 6 + 20 + 6 and mitigation["scored"] == 52  # floor(n / 2) per group
