@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from auditnn.checks import KINDS
+from auditnn.checks import corruption as corruption_module
 from auditnn.checks.corruption import (
     ECE_BINS,
     CorruptionSettings,
@@ -14,13 +15,15 @@ from auditnn.checks.corruption import (
     bin_stats,
     corruption_rows,
     draw_seed,
+    draws_warning,
     ece_of,
+    load_baseline,
     metric_rows,
     parse_severities,
     summary,
     sweep,
 )
-from auditnn.corruptions.base import CORRUPTIONS, Corruption
+from auditnn.corruptions.base import CORRUPTIONS, Corruption, parse_corruptions
 from auditnn.errors import AuditError
 from auditnn.plan import Threshold
 from auditnn.subject import SubjectSpec
@@ -47,6 +50,7 @@ def fakes(monkeypatch):
 
     for name, (held_out, fn) in FAKES.items():
         monkeypatch.setitem(CORRUPTIONS, name, Corruption(name, "digital", held_out, name == "gaussian_noise", fn))
+    monkeypatch.setattr(corruption_module, "DRAW_BLOCK", 1)  # one generator per image: any tiny batch size works
     SEEDS.clear()
 
 
@@ -114,9 +118,11 @@ def test_ece_per_cell_per_severity_and_clean_is_the_plain_loop():
     assert ece_of(result.stats[0]) == pytest.approx(_ece_by_loop(model(IMAGES), LABELS), abs=1e-9)
     for r in corruption_rows(result):
         assert r["ece"] == pytest.approx(_ece_by_loop(model(corrupted[r["corruption"]]), LABELS), abs=1e-9)
-    pooled = torch.cat([corrupted[n] for n in names])  # every chosen corruption at one severity, pooled
+    pooled = torch.cat([corrupted[n] for n in names[:2]])  # the benchmark ones at one severity; saturate is held out
     for entry in summary(result)["ece_by_severity"]:
-        assert entry["ece"] == pytest.approx(_ece_by_loop(model(pooled), LABELS.repeat(3)), abs=1e-9)
+        assert entry["ece"] == pytest.approx(_ece_by_loop(model(pooled), LABELS.repeat(2)), abs=1e-9)
+    held_out_only = sweep(MeanModel(), IMAGES, LABELS, ["saturate"], [1], seed=0, batch_size=3)
+    assert summary(held_out_only)["ece_by_severity"] == []
 
 
 def test_bin_stats_match_the_loop_on_random_logits():
@@ -161,26 +167,36 @@ def test_a_zero_denominator_leaves_the_figure_out_with_a_warning_never_nan():
     assert ce["saturate"]["ce"] == pytest.approx(5 / 7)  # held out: reported, never in the mean
 
 
-def test_draws_are_seeded_by_the_batch_first_image_so_the_same_batches_give_the_same_pixels():
+def test_draws_are_seeded_by_each_block_first_image_so_any_batch_size_gives_the_same_pixels(monkeypatch):
+    monkeypatch.setattr(corruption_module, "DRAW_BLOCK", 2)
     first = sweep(MeanModel(), IMAGES, LABELS, ["gaussian_noise"], [1, 2], seed=3, batch_size=4)
     seen = list(SEEDS)
     SEEDS.clear()
     again = sweep(MeanModel(), IMAGES, LABELS, ["gaussian_noise"], [1, 2], seed=3, batch_size=4)
     assert torch.equal(first.stats, again.stats) and torch.equal(first.picture, again.picture)
-    assert SEEDS == seen == [(draw_seed(3, "gaussian_noise", s, b), min(4, 10 - b)) for b in (0, 4, 8) for s in (1, 2)]
+    blocks = {0: (0, 2), 4: (4, 6), 8: (8,)}  # batch start -> its blocks' first images
+    expected = [(draw_seed(3, "gaussian_noise", s, k), 2) for b in (0, 4, 8) for s in (1, 2) for k in blocks[b]]
+    assert SEEDS == seen == expected
+    for size in (2, 6, 10):  # other batch sizes: the same blocks, the same draws, the same numbers
+        other_size = sweep(MeanModel(), IMAGES, LABELS, ["gaussian_noise"], [1, 2], seed=3, batch_size=size)
+        assert torch.equal(other_size.stats, first.stats) and torch.equal(other_size.picture, first.picture)
+    with pytest.raises(AuditError, match="allowed: a multiple of 2"):
+        sweep(MeanModel(), IMAGES, LABELS, ["gaussian_noise"], [1], seed=3, batch_size=3)
     other = sweep(MeanModel(), IMAGES, LABELS, ["gaussian_noise"], [2], seed=4, batch_size=4)
     assert not torch.equal(other.picture[1], first.picture[2])  # another seed, other noise
-    expected = IMAGES[:4] + 0.4 * torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(seen[1][0]))
+    expected = IMAGES[:2] + 0.4 * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(seen[2][0]))
     assert torch.equal(first.picture[2], expected[0].clamp(0, 1))  # image 0 at severity 2, drawn again by hand
 
 
-def test_a_batch_out_of_memory_is_halved_and_its_halves_seeded_by_their_own_first_image():
-    """10 images in batches of 4 on a model that cannot take more than 2: the halves are the batches of 2."""
+def test_a_batch_out_of_memory_is_halved_at_block_boundaries_and_keeps_its_pixels(monkeypatch):
+    """10 images in batches of 8 (blocks of 2) on a model that cannot take more than 3: 8 -> 4 -> 2 + 2, and the
+    numbers equal those of an unhalved run (before: halves were seeded by their own first image, other noise)."""
+    monkeypatch.setattr(corruption_module, "DRAW_BLOCK", 2)
     names, severities = ["gaussian_noise", "brightness"], [1, 5]
-    halved = sweep(MeanModel(oom_above=2), IMAGES, LABELS, names, severities, seed=0, batch_size=4)
-    small = sweep(MeanModel(), IMAGES, LABELS, names, severities, seed=0, batch_size=2)
-    assert halved.oom_halvings == 2 and small.oom_halvings == 0
-    assert torch.equal(halved.stats, small.stats) and torch.equal(halved.picture, small.picture)
+    halved = sweep(MeanModel(oom_above=3), IMAGES, LABELS, names, severities, seed=0, batch_size=8)
+    whole = sweep(MeanModel(), IMAGES, LABELS, names, severities, seed=0, batch_size=8)
+    assert halved.oom_halvings == 3 and whole.oom_halvings == 0
+    assert torch.equal(halved.stats, whole.stats) and torch.equal(halved.picture, whole.picture)
 
 
 def test_the_test_digest_does_not_depend_on_the_batch_size_and_follows_the_pixels():
@@ -257,6 +273,7 @@ def test_at_most_one_corrupted_batch_is_alive_the_picture_keeps_a_copy_not_a_vie
         return out
 
     monkeypatch.setitem(CORRUPTIONS, "contrast", Corruption("contrast", "digital", False, False, tracked))
+    monkeypatch.setattr(corruption_module, "DRAW_BLOCK", 4)  # one corruption call per batch of 4
     result = sweep(MeanModel(), IMAGES, LABELS, ["contrast"], [1, 2, 3], seed=0, batch_size=4)
     assert len(alive_at_call) == 9 and max(alive_at_call) == 0
     assert torch.equal(result.picture[1:], (IMAGES[:1] * 0.5).expand(3, -1, -1, -1))
@@ -275,3 +292,101 @@ def test_an_audit_file_with_max_mce_and_no_baseline_is_refused_before_anything_r
     )
     with pytest.raises(AuditError, match="max_mce needs a baseline"):
         validate_plan(load_plan(audit))
+
+
+@pytest.mark.parametrize("text", ["", ",", " , "])
+def test_an_empty_list_of_corruptions_or_severities_is_refused(text):
+    with pytest.raises(AuditError, match="name none"):
+        parse_severities(text)
+    with pytest.raises(AuditError, match="name none"):
+        parse_corruptions(text)
+
+
+def test_a_severity_in_other_digits_is_bad_input_not_a_crash():
+    with pytest.raises(AuditError, match="severity '²' is not allowed"):
+        parse_severities("²")
+
+
+def test_benchmark_or_all_mixed_with_names_is_refused_with_a_message_that_does_not_contradict_itself():
+    with pytest.raises(AuditError, match="benchmark or all alone"):
+        parse_corruptions("benchmark,fog")
+
+
+def test_a_ratio_threshold_takes_values_above_one_and_a_share_does_not(tmp_path):
+    from auditnn.plan import load_plan
+
+    def plan(line):
+        audit = tmp_path / "audit.toml"
+        audit.write_text(
+            '[model]\nsource = "mlp"\n[data]\nsource = "digits"\n'
+            f'[[check]]\nkind = "corruption"\nbaseline = "b.json"\n{line}\n'
+        )
+        return load_plan(audit)
+
+    assert plan("max_mce = 1.05").checks[0].thresholds[0].value == pytest.approx(1.05)
+    with pytest.raises(AuditError, match="max_mce' is -0.1; allowed: a number >= 0"):
+        plan("max_mce = -0.1")
+    with pytest.raises(AuditError, match=r"allowed: a number in \[0, 1\]"):
+        plan("min_mean_accuracy = 1.05")
+
+
+@pytest.mark.parametrize("key", ["min_mean_accuracy", "max_mce", "max_ece"])
+def test_a_mean_threshold_on_held_out_corruptions_only_is_refused(key):
+    metric, bound = KINDS["corruption"].thresholds[key]
+    settings = CorruptionSettings(corruptions=["saturate,spatter"], baseline="b.json", severity=1)
+    with pytest.raises(AuditError, match="only held-out ones are chosen"):
+        KINDS["corruption"].validate_thresholds(settings, [Threshold(key, metric, bound, 0.5)])
+
+
+def test_an_audit_file_corruption_with_dashes_reads_as_the_name():
+    assert KINDS["corruption"].from_file("corruption", "Gaussian-Noise", "") == "gaussian_noise"
+
+
+def _baseline_report(tmp_path, correct, clean=5, n=10, seed=0):
+    from auditnn.report.schema import Report
+
+    section = {
+        "model": "m",
+        "data": {"source": "x", "classes": ["a", "b"]},
+        "n": n,
+        "constants": "cifar",
+        "corruptions": ["contrast"],
+        "severities": [1],
+        "test_sha256": "0" * 64,
+        "oom_halvings": 0,
+        "clean": {"correct": clean, "accuracy": 0.5, "ece": 0.1},
+        "rows": [
+            {
+                "corruption": "contrast",
+                "severity": 1,
+                "held_out": False,
+                "correct": correct,
+                "accuracy": 0.5,
+                "error": 0.5,
+                "ece": 0.1,
+            }
+        ],
+        "summary": {
+            "mean_accuracy": 0.5,
+            "mce_unnormalized": 0.5,
+            "held_out_mean_accuracy": None,
+            "ece_by_severity": [{"severity": 1, "ece": 0.1}],
+        },
+    }
+    report = Report("corrupt", "r", {}, {"device": "cpu"}, seed, {"corruption": section}, [])
+    path = tmp_path / "report.json"
+    path.write_text(report.to_json())
+    return str(path)
+
+
+@pytest.mark.parametrize("correct,clean", [(99, 5), (-1, 5), (5, 11)])
+def test_a_baseline_with_counts_outside_0_to_n_is_refused(tmp_path, correct, clean):
+    with pytest.raises(AuditError, match="allowed: a corrupt report whose counts lie between 0 and"):
+        load_baseline(_baseline_report(tmp_path, correct, clean), ["contrast"], [1])
+
+
+def test_a_baseline_drawn_with_another_seed_or_device_is_said(tmp_path):
+    base = load_baseline(_baseline_report(tmp_path, 5, seed=7), ["contrast"], [1])
+    [warning] = draws_warning("b.json", base, 0, torch.device("cpu"))
+    assert warning["code"] == "baseline_other_draws" and "seed 7 (this run 0)" in warning["message"]
+    assert draws_warning("b.json", {**base, "seed": 0}, 0, torch.device("cpu")) == []

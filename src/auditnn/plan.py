@@ -219,8 +219,11 @@ def _parse_check(raw: Any, number: int, where: str, base: Path) -> Check:
             allow = _allowed_warnings(value, kind.unreliable_warnings, at)
             continue
         if key in kind.thresholds:
-            if not type_ok(value, NUMBER) or not 0.0 <= value <= 1.0:
-                raise AuditError(f"{at} key '{key}' is {value!r}; allowed: a number in [0, 1]")
+            ratio = key in kind.ratio_thresholds
+            if not type_ok(value, NUMBER) or not 0.0 <= value <= (math.inf if ratio else 1.0):
+                raise AuditError(
+                    f"{at} key '{key}' is {value!r}; allowed: {'a number >= 0' if ratio else 'a number in [0, 1]'}"
+                )
             metric, bound = kind.thresholds[key]
             thresholds.append(Threshold(key, metric, bound, float(value)))
             continue

@@ -216,17 +216,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and CPU_ALLOCATOR_FAILURE in str(error)
 
 
-def split_on_oom(run: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Any]:
+def split_on_oom(run: Callable[..., list[Any]], *tensors: torch.Tensor, unit: int = 1) -> list[Any]:
     """run(*tensors) -> list of results; when it runs out of memory (is_out_of_memory: on CUDA or on CPU), run each
-    half of the batch instead (recursively, down to one item). The results stay in order; any other error, and an
-    out-of-memory error on one item, propagates unchanged."""
+    half of the batch instead (recursively, down to one unit of `unit` items: each split falls on a multiple of it).
+    The results stay in order; any other error, and an out-of-memory error on one unit, propagates unchanged."""
     try:
         return run(*tensors)
     except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
-        if not is_out_of_memory(error) or len(tensors[0]) <= 1:
+        if not is_out_of_memory(error) or len(tensors[0]) <= unit:
             raise
     # Split outside the handler: the error's traceback holds the failed call's frames, and with them its tensors.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    half = (len(tensors[0]) + 1) // 2
-    return split_on_oom(run, *(t[:half] for t in tensors)) + split_on_oom(run, *(t[half:] for t in tensors))
+    half = -(-len(tensors[0]) // (2 * unit)) * unit  # half the units, rounded up
+    first = split_on_oom(run, *(t[:half] for t in tensors), unit=unit)
+    return first + split_on_oom(run, *(t[half:] for t in tensors), unit=unit)

@@ -73,6 +73,7 @@ class CheckKind(Generic[S]):
     name: ClassVar[str]
     settings: ClassVar[type]  # a dataclass; its fields with defaults are optional, the others required
     thresholds: ClassVar[dict[str, tuple[str, str]]]  # audit-file key -> (metric, 'min' or 'max')
+    ratio_thresholds: ClassVar[frozenset[str]] = frozenset()  # keys judging a ratio (any number >= 0), not a share
     needs_subject: ClassVar[bool] = True  # False: it builds its own data and model
     merged: ClassVar[bool] = False  # True: one results section holds the rows of every check of this kind
     # Warning codes that say this kind's figure may not be trusted (it may overstate what it measures): a gate fails

@@ -9,7 +9,8 @@ S: the chosen severities; the benchmark corruptions are those of corruptions.BEN
   CE_c              = sum_s E_s,c / sum_s E_s,c(baseline)                    mce = mean over benchmark c of CE_c
   relative CE_c     = sum_s (E_s,c - E_clean) / sum_s (E_s,c(baseline) - E_clean(baseline))   relative_mce its mean
   ECE               = sum_b |sum of correct_b - sum of confidence_b| / N over 15 equal-width bins (i/15, (i+1)/15] of
-                      the max softmax confidence; per severity over every chosen corruption at it, pooled.
+                      the max softmax confidence; per severity over every chosen benchmark corruption at it,
+                      pooled (held-out corruptions have their own per-cell ECE, never pooled in).
 Every figure is computed from integer counts and the bins' float64 sums of float32 confidences, summed over batches
 and processes. Those sums are exact (so their order, and the number of processes, cannot change them) while the images
 in one sum times 2^ceil(log2 K) stay below 2^30: a million images of 1000 classes."""
@@ -39,7 +40,29 @@ if TYPE_CHECKING:
 
 ALL_CORRUPTIONS = (*BENCHMARK, *HELD_OUT)  # a corruption's index here seeds its draws
 ECE_BINS = 15
-CORRUPTION_COPIES = 8  # float32 copies of each image a corruption may hold besides the batch (memory.choose_batch_size)
+# Float32 copies of each image a corruption holds at its peak besides the batch (memory.choose_batch_size), measured
+# as peak RSS over the batch's size at severity 5 on 48 x 3 x 224 x 224 images (CPU), rounded up with one to spare.
+CORRUPTION_COPIES = {
+    "glass_blur": 19,
+    "defocus_blur": 14,
+    "frost": 10,
+    "motion_blur": 9,
+    "snow": 8,
+    "zoom_blur": 8,
+    "saturate": 8,
+    "spatter": 8,
+    "elastic_transform": 6,
+    "jpeg_compression": 5,
+    "fog": 4,
+    "impulse_noise": 4,
+    "gaussian_noise": 4,
+    "pixelate": 4,
+}
+DEFAULT_COPIES = 4  # a corruption not measured above (shot and speckle noise, brightness, contrast, gaussian blur)
+# Test images that share one generator: block b holds images b*DRAW_BLOCK .. (b+1)*DRAW_BLOCK - 1 of the test set and
+# its draws are seeded by (seed, corruption, severity, its first image). Batches (and out-of-memory halves) are whole
+# blocks, so any batch size, sharding or halving corrupts every image with the same pixels.
+DRAW_BLOCK = 16
 STATS = ("count", "confidence", "correct")  # the three sums kept per ECE bin
 
 
@@ -48,7 +71,7 @@ class CorruptionSettings:
     """corruptions: names, or one 'benchmark' (the 15) / 'all' (the 15 and the 4 held out), or one comma list (an
     audit file writes one string); severities: 1..5 (an audit file writes one integer or one comma list); baseline:
     another model's `auditnn corrupt` report.json (for CE and mCE); corruption and severity: the row that
-    min_accuracy judges (severity alone: the ECE that max_ece judges)."""
+    min_accuracy judges (severity alone: the ECE that max_ece judges); a corruption's dashes read as underscores."""
 
     corruptions: list[str] = field(default_factory=lambda: list(BENCHMARK), metadata={"file": STRING})
     severities: list[int | str] = field(default_factory=lambda: list(SEVERITIES), metadata={"file": STRING})
@@ -64,12 +87,12 @@ def chosen_corruptions(settings: CorruptionSettings) -> list[str]:
 
 
 def parse_severities(text: str) -> list[int]:
-    """'1,3,5' -> [1, 3, 5]; empty: all five. Each must be an integer 1..5, each at most once."""
+    """'1,3,5' -> [1, 3, 5]. Each must be an integer 1..5 in ASCII digits, each at most once; nothing is refused."""
     words = [w.strip() for w in text.split(",") if w.strip()]
     if not words:
-        return list(SEVERITIES)
+        raise AuditError(f"severities '{text}' name none; allowed: integers 1 to 5, e.g. 1,3,5")
     for word in words:
-        if not word.isdigit() or int(word) not in SEVERITIES:
+        if not (word.isascii() and word.isdigit()) or int(word) not in SEVERITIES:
             raise AuditError(f"severity '{word}' is not allowed; allowed: integers 1 to 5, e.g. 1,3,5")
     severities = [int(w) for w in words]
     if len(set(severities)) != len(severities):
@@ -85,11 +108,22 @@ def chosen_severities(settings: CorruptionSettings) -> list[int]:
 
 
 def draw_seed(seed: int, name: str, severity: int, first: int) -> int:
-    """The seed of one corruption's draws on the batch whose first image is test image `first`: a function of the
-    run's seed, the corruption's index in the 19 names, the severity and `first` only, so any sharding of the
-    batches, or a resumed run, gives the same pixels for the same batch size."""
+    """The seed of one corruption's draws on the block (DRAW_BLOCK images) whose first image is test image `first`: a
+    function of the run's seed, the corruption's index in the 19 names, the severity and `first` only, so any batch
+    size, sharding of the batches or out-of-memory halving gives the same pixels (on one device type: CPU and CUDA
+    generators draw differently)."""
     text = f"{seed}/{ALL_CORRUPTIONS.index(name)}/{severity}/{first}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def corrupted_batch(x: torch.Tensor, name: str, severity: int, seed: int, first: int) -> torch.Tensor:
+    """x, test images first, first + 1, ... (first a multiple of DRAW_BLOCK), under the corruption: each block of
+    DRAW_BLOCK images corrupted with its own generator (draw_seed), on x's device, into one new batch."""
+    out = torch.empty_like(x)
+    for start in range(0, len(x), DRAW_BLOCK):
+        generator = torch.Generator(device=x.device).manual_seed(draw_seed(seed, name, severity, first + start))
+        out[start : start + DRAW_BLOCK] = corrupt(x[start : start + DRAW_BLOCK], name, severity, generator)
+    return out
 
 
 def bin_stats(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -116,7 +150,7 @@ class Sweep:
     cell 0 the clean images, cell 1 + i * len(severities) + j corruption i at severity j; picture: the first test
     image clean then through every cell (cells + 1, C, H, W), or None without images; test_sha256: sha256 over each
     test image's float32 pixels and label, in order (the same for any batch size); oom_halvings: batches split in two
-    because they ran out of memory (their halves are seeded by their own first image)."""
+    because they ran out of memory (at a block boundary: the pixels stay the same)."""
 
     names: list[str]
     severities: list[int]
@@ -150,7 +184,13 @@ def sweep(
 ) -> Sweep:
     """Every test image clean and under every corruption x severity, read batch_size at a time: per batch the clean
     logits once, then each corruption at each severity on the model's device (one corrupted batch at a time); only
-    the bins' sums are kept. Under torchrun each process reads its own batches and the sums are gathered."""
+    the bins' sums are kept. Under torchrun each process reads its own batches and the sums are gathered.
+    batch_size must be a multiple of DRAW_BLOCK (see there)."""
+    if batch_size < 1 or batch_size % DRAW_BLOCK:
+        raise AuditError(
+            f"batch size {batch_size}; allowed: a multiple of {DRAW_BLOCK} (the corruptions draw their randomness "
+            f"per block of {DRAW_BLOCK} test images, so that any batch size gives the same pixels)"
+        )
     store, device = as_store(images), model_device(model)
     if len(store) != len(labels):
         raise AuditError(f"{len(store)} images with {len(labels)} labels; allowed: one label per image")
@@ -163,13 +203,13 @@ def sweep(
     def run(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         x, y = x.to(device, non_blocking=True), y.to(device)
         first = int(index[0])
+        assert first % DRAW_BLOCK == 0  # batches and halves are whole blocks
         out = torch.zeros(cells, ECE_BINS, len(STATS), dtype=torch.float64, device=device)
         kept = [x[:1].cpu().clone()] if first == 0 else []  # copies: a view would keep its whole batch alive
         out[0] = bin_stats(_logits(model, x), y)
         for i, name in enumerate(names):
             for j, severity in enumerate(severities):
-                generator = torch.Generator(device=device).manual_seed(draw_seed(seed, name, severity, first))
-                corrupted = corrupt(x, name, severity, generator)
+                corrupted = corrupted_batch(x, name, severity, seed, first)
                 out[1 + i * len(severities) + j] = bin_stats(_logits(model, corrupted), y)
                 if first == 0:
                     kept.append(corrupted[:1].cpu().clone())
@@ -181,7 +221,7 @@ def sweep(
             y = labels[begin:end]
             digests += [_image_digest(image, label) for image, label in zip(x, y.tolist(), strict=True)]
             constants = scale_of(x)
-            parts = split_on_oom(run, x, y, torch.arange(begin, end))
+            parts = split_on_oom(run, x, y, torch.arange(begin, end), unit=DRAW_BLOCK)
             halvings += len(parts) // 2 - 1
             for part in parts[0::2]:
                 stats += part
@@ -254,7 +294,7 @@ def corruption_rows(result: Sweep) -> list[dict[str, Any]]:
 
 def summary(result: Sweep) -> dict[str, Any]:
     """The chosen benchmark corruptions' mean accuracy and mean error, the held-out ones' mean accuracy (None when
-    none is chosen), and the ECE per severity, pooled over every chosen corruption, and of the clean images."""
+    none is chosen), and the ECE per severity, pooled over the chosen benchmark corruptions (none without one)."""
     n = result.n
     bench = [c for c in result.names if c not in HELD_OUT]
     held = [c for c in result.names if c in HELD_OUT]
@@ -266,8 +306,8 @@ def summary(result: Sweep) -> dict[str, Any]:
     bench_correct, bench_n = total(bench)
     held_correct, held_n = total(held)
     per_severity = []
-    for severity in result.severities:
-        cells = [result.cell(c, severity) for c in result.names]
+    for severity in result.severities if bench else []:
+        cells = [result.cell(c, severity) for c in bench]
         per_severity.append({"severity": severity, "ece": ece_of(result.stats[cells])})
     return {
         "mean_accuracy": share(bench_correct, bench_n),
@@ -335,6 +375,16 @@ def load_baseline(path: str, names: list[str], severities: list[int]) -> dict[st
             f"{baseline_name()} '{path}' is a report of 'auditnn {report.command}'; "
             "allowed: a report.json written by auditnn corrupt"
         )
+    n = section["n"]
+    counts = [("clean", section["clean"]["correct"])] + [
+        (f"{r['corruption']} at severity {r['severity']}", r["correct"]) for r in section["rows"]
+    ]
+    for where, correct in counts:
+        if n < 1 or not 0 <= correct <= n:
+            raise AuditError(
+                f"{baseline_name()} '{path}' counts {correct} correct of {n} images ({where}); allowed: a corrupt "
+                "report whose counts lie between 0 and its number of images"
+            )
     held = {(r["corruption"], r["severity"]) for r in section["rows"]}
     for name in names:
         for severity in severities:
@@ -343,7 +393,29 @@ def load_baseline(path: str, names: list[str], severities: list[int]) -> dict[st
                     f"{baseline_name()} '{path}' holds no {name} at severity {severity}; allowed: a corrupt report "
                     "measured with every chosen corruption and severity"
                 )
-    return section
+    device = str(report.environment.get("device", "")).split(":")[0]
+    return {**section, "seed": report.seed, "device_type": device}
+
+
+def draws_warning(path: str, base: dict[str, Any], seed: int, device: torch.device) -> list[dict[str, str]]:
+    """A warning when the baseline's random corruptions were drawn otherwise than this run's (another seed, block or
+    device type): its CE is then a comparison under other noise, not paired image by image."""
+    differ = []
+    if base.get("seed") != seed:
+        differ.append(f"seed {base.get('seed')} (this run {seed})")
+    if base.get("draw_block", DRAW_BLOCK) != DRAW_BLOCK:
+        differ.append(f"draw block {base.get('draw_block')} (this run {DRAW_BLOCK})")
+    if base.get("device_type") and base["device_type"] != device.type:
+        differ.append(f"device {base['device_type']} (this run {device.type})")
+    if not differ:
+        return []
+    return [
+        {
+            "code": "baseline_other_draws",
+            "message": f"baseline '{path}' drew its random corruptions with {', '.join(differ)}: its errors are "
+            "measured under other noise, so CE compares the models on average, not image by image",
+        }
+    ]
 
 
 def check_same_data(path: str, base: dict[str, Any], n: int, classes: int, test_sha256: str | None) -> None:
@@ -379,6 +451,7 @@ class Corruption(CheckKind[CorruptionSettings]):
         "max_ece": ("ece", "max"),
         "min_accuracy": ("accuracy", "min"),
     }
+    ratio_thresholds = frozenset({"max_mce"})  # mCE is a ratio to the baseline's errors: 1.05 is 5 % worse
     section_schema = {
         "model": STR,
         "data": DATA,
@@ -390,6 +463,7 @@ class Corruption(CheckKind[CorruptionSettings]):
         "severities": [INT],
         "test_sha256": STR,
         "oom_halvings": INT,
+        "draw_block?": INT,
         "clean": {"correct": INT, "accuracy": NUM_OR_NULL, "ece": NUM_OR_NULL},
         "rows": [
             {
@@ -419,6 +493,8 @@ class Corruption(CheckKind[CorruptionSettings]):
 
     @classmethod
     def from_file(cls, key: str, value: Any, at: str) -> Any:
+        if key == "corruption" and isinstance(value, str):
+            return value.strip().lower().replace("-", "_")
         if key == "severities" and isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # one severity, as the comma list reads it
         return value
@@ -438,8 +514,11 @@ class Corruption(CheckKind[CorruptionSettings]):
                 f"corruption '{settings.corruption}' is set without a severity; allowed: both (the accuracy row "
                 "min_accuracy judges) or neither"
             )
-        if settings.batch_size is not None and settings.batch_size < 1:
-            raise AuditError(f"--batch-size {settings.batch_size}; allowed: at least 1")
+        if settings.batch_size is not None and (settings.batch_size < 1 or settings.batch_size % DRAW_BLOCK):
+            raise AuditError(
+                f"--batch-size {settings.batch_size}; allowed: a multiple of {DRAW_BLOCK} (the corruptions draw their "
+                f"randomness per block of {DRAW_BLOCK} test images, so that any batch size gives the same pixels)"
+            )
         if settings.baseline is not None:
             load_baseline(settings.baseline, names, severities)
 
@@ -447,6 +526,12 @@ class Corruption(CheckKind[CorruptionSettings]):
         """What a check's thresholds need of its settings: max_mce a baseline, min_accuracy a corruption and a
         severity, max_ece a severity."""
         keys = [t.key for t in thresholds]
+        means = [k for k in ("min_mean_accuracy", "max_mce", "max_ece") if k in keys]
+        if means and not any(name in BENCHMARK for name in chosen_corruptions(settings)):
+            raise AuditError(
+                f"{means[0]} judges the benchmark corruptions, but only held-out ones are chosen "
+                f"({', '.join(chosen_corruptions(settings))}); allowed: at least one of the 15 benchmark corruptions"
+            )
         if "max_mce" in keys and settings.baseline is None:
             raise AuditError("max_mce needs a baseline; allowed: baseline = another model's corrupt report.json")
         if "min_accuracy" in keys and (settings.corruption is None or settings.severity is None):
@@ -476,7 +561,10 @@ class Corruption(CheckKind[CorruptionSettings]):
         if settings.baseline is not None:
             base = load_baseline(settings.baseline, names, severities)
             check_same_data(settings.baseline, base, n, len(data.classes), None)
-        batch = batch_size_for(ctx, settings.batch_size, copies=CORRUPTION_COPIES)
+        copies = max(CORRUPTION_COPIES.get(name, DEFAULT_COPIES) for name in names)
+        batch = batch_size_for(ctx, settings.batch_size, copies=copies)
+        if batch["chosen_by"] != "given":  # whole draw blocks (see DRAW_BLOCK); the same on every process
+            batch["size"] = max(DRAW_BLOCK, batch["size"] // DRAW_BLOCK * DRAW_BLOCK)
         result = sweep(
             subject.model, data.test, data.test_labels, names, severities, seed=ctx.seed, batch_size=batch["size"]
         )
@@ -494,6 +582,7 @@ class Corruption(CheckKind[CorruptionSettings]):
             "severities": severities,
             "test_sha256": result.test_sha256,
             "oom_halvings": result.oom_halvings,
+            "draw_block": DRAW_BLOCK,
             "clean": {"correct": clean_correct, "accuracy": share(clean_correct, n), "ece": ece_of(result.stats[0])},
             "rows": rows,
             "summary": summary(result),
@@ -501,6 +590,7 @@ class Corruption(CheckKind[CorruptionSettings]):
         warnings: list[dict[str, str]] = []
         if base is not None and settings.baseline is not None:
             per, means, warnings = baseline_errors(rows, clean_correct, n, base, severities)
+            warnings += draws_warning(settings.baseline, base, ctx.seed, ctx.device)
             section["summary"].update(means)
             section["baseline"] = {"report": str(settings.baseline), "model": base["model"], "by_corruption": per}
         pictures = {} if result.picture is None else {"grid": result.picture}

@@ -124,13 +124,17 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
 
 
 def parse_corruptions(text: str) -> list[str]:
-    """'gaussian_noise,fog' as given; 'benchmark' (or empty) the 15; 'all' the 15 then the 4 held out. Names are
-    checked against the full list (dashes read as underscores), duplicates refused."""
+    """'gaussian_noise,fog' as given; 'benchmark' the 15; 'all' the 15 then the 4 held out (either alone). Names are
+    checked against the full list (dashes read as underscores); duplicates and an empty list refused."""
     words = [w.strip().lower().replace("-", "_") for w in text.split(",") if w.strip()]
-    if not words or words == ["benchmark"]:
+    if not words:
+        raise AuditError(f"corruptions '{text}' name none; allowed: names of corruptions, benchmark or all")
+    if words == ["benchmark"]:
         return list(BENCHMARK)
     if words == ["all"]:
         return [*BENCHMARK, *HELD_OUT]
+    if "benchmark" in words or "all" in words:
+        raise AuditError(f"corruptions '{text}' mix a set with names; allowed: benchmark or all alone, or names")
     known = (*BENCHMARK, *HELD_OUT)
     for word in words:
         if word not in known:
