@@ -276,3 +276,16 @@ def test_equalize_hist_is_opencvs_loop():
     torch.testing.assert_close(equalize_hist(levels), expected, rtol=0, atol=0)
     flat = torch.full((1, 1, 3, 3), 17.0)
     torch.testing.assert_close(equalize_hist(flat), flat, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", ((1, 1), (3, 100), (100, 3)))
+def test_tiny_and_thin_images_keep_the_contract(size):
+    """Kernels wider than the image: reflected borders fall back to replicated ones, motion taps beyond the image
+    are dropped, the glass shuffle's inner region is empty."""
+    for channels in (1, 3):
+        images = torch.rand(2, channels, *size, generator=torch.Generator().manual_seed(7))
+        for name in (*BLURS, *PARTICLES):
+            for severity in range(1, 6):
+                out = run(name, images, severity)
+                assert out.shape == images.shape and bool(torch.isfinite(out).all())
+                assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
