@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from auditnn.corruptions import CORRUPTIONS, corrupt, corruption
 from auditnn.corruptions.blur import arange, clipped_zoom, disk_kernel, line_blur, local_shuffle
-from auditnn.corruptions.particles import FROST, SPATTER, WATER, canny, edge_distance, equalize_hist
+from auditnn.corruptions.particles import FROST, SPATTER, WATER, canny, edge_distance, equalize_hist, frost_texture
 
 BLURS = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur")
 PARTICLES = ("snow", "frost", "spatter")
@@ -211,9 +211,19 @@ def test_frost_is_the_reference_blend_of_the_image_and_a_layer_in_0_1(scale, siz
         a, b = FROST[scale][severity - 1]
         out = run("frost", images, severity)
         assert bool((out >= (a * images).clamp(max=1) - 1e-6).all()) and bool((out <= a * images + b + 1e-6).all())
-        layer = (out - a * images) / b  # where nothing was clipped, the frost layer itself
+        layer = (out - a * images) / b  # where nothing was clipped, the tinted frost layer itself
         unclipped = out < 1
-        assert float(layer[unclipped].mean()) > 0.2 and float(layer[unclipped].std()) > 0.05  # a texture, not a wash
+        assert float(layer[unclipped].std()) > 0.05  # a texture, not a wash
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_frost_texture_has_the_photographs_level_and_spread(size):
+    """The reference's five photographs: gray mean 0.64, standard deviation within one 0.09 to 0.17."""
+    layer = frost_texture(torch.zeros(8, 3, *size), torch.Generator().manual_seed(8))
+    assert layer.shape == (8, 1, *size) and float(layer.min()) >= 0 and float(layer.max()) <= 1
+    assert 0.6 <= float(layer.mean()) <= 0.76
+    spread = layer.std(dim=(1, 2, 3))
+    assert float(spread.min()) >= 0.08 and float(spread.max()) <= 0.2
 
 
 @pytest.mark.parametrize("scale, size", (("cifar", (32, 32)), ("imagenet", (70, 90))))
