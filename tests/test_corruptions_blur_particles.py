@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from auditnn.corruptions import CORRUPTIONS, corrupt, corruption
-from auditnn.corruptions.blur import arange, clipped_zoom, disk_kernel, line_blur, local_shuffle
+from auditnn.corruptions.blur import arange, clipped_zoom, disk_kernel, line_blur, move_pixels
 from auditnn.corruptions.particles import FROST, SPATTER, WATER, canny, edge_distance, equalize_hist, frost_texture
 
 BLURS = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur")
@@ -169,23 +169,20 @@ def test_line_blur_stops_at_the_first_tap_beyond_the_image():
     torch.testing.assert_close(out[0, 0], by_hand, rtol=0, atol=1e-6)
 
 
-def test_local_shuffle_takes_each_inner_pixel_from_its_window():
-    h, w, delta = 12, 15, 2
-    images = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w).repeat(3, 2, 1, 1)
-    out = local_shuffle(images, delta, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(out[:, 0], out[:, 1], rtol=0, atol=0)  # channels move together
-    moved = 0
-    for n in range(3):
-        for y in range(h):
-            for x in range(w):
-                src = int(out[n, 0, y, x])
-                dy, dx = src // w - y, src % w - x
-                if delta < y <= h - delta and delta < x <= w - delta:
-                    assert -delta <= dy < delta and -delta <= dx < delta
-                    moved += (dy, dx) != (0, 0)
-                else:
-                    assert (dy, dx) == (0, 0)
-    assert moved > 0
+@pytest.mark.parametrize("delta", (1, 2, 3))
+def test_move_pixels_is_the_references_sequential_loop(delta):
+    h, w, n = 11, 14, 2
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(n, 3, h, w, generator=gen)
+    offsets = torch.randint(-delta, delta, (2, n, h - 2 * delta, w - 2 * delta), generator=gen)
+    expected = images.clone()
+    for k in range(n):  # the reference's loop; numpy's RGB "swap" copies (its right side holds views)
+        for row in range(h - delta, delta, -1):
+            for col in range(w - delta, delta, -1):
+                dy, dx = (int(v) for v in offsets[:, k, h - delta - row, w - delta - col])
+                expected[k, :, row, col] = expected[k, :, row + dy, col + dx].clone()
+    torch.testing.assert_close(move_pixels(images, delta, offsets), expected, rtol=0, atol=0)
+    assert torch.equal(move_pixels(images[:, :, :4, :4], 2, offsets[:, :, :0, :0]), images[:, :, :4, :4])
 
 
 def test_zoom_factors_are_numpys_arange_and_clipped_zoom_is_linear_on_a_ramp():
