@@ -9,7 +9,8 @@ aligned). Deviations, all documented where they happen:
   batched steps instead of one Python step per pixel and image), and keeps floats where the reference truncates to
   8 bits between the blurs;
 - motion_blur is the `imagecorruptions` line kernel (one-sided Gaussian weights along a line at a random angle,
-  replicated borders), which replaced the reference's ImageMagick motion blur; the angle is drawn per image."""
+  replicated borders), which replaced the reference's ImageMagick motion blur; the angle is drawn per image, and
+  each image's kernel is applied through the FFT."""
 
 from __future__ import annotations
 
@@ -94,16 +95,21 @@ def trim(kernel: torch.Tensor, floor: float = 1e-9) -> torch.Tensor:
 
 
 def fft_filter(images: torch.Tensor, kernel: torch.Tensor, *, mode: str) -> torch.Tensor:
-    """depthwise(images, kernel, mode=mode) through the FFT: the padded image times the flipped kernel's transform;
-    the output is the part of the circular convolution that no wrap-around reaches."""
-    k = kernel.shape[0]
-    r = k // 2
+    """depthwise(images, kernel, mode=mode) through the FFT."""
+    r = kernel.shape[0] // 2
     padded = F.pad(images, (r, r, r, r), mode=mode) if mode != "constant" else F.pad(images, (r, r, r, r))
+    return correlate_fft(padded, kernel.to(images.dtype))
+
+
+def correlate_fft(padded: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """out(y, x) = sum_ab kernels(a, b) padded(y + a, x + b) over the positions where the (k x k) kernel fits (the
+    padded image less k - 1 rows and columns), every channel; kernels (k, k) or one per image (N, 1, k, k). The
+    padded image times the flipped kernel's transform; the part of the circular convolution no wrap-around reaches."""
+    k = kernels.shape[-1]
     size = padded.shape[-2:]
-    spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(kernel.flip(0, 1).to(images.dtype), s=size)
+    spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(kernels.flip(-2, -1), s=size)
     full = torch.fft.irfft2(spectrum, s=size)
-    h, w = images.shape[-2:]
-    return full[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w].contiguous()
+    return full[..., k - 1 :, k - 1 :].contiguous()
 
 
 @register("gaussian_blur", "blur", random=False)
@@ -185,7 +191,8 @@ def line_blur(images: torch.Tensor, radius: int, sigma: float, angles: torch.Ten
     x + ox_i), oy_i = ceil(i sin a - 0.5), ox_i = ceil(i cos a - 0.5), borders replicated, w = motion_weights. As the
     reference, the taps stop at the first whose offset reaches the image's height or width; unlike it, the weights
     kept are renormalised to sum 1 (a constant image stays constant; images wider and taller than the kernel are
-    unaffected). One gather per tap, all images at once."""
+    unaffected). Each image's taps make one sparse kernel, applied to all images at once through the FFT
+    (correlate_fft)."""
     n, c, h, w = images.shape
     weights = motion_weights(radius, sigma).to(images.device)
     width = weights.numel()
@@ -198,18 +205,12 @@ def line_blur(images: torch.Tensor, radius: int, sigma: float, angles: torch.Ten
     keep = torch.cumprod(((oy.abs() < h) & (ox.abs() < w)).long(), dim=1).to(torch.float64)
     kept = (weights.view(1, width) * keep) / (weights.view(1, width) * keep).sum(dim=1, keepdim=True)
     kept = kept.to(images.dtype)
-    pad = width - 1  # |offset| <= tap index: replicated borders by padding once, then one shifted gather per tap
-    wide = w + 2 * pad
-    flat = F.pad(images, (pad, pad, pad, pad), mode="replicate").reshape(n, c, -1)
-    rows = torch.arange(h, device=images.device).view(h, 1)
-    cols = torch.arange(w, device=images.device).view(1, w)
-    base = ((rows + pad) * wide + cols + pad).view(1, 1, h * w)
-    shifts = oy * wide + ox  # (N, taps)
-    out = torch.zeros(n, c, h * w, dtype=images.dtype, device=images.device)
-    for t in range(width):
-        index = (base + shifts[:, t].view(n, 1, 1)).expand(n, c, h * w)
-        out += kept[:, t].view(n, 1, 1) * flat.gather(2, index)
-    return out.reshape(n, c, h, w)
+    pad = width - 1  # |offset| <= tap index
+    side = 2 * pad + 1  # each image's taps as one sparse side x side kernel, applied through the FFT
+    kernels = torch.zeros(n, side * side, dtype=images.dtype, device=images.device)
+    kernels.scatter_add_(1, (pad + oy) * side + pad + ox, kept)
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")  # replicated borders
+    return correlate_fft(padded, kernels.view(n, 1, side, side))
 
 
 @register("motion_blur", "blur", random=True)
