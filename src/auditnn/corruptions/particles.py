@@ -6,7 +6,8 @@ lens), as the common use has it. Deviations, documented where they happen:
 - snow blurs its flake layer with blur.line_blur (the `imagecorruptions` kernel) where the reference calls
   ImageMagick's motion blur;
 - frost blends a procedural texture (crystal needles grown from random seeds, over a patchy haze, with fine grain)
-  with the reference's weights, where the reference crops one of six frost photographs that we do not have;
+  with the reference's weights, where the reference crops one of its frost photographs (np.random.randint(5): the
+  first five of six), which we do not ship;
 - spatter writes cv2's Canny edges, distance transform, histogram equalisation and filters in torch: the same
   operations, except that the distance is the exact Euclidean one (cv2: a 5 x 5 mask approximation of it)."""
 
@@ -144,7 +145,7 @@ def frost_texture(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 @register("frost", "weather", random=True)
 def frost(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Frost on the lens: image weight * x + frost weight * a frost layer (frost_texture, tinted bluish white; its
-    gray value on one channel), the reference's weights. The reference's layer is a random crop of one of six
+    gray value on one channel), the reference's weights. The reference's layer is a random crop of one of five
     frost photographs."""
     image_weight, frost_weight = constants(FROST, images, severity)
     layer = frost_texture(images, generator) * _colour(FROST_TINT, images, GRAY_IC)
