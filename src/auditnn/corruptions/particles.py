@@ -6,7 +6,8 @@ lens), as the common use has it. Deviations, documented where they happen:
 - snow blurs its flake layer with blur.line_blur (the `imagecorruptions` kernel) where the reference calls
   ImageMagick's motion blur;
 - frost blends a procedural texture (crystal needles grown from random seeds, over a patchy haze, with fine grain)
-  with the reference's weights, where the reference crops one of six frost photographs that we do not have;
+  with the reference's weights, where the reference crops one of its frost photographs (np.random.randint(5): the
+  first five of six), which we do not ship;
 - spatter writes cv2's Canny edges, distance transform, histogram equalisation and filters in torch: the same
   operations, except that the distance is the exact Euclidean one (cv2: a 5 x 5 mask approximation of it)."""
 
@@ -66,7 +67,7 @@ GRAY = (0.299, 0.587, 0.114)  # cv2's RGB -> gray weights (snow)
 GRAY_IC = (0.2989, 0.5870, 0.1140)  # imagecorruptions' rgb2gray (spatter on one channel)
 WATER = (175 / 255, 238 / 255, 238 / 255)  # pale turquoise
 MUD = (63 / 255, 42 / 255, 20 / 255)  # mud brown
-FROST_TINT = (0.9, 0.95, 1.0)  # frost is bluish white
+FROST_TINT = (0.81, 0.93, 1.0)  # the reference photographs' mean R, G, B (0.57, 0.66, 0.70) over blue's
 DISTANCE_CAP = 20  # px: spatter's distance to the nearest edge is truncated here (cv2.threshold, THRESH_TRUNC)
 
 
@@ -119,8 +120,9 @@ def frost_texture(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     """A procedural frost layer (N, 1, H, W) in [0, 1], standing in for the reference's photographs: crystal needles
     (seeds a fraction of a percent of the pixels, each drawn out into a streak along 4 random directions per image;
     24 px long at ImageNet size, 5 px at CIFAR size, as the photographs' crystals, which the CIFAR code shrinks to a
-    fifth), over a haze of random patches (0.2 to 0.5) and fine grain. Its statistics are chosen by eye, not measured
-    from the photographs."""
+    fifth), over a haze of random patches (0.4 to 0.65) and fine grain. Its level and spread are set to the five
+    photographs the reference draws from (their gray mean 0.64, standard deviation within a photograph 0.09 to
+    0.17): mean about 0.68, standard deviation about 0.13 (before the tint)."""
     n, _, h, w = images.shape
     small = scale_of(images) == "cifar"
     length, seed_rate, cell = (5, 0.02, 4) if small else (24, 0.003, 16)
@@ -135,15 +137,15 @@ def frost_texture(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
         needles = torch.maximum(needles, streak.clamp(0.0, 1.0))
     needles = gaussian_filter(needles, 0.5 if small else 0.8, mode="replicate")
     coarse = torch.rand(n, 1, -(-h // cell) + 1, -(-w // cell) + 1, generator=generator, device=device, dtype=dtype)
-    haze = 0.2 + 0.3 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    grain = torch.rand(n, 1, h, w, generator=generator, device=device, dtype=dtype) * 0.15
-    return (haze + 0.8 * needles + grain).clamp(0.0, 1.0)
+    haze = 0.4 + 0.25 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    grain = torch.rand(n, 1, h, w, generator=generator, device=device, dtype=dtype) * 0.12
+    return (haze + 0.6 * needles + grain).clamp(0.0, 1.0)
 
 
 @register("frost", "weather", random=True)
 def frost(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Frost on the lens: image weight * x + frost weight * a frost layer (frost_texture, tinted bluish white; its
-    gray value on one channel), the reference's weights. The reference's layer is a random crop of one of six
+    gray value on one channel), the reference's weights. The reference's layer is a random crop of one of five
     frost photographs."""
     image_weight, frost_weight = constants(FROST, images, severity)
     layer = frost_texture(images, generator) * _colour(FROST_TINT, images, GRAY_IC)
