@@ -16,6 +16,7 @@ def test_discover_writes_ranked_slices_that_cover_every_image(capsys, tmp_path):
     code, out, err = run_cli(capsys, "discover", *FAST, "--slices", "4", "--out", tmp_path)
     assert code == 0, err
     assert "Slices where the model" in out
+    assert "slice 1 exemplars" in (tmp_path / "report.html").read_text()
     report = json.loads((tmp_path / "report.json").read_text())
     section = report["results"]["discover"]
     slices = section["slices"]

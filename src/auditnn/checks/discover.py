@@ -256,7 +256,8 @@ class Discover(CheckKind[DiscoverSettings]):
 @dataclass
 class DiscoverySettings:
     """A shortcut planted at rho (tag and its salience as in `shortcut`), a model trained on it (epochs: None for
-    the model's), and discover (its settings) run on an evaluation split at the training rho."""
+    the model's; a given trained model is measured as it is), and discover (its settings) run on an evaluation split
+    at the training rho."""
 
     tag: str = "watermark"
     rho: float = field(default=0.95, metadata={"file": NUMBER})
@@ -304,6 +305,7 @@ class Discovery(CheckKind[DiscoverySettings]):
         **SECTION_SCHEMA,
         "tag": STR,
         "rho": NUM,
+        "data": DATA,
         "evaluation": STR,
         "training": ANY,
         "scores": {"n_truth": INT, "top_precision": NUM, "top_recall": NUM, "best_rank": INT, "best_f1": NUM},
@@ -317,11 +319,6 @@ class Discovery(CheckKind[DiscoverySettings]):
     def validate(self, settings: DiscoverySettings, spec: SubjectSpec) -> None:
         validate_discover(self._discover(settings))
         BuildConfig(base=spec.base.text, shortcut=planted(settings), rho=settings.rho).validate()
-        if not spec.model.is_architecture:
-            raise AuditError(
-                f"--evaluate-discovery trains its model on the planted data, but model '{spec.model.text}' is given; "
-                "allowed: an architecture (mlp, cnn, resnet18)"
-            )
 
     def title(self, settings: DiscoverySettings) -> tuple[str, tuple[str, ...]]:
         return f"discovery {settings.tag} rho={settings.rho:g}", ("tag", "rho")
@@ -344,8 +341,16 @@ class Discovery(CheckKind[DiscoverySettings]):
             download=spec.download,
         )
         dataset = build_controlled(config, base)
-        train = spec.train if settings.epochs is None else replace(spec.train, epochs=settings.epochs)
-        model, fit, _ = train_on_controlled(dataset, spec.model.text, train, ctx.device, width=spec.width)
+        training: dict[str, Any] | None = None
+        model: nn.Module
+        if spec.model.is_architecture:
+            train = spec.train if settings.epochs is None else replace(spec.train, epochs=settings.epochs)
+            model, fit, _ = train_on_controlled(dataset, spec.model.text, train, ctx.device, width=spec.width)
+            training = {"epochs": fit.epochs, "seconds": fit.seconds}
+        else:  # a trained model, measured on the planted images as they are (as the shortcut check does)
+            from .shortcut import Shortcut
+
+            model = Shortcut()._given(dataset, ctx)
         images, labels, conflicting = evaluation_split(dataset, settings.rho, ctx.seed)
         batch = settings.batch_size or 256
         slices, section, pictures = discover_on(
@@ -363,11 +368,12 @@ class Discovery(CheckKind[DiscoverySettings]):
             **section,
             "tag": settings.tag,
             "rho": settings.rho,
+            "data": {"classes": dataset.classes, "n_test": len(labels)},
             "evaluation": (
                 "the held-out test images, each once, its shortcut id drawn afresh at the training rho "
                 f"({int(conflicting.sum())} of {len(labels)} conflicting)"
             ),
-            "training": {"epochs": fit.epochs, "seconds": fit.seconds},
+            "training": training,
             "scores": scores,
         }
         labels_ = self.labels(settings)

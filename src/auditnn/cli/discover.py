@@ -45,7 +45,7 @@ def discover(
         bool,
         typer.Option(
             "--evaluate-discovery",
-            help="Plant --tag at --rho, train --model on it, and score the slices against the conflicting images.",
+            help="Plant --tag at --rho, train --model on it (or take a trained one), score the slices against the conflicting images.",
         ),
     ] = False,
     tag: o.Tag = "watermark",

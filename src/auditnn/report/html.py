@@ -181,6 +181,22 @@ def _attack_figures(report: Report, pictures: dict[str, torch.Tensor], classes: 
     return out
 
 
+def _discover_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """The exemplars of the top slices of discover / discovery (keys <kind>[/<check>]/slice-<rank>/images)."""
+    out = []
+    prefixes = sorted(
+        {k.rsplit("/", 1)[0] for k in pictures if k.startswith(("discover/", "discovery/")) and k.endswith("/images")}
+    )
+    for prefix in prefixes:
+        labels = _names(classes, pictures[f"{prefix}/labels"])
+        preds = _names(classes, pictures[f"{prefix}/predictions"])
+        captions = [f"y={y} pred={p}" for y, p in zip(labels, preds, strict=True)]
+        where, rank = prefix.rsplit("/slice-", 1)
+        grid = plots.image_grid([(f"slice {rank}", pictures[f"{prefix}/images"], captions)])
+        out.append(_img(grid, f"slice {rank} exemplars", f"{where}: slice {rank}, the images it holds most surely."))
+    return out
+
+
 def _classes(report: Report) -> list[str]:
     """Class names from whichever section recorded them (an index without a name is shown as the index)."""
     for section in report.results.values():
@@ -219,7 +235,11 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
     parts.append("<h2>Measurements</h2>")
     parts += [_table(t) for t in report_tables(report)]
     classes = _classes(report)
-    figures = _shortcut_figures(report, pictures, classes) + _attack_figures(report, pictures, classes)
+    figures = (
+        _shortcut_figures(report, pictures, classes)
+        + _attack_figures(report, pictures, classes)
+        + _discover_figures(report, pictures, classes)
+    )
     if figures:
         parts.append("<h2>Pictures</h2>")
         parts += figures
