@@ -110,13 +110,12 @@ def discover_on(
     slices = find_slices(features, logits, labels, k, seed=seed)
     values, names = feature_names(feature_families(images, grid, batch_size=batch_size), images.shape[0])
     predicted = logits.argmax(1)
-    attribution = torch.cat(
+    shares = torch.cat(  # grad x input of the predicted class, kept as each image's share per grid cell
         [
-            logit_attribution(model, x, predicted[begin:end])
-            for begin, end, x in images.batches(batch_size)  # grad x input of the predicted class
+            cell_shares(logit_attribution(model, x, predicted[begin:end]), grid)
+            for begin, end, x in images.batches(batch_size)
         ]
     )
-    shares = cell_shares(attribution, grid)
     n, smallest = len(labels), min_size(settings, len(labels))
     rows, pictures = [], {}
     for rank, s in enumerate(slices, start=1):

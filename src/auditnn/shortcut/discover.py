@@ -380,8 +380,6 @@ def distinguishing_features(
     difference, _, _ = within_class_differences(values, labels, members, num_classes)
     spread = pooled_within_class_std(values, labels, num_classes)
     smd = torch.where(spread > 1e-12, difference / spread.clamp(min=1e-12), torch.zeros_like(difference))
-    if not (difference != 0).any() and not len(smd):
-        return []
     order = smd.abs().argsort(descending=True, stable=True)[:top]
     return [{"feature": names[j], "smd": float(smd[j])} for j in order.tolist() if float(smd[j]) != 0.0]
 
