@@ -30,6 +30,8 @@ EXAMPLES = {
     "patch": {"steps": 3, "size": 0.25},
     "sensitivity": {"tag": "watermark"},
     "groups": {"groups": "GROUPS", "attribute": "side"},
+    "discover": {"slices": 4},
+    "discovery": {"tag": "watermark", "epochs": 1},
     "corruption": {
         "corruptions": ["defocus_blur,gaussian_blur"],
         "severities": ["1,2"],

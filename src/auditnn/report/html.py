@@ -211,6 +211,21 @@ def _corruption_figures(report: Report, pictures: dict[str, torch.Tensor], class
             images = grid[1 + i * columns : 1 + (i + 1) * columns]
             rows.append((corruption, images, [f"severity {s}" for s in section["severities"]]))
         out.append(_img(plots.image_grid(rows), "corrupted images", "The first test image under every corruption."))
+
+
+def _discover_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """The exemplars of the top slices of discover / discovery (keys <kind>[/<check>]/slice-<rank>/images)."""
+    out = []
+    prefixes = sorted(
+        {k.rsplit("/", 1)[0] for k in pictures if k.startswith(("discover/", "discovery/")) and k.endswith("/images")}
+    )
+    for prefix in prefixes:
+        labels = _names(classes, pictures[f"{prefix}/labels"])
+        preds = _names(classes, pictures[f"{prefix}/predictions"])
+        captions = [f"y={y} pred={p}" for y, p in zip(labels, preds, strict=True)]
+        where, rank = prefix.rsplit("/slice-", 1)
+        grid = plots.image_grid([(f"slice {rank}", pictures[f"{prefix}/images"], captions)])
+        out.append(_img(grid, f"slice {rank} exemplars", f"{where}: slice {rank}, the images it holds most surely."))
     return out
 
 
@@ -256,6 +271,7 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
         _shortcut_figures(report, pictures, classes)
         + _attack_figures(report, pictures, classes)
         + _corruption_figures(report, pictures, classes)
+        + _discover_figures(report, pictures, classes)
     )
     if figures:
         parts.append("<h2>Pictures</h2>")
