@@ -211,6 +211,7 @@ def _corruption_figures(report: Report, pictures: dict[str, torch.Tensor], class
             images = grid[1 + i * columns : 1 + (i + 1) * columns]
             rows.append((corruption, images, [f"severity {s}" for s in section["severities"]]))
         out.append(_img(plots.image_grid(rows), "corrupted images", "The first test image under every corruption."))
+    return out
 
 
 def _discover_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
