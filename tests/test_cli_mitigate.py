@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers import assert_usage_error, files_under, run_cli
+from test_groups_mitigate import BIRDS, FACTORY, PLACES, birds
 
 from auditnn.data.controlled import BuildConfig, build_controlled
 from auditnn.data.sources import load_source
@@ -168,3 +169,45 @@ def test_your_images_take_dfr_with_groups_only(capsys, tmp_path, user_files, met
     )
     assert_usage_error(code, err, *needles)
     assert files_under(tmp_path / "o") == []
+
+
+@pytest.fixture
+def birds_project(tmp_path, monkeypatch):
+    """The dfr branch's annotated birds (tests/test_groups_mitigate.py): images, metadata CSV and a shortcut model."""
+    images, labels, places = birds()
+    torch.save({"images": images, "labels": labels, "classes": BIRDS}, tmp_path / "birds.pt")
+    rows = ["index,label,place"] + [f"{i},{int(labels[i])},{PLACES[int(places[i])]}" for i in range(len(labels))]
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "birds_factory.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_your_images_with_groups_pass_dfr_through_to_the_groups_check(capsys, birds_project):
+    """The dfr branch's annotated birds: `shortcut --groups ... --mitigate dfr` is its groups check with mitigation."""
+    code, out, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "factory:birds_factory:make",
+        "--data",
+        "tensors:birds.pt",
+        "--groups",
+        "meta.csv",
+        "--attribute",
+        "place",
+        "--associate",
+        "water:waterbird,land:landbird",
+        "--mitigate",
+        "dfr",
+        "--device",
+        "cpu",
+        "--out",
+        "out",
+    )
+    assert code == 0, err
+    report = json.loads((birds_project / "out" / "report.json").read_text())
+    assert report["config"]["checks"][0]["settings"]["mitigation"] == "dfr"
+    worst = {r["method"]: r["value"] for r in report["metrics"] if r["metric"] == "worst_group_accuracy"}
+    assert set(worst) == {"erm", "dfr"} and worst["dfr"] > worst["erm"]
+    assert (birds_project / "out" / "last_layer.safetensors").is_file()

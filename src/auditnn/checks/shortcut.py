@@ -23,7 +23,7 @@ from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..data.stream import as_store
 from ..errors import AuditError, allowed
-from ..models import save_model_dir
+from ..models import PixelModel, save_model_dir
 from ..report.schema import ANY, NUM, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..runtime import share_weights_from_first
@@ -264,7 +264,7 @@ class Shortcut(CheckKind[ShortcutSettings]):
     def _kept(
         self,
         settings: ShortcutSettings,
-        model: nn.Module,
+        model: PixelModel,
         card: dict[str, Any],
         dataset: ControlledDataset,
         ctx: Context,

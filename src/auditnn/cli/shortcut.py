@@ -103,7 +103,7 @@ def shortcut(
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
     look = {"size": size, "opacity": opacity, "position": position, "target_class": target_class}
     methods = [] if mitigate is None else parse_methods(mitigate)
-    tuning = {
+    tuning: dict[str, tuple[object, object, str]] = {
         "--upweight": (upweight, 20.0, "jtt"),
         "--jtt-epochs": (jtt_epochs, 2, "jtt"),
         "--groupdro-eta": (groupdro_eta, 0.01, "groupdro"),
