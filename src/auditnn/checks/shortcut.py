@@ -23,15 +23,16 @@ from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..data.stream import as_store
 from ..errors import AuditError, allowed
-from ..models import save_model_dir
+from ..models import PixelModel, save_model_dir
 from ..report.schema import ANY, NUM, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
 from ..runtime import share_weights_from_first
 from ..shortcut.annotated import recoloured_error
 from ..shortcut.metrics import ATTRIBUTIONS, measure_reliance, shortcut_examples
+from ..shortcut.mitigate import MitigationConfig, Trained, train_methods, validate_methods
 from ..subject import EvalData, SubjectSpec, data_digest, resolve_subject
 from ..train import TrainConfig, train_on_controlled
-from .base import NUMBER, CheckKind, CheckResult, Context, cli_only, first_layer_pictures, planted, register
+from .base import NUMBER, STRING, CheckKind, CheckResult, Context, cli_only, first_layer_pictures, planted, register
 
 SCALARS = (
     "clean_accuracy",
@@ -71,7 +72,10 @@ SHOWN = (  # (metric key, label shown)
 class ShortcutSettings:
     """rho: P(shortcut agrees with label) in the training data, one dataset and model per value; epochs: None for
     the model's; data: a dataset folder from `auditnn data build` instead of building one; save_models: keep each
-    trained model in the output folder (models/rho-<rho>/)."""
+    trained model in the output folder (models/rho-<rho>/, with mitigation models/rho-<rho>/<method>/).
+    mitigation: remedies to train, one model each (shortcut/mitigate.py: erm, reweight, groupdro, jtt, dfr); empty:
+    today's single model, its rows unlabelled; an audit file names one, whose rows its thresholds judge. upweight,
+    jtt_epochs: JTT's; groupdro_eta, groupdro_adjustment: group DRO's."""
 
     tag: str
     rho: list[float] = field(default_factory=lambda: [0.95], metadata={"file": NUMBER})
@@ -83,6 +87,14 @@ class ShortcutSettings:
     attribution: str = field(default="gradxinput", metadata=cli_only())
     data: str | None = field(default=None, metadata=cli_only())
     save_models: bool = field(default=False, metadata=cli_only())
+    mitigation: list[str] = field(default_factory=list, metadata={"file": STRING})
+    upweight: float = 20.0
+    jtt_epochs: int = 2
+    groupdro_eta: float = 0.01
+    groupdro_adjustment: float = 0.0
+
+    def mitigation_config(self) -> MitigationConfig:
+        return MitigationConfig(self.upweight, self.jtt_epochs, self.groupdro_eta, self.groupdro_adjustment)
 
 
 def _train_config(settings: ShortcutSettings, spec: SubjectSpec) -> TrainConfig:
@@ -116,6 +128,7 @@ class Shortcut(CheckKind[ShortcutSettings]):
             {
                 "rho": NUM,
                 "check?": STR,
+                "method?": STR,
                 "training?": ANY,
                 "dataset": {"base": STR, "shortcut": {"tag": STR}, "classes?": [STR]},
                 "metrics": {
@@ -143,6 +156,14 @@ class Shortcut(CheckKind[ShortcutSettings]):
                 "allowed: a single rho with a given dataset or trained model"
             )
         _train_config(settings, spec).validate()
+        if settings.mitigation:
+            validate_methods(settings.mitigation)
+            settings.mitigation_config().validate()
+            if not spec.model.is_architecture:
+                raise AuditError(
+                    f"mitigation trains one model per method, but model '{spec.model.text}' is trained already; "
+                    "allowed: an architecture (mlp, cnn, resnet18)"
+                )
 
     def inputs(self, settings: ShortcutSettings, ctx: Context) -> str | None:
         """The data it builds from (a built dataset's manifest, which holds its files' checksums, or the base images
@@ -161,7 +182,8 @@ class Shortcut(CheckKind[ShortcutSettings]):
         return f"shortcut {settings.tag} rho={settings.rho[0]:g}", ("tag", "rho")
 
     def labels(self, settings: ShortcutSettings) -> dict[str, Any]:
-        return {"tag": settings.tag, "rho": settings.rho[0]}
+        method = {"method": settings.mitigation[0]} if len(settings.mitigation) == 1 else {}
+        return {"tag": settings.tag, "rho": settings.rho[0], **method}
 
     def picture_key(self, key: str, name: str | None, settings: ShortcutSettings, ctx: Context) -> str | None:
         """A command's: shortcut/<tag>/rho=<rho>/<picture>. An audit's: shortcut/<check>/<picture>, its single rho
@@ -173,13 +195,16 @@ class Shortcut(CheckKind[ShortcutSettings]):
         return f"shortcut/{name}/{key.split('/', 1)[1]}"
 
     def tables(self, section: dict[str, Any]) -> list[Table]:
-        """One column per rho, one row per metric: narrow enough for a terminal whatever the sweep."""
+        """One column per rho (and method), one row per metric: narrow enough for a terminal whatever the sweep."""
         runs = section["rows"]
-        columns = ["metric"] + [
-            f"rho {fmt(r['rho'], 2)}" + (" (given model)" if r.get("training") is None else "") for r in runs
-        ]
+        sweep = len({r["rho"] for r in runs}) > 1
+        columns = ["metric"] + [_column(r, sweep) for r in runs]
         rows = [[label] + [fmt(r["metrics"][key]) for r in runs] for key, label in SHOWN]
         rows.insert(5, ["worst group (label x shortcut)"] + [r["metrics"]["worst_group"] for r in runs])
+        if any("method" in r for r in runs):
+            rows.append(
+                ["training seconds (all passes)"] + [fmt((r.get("training") or {}).get("seconds")) for r in runs]
+            )
         first = runs[0]["dataset"]
         return [Table(f"Shortcut reliance: {first['shortcut']['tag']} on {first['base']}", columns, rows)]
 
@@ -204,6 +229,15 @@ class Shortcut(CheckKind[ShortcutSettings]):
                 if settings.data is not None
                 else build_controlled(build_config(settings, ctx.subject_spec, rho, ctx.seed), base)
             )
+            if settings.mitigation:
+                for trained in self._mitigated(settings, dataset, ctx):
+                    files = self._kept(settings, trained.model, trained.card, dataset, ctx, trained.method)
+                    measured = time.perf_counter()
+                    self._describe(
+                        result, settings, trained.model, dataset, trained.record(), files, ctx, 0.0, trained.method
+                    )
+                    result.section["rows"][-1]["seconds"] = trained.seconds + time.perf_counter() - measured
+                continue
             if ctx.subject_spec.model.is_architecture:
                 model, training, files = self._trained(settings, dataset, ctx)
             else:
@@ -225,9 +259,42 @@ class Shortcut(CheckKind[ShortcutSettings]):
             dataset, spec.model.text, train, ctx.device, width=spec.width, progress=report
         )
         share_weights_from_first(model)
-        keep = settings.save_models and ctx.out_dir is not None
-        files = {f"models/rho-{rho:g}": lambda path: save_model_dir(model, card, path)} if keep else {}
-        return model, asdict(fit), files
+        return model, asdict(fit), self._kept(settings, model, card, dataset, ctx)
+
+    def _kept(
+        self,
+        settings: ShortcutSettings,
+        model: PixelModel,
+        card: dict[str, Any],
+        dataset: ControlledDataset,
+        ctx: Context,
+        method: str | None = None,
+    ) -> dict[str, Callable[[Path], Any]]:
+        """The files that keep a trained model with save_models: models/rho-<rho>[/<method>]."""
+        if not settings.save_models or ctx.out_dir is None:
+            return {}
+        folder = f"models/rho-{dataset.manifest['rho']:g}" + ("" if method is None else f"/{method}")
+        return {folder: lambda path: save_model_dir(model, card, path)}
+
+    def _mitigated(self, settings: ShortcutSettings, dataset: ControlledDataset, ctx: Context) -> list[Trained]:
+        """One model per mitigation method on this dataset (shortcut/mitigate.py), in the order given."""
+        spec, rho = ctx.subject_spec, dataset.manifest["rho"]
+        progress = ctx.progress
+
+        def report(method: str) -> Any:
+            return None if progress is None else (lambda e, n, r: progress(f"rho={rho:g} {method}", e, n, r))
+
+        trained = train_methods(
+            settings.mitigation,
+            dataset,
+            spec.model.text,
+            _train_config(settings, spec),
+            ctx.device,
+            width=spec.width,
+            mitigation=settings.mitigation_config(),
+            progress=report,
+        )
+        return list(trained.values())
 
     def _given(self, dataset: ControlledDataset, ctx: Context) -> nn.Module:
         """The user's trained model, measured on the dataset's images as they are (never converted)."""
@@ -264,22 +331,25 @@ class Shortcut(CheckKind[ShortcutSettings]):
         files: dict[str, Callable[[Path], Any]],
         ctx: Context,
         seconds: float,
+        method: str | None = None,
     ) -> None:
-        """Add one rho's measurement to the result: its rows, its section row, pictures and files."""
+        """Add one rho's (and method's) measurement to the result: its rows, its section row, pictures and files.
+        A method labels every row (method=<name>) and its section row."""
         metrics = measure_reliance(model, dataset, attribution=settings.attribution)
         rho, tag = (
             dataset.manifest["rho"],
             dataset.tag,
         )  # the dataset's; with a given model it shaped the test split only
-        result.rows += [metric_row("shortcut", name, getattr(metrics, name), tag=tag, rho=rho) for name in SCALARS]
+        labels = {"tag": tag, "rho": rho, **({} if method is None else {"method": method})}
+        result.rows += [metric_row("shortcut", name, getattr(metrics, name), **labels) for name in SCALARS]
         result.rows += [
-            metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], tag=tag, rho=rho)
-            for g in metrics.groups
+            metric_row("shortcut", "group_accuracy", g["accuracy"], group=g["group"], **labels) for g in metrics.groups
         ]
         model_dir = None if not files or ctx.out_dir is None else str(ctx.out_dir / next(iter(files)))
         result.section["rows"].append(
             {
                 "rho": rho,
+                **({} if method is None else {"method": method}),
                 "metrics": asdict(metrics),
                 "dataset": {
                     k: dataset.manifest.get(k)
@@ -291,5 +361,13 @@ class Shortcut(CheckKind[ShortcutSettings]):
             }
         )
         pictures = {**shortcut_examples(model, dataset), **first_layer_pictures(model, dataset.test.images.shape[1:])}
-        result.pictures.update({f"rho={rho:g}/{k}": v for k, v in pictures.items()})
+        where = f"rho={rho:g}" + ("" if method is None else f"/{method}")
+        result.pictures.update({f"{where}/{k}": v for k, v in pictures.items()})
         result.files.update(files)
+
+
+def _column(row: dict[str, Any], sweep: bool) -> str:
+    """A run's column: its rho (a given model's marked), or its method, with its rho in a sweep."""
+    if "method" not in row:
+        return f"rho {fmt(row['rho'], 2)}" + (" (given model)" if row.get("training") is None else "")
+    return f"rho {fmt(row['rho'], 2)} {row['method']}" if sweep else row["method"]

@@ -13,6 +13,7 @@ from ..checks.shortcut import ShortcutSettings
 from ..data.controlled import check_shortcut_matches, read_manifest
 from ..errors import AuditError
 from ..plan import Check, Plan
+from ..shortcut.mitigate import METHODS, MitigationConfig, parse_methods
 from ..spec import DataSpec, ModelSpec
 from ..values import parse_number_list
 from . import options as o
@@ -79,6 +80,20 @@ def shortcut(
     download: o.Download = False,
     out: o.Out = None,
     save_models: Annotated[bool, typer.Option(help="Keep each trained model under OUT/models/.")] = True,
+    mitigate: Annotated[
+        str | None,
+        typer.Option(
+            help="Remedies to train on the same data and compare, one column each: a comma list of erm (plain training), reweight, groupdro, jtt, dfr. With your images (--groups): dfr only."
+        ),
+    ] = None,
+    upweight: Annotated[
+        float, typer.Option(help="JTT: the loss weight of the first pass's training errors (>= 1).")
+    ] = 20.0,
+    jtt_epochs: Annotated[int, typer.Option(help="JTT: epochs of the first (ERM) pass.")] = 2,
+    groupdro_eta: Annotated[float, typer.Option(help="Group DRO: step size of the group weights.")] = 0.01,
+    groupdro_adjustment: Annotated[
+        float, typer.Option(help="Group DRO: generalization adjustment C (C / sqrt(group size) added to its loss).")
+    ] = 0.0,
     quiet: o.Quiet = False,
 ) -> int:
     """Measure how much a model relies on a planted shortcut: group and worst-group accuracy, counterfactual flips,
@@ -87,6 +102,16 @@ def shortcut(
     train = o.train_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     wants_groups = any(v is not None for v in (groups, attribute, associate, associate_from))
     look = {"size": size, "opacity": opacity, "position": position, "target_class": target_class}
+    methods = [] if mitigate is None else parse_methods(mitigate)
+    tuning: dict[str, tuple[object, object, str]] = {
+        "--upweight": (upweight, 20.0, "jtt"),
+        "--jtt-epochs": (jtt_epochs, 2, "jtt"),
+        "--groupdro-eta": (groupdro_eta, 0.01, "groupdro"),
+        "--groupdro-adjustment": (groupdro_adjustment, 0.0, "groupdro"),
+    }
+    _refuse_unused_tuning(tuning, methods)
+    mitigation = MitigationConfig(upweight, jtt_epochs, groupdro_eta, groupdro_adjustment)
+    mitigation.validate()
     if wants_groups or (data is not None and DataSpec.parse(data).is_source):
         unused = {
             "--rho": (rho, "0.95"),
@@ -98,10 +123,12 @@ def shortcut(
             "--batch-size": (batch_size, 64),
             "--lr": (lr, 2e-3),
         }
-        plan, detail = _your_images_plan(spec, data, tag, groups, attribute, associate, associate_from, look, unused)
+        plan, detail = _your_images_plan(
+            spec, data, tag, groups, attribute, associate, associate_from, look, unused, methods
+        )
         plan.subject = o.subject_spec(model=spec, data=data, data_root=data_root, download=download, strict=strict)
     else:
-        plan, detail = _planted_plan(spec, data, tag, rho, look, attribution, save_models)
+        plan, detail = _planted_plan(spec, data, tag, rho, look, attribution, save_models, methods, mitigation)
         plan.subject = o.subject_spec(
             model=spec,
             base=base,
@@ -123,6 +150,8 @@ def _planted_plan(
     look: dict[str, Any],
     attribution: str,
     save_models: bool,
+    methods: list[str],
+    mitigation: MitigationConfig,
 ) -> tuple[Plan, str]:
     """Plant a shortcut (or use a built dataset as built), train or take the model, measure reliance. Returns the
     plan (its subject still to set) and the run's name."""
@@ -138,8 +167,22 @@ def _planted_plan(
         attribution=attribution,
         data=data,
         save_models=save_models and spec.is_architecture,
+        mitigation=methods,
+        upweight=mitigation.upweight,
+        jtt_epochs=mitigation.jtt_epochs,
+        groupdro_eta=mitigation.groupdro_eta,
+        groupdro_adjustment=mitigation.groupdro_adjustment,
     )
     return Plan("shortcut", [Check("shortcut", None, settings)]), tag
+
+
+def _refuse_unused_tuning(tuning: dict[str, tuple[object, object, str]], methods: list[str]) -> None:
+    """A method's setting given without the method: refused, never silently ignored. flag -> (value, default, method)."""
+    for flag, (value, default, method) in tuning.items():
+        if value != default and method not in methods:
+            raise AuditError(
+                f"{flag} {value} applies to --mitigate {method}; allowed: leave {flag} out or add {method}"
+            )
 
 
 def _refuse_planted_shortcut_options(
@@ -165,6 +208,7 @@ def _your_images_plan(
     associate_from: Path | None,
     look: dict[str, Any],
     unused: dict[str, tuple[object, object]],
+    methods: list[str],
 ) -> tuple[Plan, str]:
     """A trained model on the user's images: planted-tag sensitivity (--tag, the default without --groups) and/or
     per-group accuracy (--groups with --attribute). Returns the plan (its subject still to set) and the run's name."""
@@ -183,6 +227,7 @@ def _your_images_plan(
             "they need --groups and --attribute"
         )
     _refuse_planted_shortcut_options(unused)
+    _your_images_methods(methods, groups)
     planting = tag is not None or groups is None  # with --groups alone, no tag is planted
     if not planting:  # the tag's look has nothing to apply to
         flags = {"size": "--size", "opacity": "--opacity", "position": "--position", "target_class": "--target-class"}
@@ -200,8 +245,24 @@ def _your_images_plan(
                     attribute=attribute,
                     associate=associate,
                     associate_from=None if associate_from is None else str(associate_from),
+                    mitigation=methods[0] if methods else None,
                 ),
             )
         )
     detail = tag if tag is not None or groups is None else f"groups-{attribute}"
     return Plan("shortcut", checks), detail or "watermark"
+
+
+def _your_images_methods(methods: list[str], groups: Path | None) -> None:
+    """On your images a trained model is given: no remedy that trains one from scratch, and dfr needs groups."""
+    for method in methods:
+        if method != "dfr":
+            why = "needs group labels in training" if METHODS[method].needs_groups else "trains a model from scratch"
+            raise AuditError(
+                f"--mitigate {method} {why} on planted data; allowed with your images: dfr (with --groups)"
+            )
+        if groups is None:
+            raise AuditError(
+                "--mitigate dfr balances the groups of your images, and they have none (no --groups); "
+                "allowed: --groups meta.csv --attribute COLUMN"
+            )

@@ -66,6 +66,8 @@ def _shortcut_figures(report: Report, pictures: dict[str, torch.Tensor], classes
     rows = section.get("rows", [])
     by_tag: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
+        if "method" in row:  # mitigation rows: one curve per method (_mitigation_figures)
+            continue
         xs, ys = by_tag.setdefault(row["dataset"]["shortcut"]["tag"], ([], []))
         xs.append(row["rho"])
         ys.append(row["metrics"]["reliance"])
@@ -230,6 +232,30 @@ def _discover_figures(report: Report, pictures: dict[str, torch.Tensor], classes
     return out
 
 
+def _mitigation_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """With --mitigate and a --rho list: reliance and worst-group accuracy against rho, one curve per method (and
+    tag, when an audit's checks plant several)."""
+    rows = [r for r in report.results.get("shortcut", {}).get("rows", []) if "method" in r]
+    tags = {r["dataset"]["shortcut"]["tag"] for r in rows}
+    out = []
+    for metric, label in (("reliance", "reliance"), ("worst_group_accuracy", "worst-group accuracy")):
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for r in rows:
+            name = r["method"] if len(tags) == 1 else f"{r['dataset']['shortcut']['tag']} {r['method']}"
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(r["rho"])
+            ys.append(r["metrics"][metric])
+        if any(len(xs) > 1 for xs, _ in series.values()):
+            out.append(
+                _img(
+                    plots.line_plot(series, "rho (training correlation)", label, f"{label.capitalize()} against rho"),
+                    f"{label} against rho, per method",
+                    f"{label.capitalize()} of each mitigation method's model against the training correlation.",
+                )
+            )
+    return out
+
+
 def _classes(report: Report) -> list[str]:
     """Class names from whichever section recorded them (an index without a name is shown as the index)."""
     for section in report.results.values():
@@ -270,6 +296,7 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
     classes = _classes(report)
     figures = (
         _shortcut_figures(report, pictures, classes)
+        + _mitigation_figures(report, pictures, classes)
         + _attack_figures(report, pictures, classes)
         + _corruption_figures(report, pictures, classes)
         + _discover_figures(report, pictures, classes)
