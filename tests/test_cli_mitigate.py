@@ -113,7 +113,6 @@ def test_an_audit_files_mitigation_is_judged_on_that_methods_row(capsys, tmp_pat
         (["--mitigate", "jtt", "--upweight", "0.5"], ["upweight 0.5", ">= 1"]),
         (["--upweight", "5"], ["--upweight 5", "--mitigate jtt"]),
         (["--mitigate", "erm", "--groupdro-eta", "0.1"], ["--groupdro-eta 0.1", "groupdro"]),
-        (["--mitigate", "dfr", "--rho", "0.99"], ["dfr", "rho 0.99", "0 conflicting image(s) of 27", "at least 2"]),
         (["--mitigate", "erm", "--model", "auditnn:nowhere"], ["mitigation", "trained already", "architecture"]),
     ],
 )

@@ -190,3 +190,21 @@ def test_the_default_validation_split_at_rho_099_is_too_small_for_dfr():
     dataset = build_controlled(BuildConfig(rho=0.99))
     with pytest.raises(AuditError, match="has 1 conflicting image\\(s\\) of 150"):
         check_dfr_data(dataset.val, None, 0.99)
+
+
+def test_dfr_held_out_set_is_the_validation_images_planted_again_half_aligned():
+    """DFR retrains on a small group-balanced held-out set (the paper's setting): the validation split's own images
+    (never a training or test image), planted again at rho 1/2. Before, it took the validation split at the training
+    rho: 7 conflicting images of 150 at rho 0.95, none at 0.99 (refused)."""
+    from auditnn.checks.shortcut import balanced_held_out
+    from auditnn.data.controlled import aligned_with_label
+
+    config = BuildConfig(rho=0.99)
+    dataset = build_controlled(config)
+    held_out = balanced_held_out(config, None)
+    assert torch.equal(held_out.source_index, dataset.val.source_index)
+    assert torch.equal(held_out.labels, dataset.val.labels)
+    aligned = aligned_with_label(held_out.labels, held_out.shortcut_ids, None)
+    assert abs(float(aligned.float().mean()) - 0.5) <= 1 / len(aligned)
+    check_dfr_data(held_out, None, 0.5)  # both groups large enough: no refusal at rho 0.99 any more
+    assert not set(held_out.source_index.tolist()) & set(dataset.train.source_index.tolist())

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..data.controlled import (
     BuildConfig,
     ControlledDataset,
+    Split,
     build_controlled,
     load_controlled,
     manifest_digest,
@@ -100,6 +101,17 @@ class ShortcutSettings:
 def _train_config(settings: ShortcutSettings, spec: SubjectSpec) -> TrainConfig:
     """The subject's training settings, with the check's epochs when it gives them."""
     return spec.train if settings.epochs is None else replace(spec.train, epochs=settings.epochs)
+
+
+def balanced_held_out(config: BuildConfig, base: Any) -> Split:
+    """DFR's small group-balanced held-out set (Kirichenko et al. 2022 retrain the last layer on one): the validation
+    split's images planted again at rho = 1/2, half aligned and half conflicting. Which base images form the
+    validation split is drawn before any draw that depends on rho, so these are the same images as the dataset's
+    validation split, never a training or test image."""
+    return build_controlled(replace(config, rho=DFR_HELD_OUT_RHO), base).val
+
+
+DFR_HELD_OUT_RHO = 0.5
 
 
 def build_config(settings: ShortcutSettings, spec: SubjectSpec, rho: float, seed: int) -> BuildConfig:
@@ -230,7 +242,12 @@ class Shortcut(CheckKind[ShortcutSettings]):
                 else build_controlled(build_config(settings, ctx.subject_spec, rho, ctx.seed), base)
             )
             if settings.mitigation:
-                for trained in self._mitigated(settings, dataset, ctx):
+                held_out = (
+                    None
+                    if settings.data is not None or "dfr" not in settings.mitigation
+                    else balanced_held_out(build_config(settings, ctx.subject_spec, rho, ctx.seed), base)
+                )
+                for trained in self._mitigated(settings, dataset, ctx, held_out):
                     files = self._kept(settings, trained.model, trained.card, dataset, ctx, trained.method)
                     measured = time.perf_counter()
                     self._describe(
@@ -276,8 +293,11 @@ class Shortcut(CheckKind[ShortcutSettings]):
         folder = f"models/rho-{dataset.manifest['rho']:g}" + ("" if method is None else f"/{method}")
         return {folder: lambda path: save_model_dir(model, card, path)}
 
-    def _mitigated(self, settings: ShortcutSettings, dataset: ControlledDataset, ctx: Context) -> list[Trained]:
-        """One model per mitigation method on this dataset (shortcut/mitigate.py), in the order given."""
+    def _mitigated(
+        self, settings: ShortcutSettings, dataset: ControlledDataset, ctx: Context, held_out: Split | None
+    ) -> list[Trained]:
+        """One model per mitigation method on this dataset (shortcut/mitigate.py), in the order given; held_out: DFR's
+        group-balanced held-out set (None: the dataset's validation split)."""
         spec, rho = ctx.subject_spec, dataset.manifest["rho"]
         progress = ctx.progress
 
@@ -293,6 +313,7 @@ class Shortcut(CheckKind[ShortcutSettings]):
             width=spec.width,
             mitigation=settings.mitigation_config(),
             progress=report,
+            held_out=held_out,
         )
         return list(trained.values())
 

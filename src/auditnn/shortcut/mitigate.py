@@ -140,13 +140,18 @@ def dfr_groups(split: Split, target_class: int | None) -> torch.Tensor:
 DFR_MIN_PER_GROUP = 2  # DFR tunes its L1 strength on two halves of the balanced set: one image per half
 
 
+def aligned_share(split: Split, target_class: int | None) -> float:
+    """The share of the split's images whose shortcut agrees with the label."""
+    return float(aligned_with_label(split.labels, split.shortcut_ids, target_class).float().mean())
+
+
 def check_dfr_data(split: Split, target_class: int | None, rho: float) -> None:
     """Refuse a validation split too small to balance: each of DFR's groups needs DFR_MIN_PER_GROUP images."""
     counts = torch.bincount(dfr_groups(split, target_class), minlength=2).tolist()
     for name, count in zip(("aligned", "conflicting"), counts, strict=True):
         if count < DFR_MIN_PER_GROUP:
             raise AuditError(
-                f"dfr: the validation split at rho {rho:g} has {count} {name} image(s) of {len(split)}; "
+                f"dfr: the held-out split at rho {rho:g} has {count} {name} image(s) of {len(split)}; "
                 f"allowed: at least {DFR_MIN_PER_GROUP} per group (aligned, conflicting) to balance (a lower rho or "
                 "more data)"
             )
@@ -182,14 +187,19 @@ def train_methods(
     width: int | None = None,
     mitigation: MitigationConfig | None = None,
     progress: Progress | None = None,
+    held_out: Split | None = None,
 ) -> dict[str, Trained]:
     """One model per method, in the order given, each on `dataset` with `config` (seed included). ERM is trained
-    once when dfr needs it too. Under torchrun every process trains and then holds the first process's weights."""
+    once when dfr needs it too; dfr retrains its last layer on `held_out` (a group-balanced held-out split, as the
+    paper assumes), else on the dataset's validation split. Under torchrun every process trains and then holds the
+    first process's weights."""
     mitigation = mitigation or MitigationConfig()
     mitigation.validate()
     validate_methods(methods)
+    dfr_split = dataset.val if held_out is None else held_out
     if "dfr" in methods:
-        check_dfr_data(dataset.val, dataset.target_class, dataset.manifest["rho"])
+        rho = dataset.manifest["rho"] if held_out is None else float(aligned_share(held_out, dataset.target_class))
+        check_dfr_data(dfr_split, dataset.target_class, rho)
 
     def report(name: str) -> ProgressFn | None:
         return None if progress is None else progress(name)
@@ -204,7 +214,7 @@ def train_methods(
             out[name] = erm
         elif name == "dfr":
             assert erm is not None
-            out[name] = _dfr(erm, dataset, config, device)
+            out[name] = _dfr(erm, dataset, dfr_split, held_out is not None, config, device)
         elif name == "jtt":
             out[name] = _jtt(dataset, arch, config, device, width, mitigation, report)
         else:
@@ -302,12 +312,19 @@ def _jtt(
 DFR_BATCH = 256  # images per batch when DFR reads the features
 
 
-def _dfr(erm: Trained, dataset: ControlledDataset, config: TrainConfig, device: torch.device) -> Trained:
-    """DFR: the ERM model's last layer retrained on the validation split, balanced over aligned / conflicting."""
+def _dfr(
+    erm: Trained,
+    dataset: ControlledDataset,
+    val: Split,
+    balanced: bool,
+    config: TrainConfig,
+    device: torch.device,
+) -> Trained:
+    """DFR: the ERM model's last layer retrained on `val` (the group-balanced held-out split when `balanced`, else the
+    validation split at the training rho), balanced over aligned / conflicting."""
     from .dfr import retrain_last_layer
 
     start = time.perf_counter()
-    val = dataset.val
     model, result = retrain_last_layer(
         copy.deepcopy(erm.model),
         val.images,
@@ -324,7 +341,12 @@ def _dfr(erm: Trained, dataset: ControlledDataset, config: TrainConfig, device: 
     card["training"]["method"] = "dfr"
     details = {
         "dfr": result.to_dict(),
-        "dfr_data": "validation split, groups aligned / conflicting",
+        "dfr_data": (
+            "the validation images planted again at rho 0.5 (a group-balanced held-out set)"
+            if balanced
+            else "validation split at the training rho"
+        )
+        + ", groups aligned / conflicting",
         "dfr_seconds": seconds,
         "erm_seconds": erm.seconds,
     }
