@@ -8,6 +8,7 @@ from . import attack as attack_cmd
 from . import audit as audit_cmd
 from . import data as data_cmd
 from . import gate as gate_cmd
+from . import scan as scan_cmd
 from . import shortcut as shortcut_cmd
 from . import train as train_cmd
 
@@ -24,5 +25,6 @@ app.command("attack")(attack_cmd.attack)
 app.command("train")(train_cmd.train)
 app.command("audit")(audit_cmd.audit)
 app.command("gate")(gate_cmd.gate)
+app.command("scan")(scan_cmd.scan)
 app.add_typer(gate_cmd.report_app, name="report")
 app.add_typer(data_cmd.app, name="data")

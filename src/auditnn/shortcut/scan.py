@@ -171,8 +171,8 @@ def feature_families(
 
 # ---------------------------------------------------------------- the scan
 
-L2 = 1e-2  # the classifiers' ridge penalty on standardized features (keeps separable families finite)
-FIT_ITER = 200  # proximal steps per fit: the observed and the null fits take the same, so the test stays exact
+L2 = 0.1  # the classifiers' ridge penalty on standardized features (keeps separable families finite, fits fast)
+FIT_ITER = 100  # proximal steps per fit: the observed and the null fits take the same, so the test stays exact
 FIT_TOL = 1e-3
 PROBLEM_ELEMENTS = 1 << 24  # R x G x N x K logits per solve at most (the permutations are solved in chunks)
 EXEMPLARS = 4  # images per class for the strongest region
@@ -224,10 +224,26 @@ class ScanResult:
         return max((s.lift for s in self.scores if s.region == region), default=0.0)
 
 
+def check_scan_settings(folds: int, permutations: int, alpha: float) -> None:
+    """What a scan refuses before reading data: fewer than 2 folds, an alpha outside (0, 1), and too few
+    permutations to reach alpha (the smallest permutation p-value is 1 / (1 + P) and a flag needs p < alpha, so
+    P > 1 / alpha - 1: at alpha 0.01, at least 100)."""
+    if folds < 2:
+        raise AuditError(f"folds {folds}; allowed: at least 2")
+    if not 0 < alpha < 1:
+        raise AuditError(f"alpha {alpha}; allowed: 0 < alpha < 1")
+    needed = math.floor(1 / alpha - 1 + 1e-9) + 1
+    if permutations < needed:
+        raise AuditError(
+            f"permutations {permutations} cannot reach alpha {alpha:g}: the smallest p-value is 1 / (1 + permutations) "
+            f"= {1 / (1 + permutations):.3g} and a flag needs p < alpha; allowed: permutations >= {needed}"
+        )
+
+
 def check_scan_input(labels: torch.Tensor, num_classes: int, folds: int, permutations: int, alpha: float) -> None:
-    """What a scan refuses: labels that are not (N,) classes, a class with fewer than 2 images, fewer than 2 folds,
-    more folds than the smallest class has images, an alpha outside (0, 1), and too few permutations to reach alpha
-    (the smallest permutation p-value is 1 / (1 + P) and a flag needs p < alpha, so P > 1 / alpha - 1)."""
+    """check_scan_settings, then the labels: (N,) class indices, at least 2 images of every class, and no more
+    folds than the smallest class has images."""
+    check_scan_settings(folds, permutations, alpha)
     if labels is None or labels.dim() != 1 or labels.numel() == 0:
         raise AuditError("the data has no labels; allowed: labelled images (one class index per image)")
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
@@ -239,17 +255,9 @@ def check_scan_input(labels: torch.Tensor, num_classes: int, folds: int, permuta
             f"class {smallest} has {int(counts[smallest])} image(s); allowed: at least 2 images of every class "
             "(a cross-validated accuracy needs one to fit on and one to test)"
         )
-    if folds < 2 or folds > int(counts[smallest]):
+    if folds > int(counts[smallest]):
         raise AuditError(
             f"folds {folds}; allowed: 2 .. {int(counts[smallest])} (the smallest class's images, class {smallest})"
-        )
-    if not 0 < alpha < 1:
-        raise AuditError(f"alpha {alpha}; allowed: 0 < alpha < 1")
-    needed = math.floor(1 / alpha - 1 + 1e-9) + 1
-    if permutations < needed:
-        raise AuditError(
-            f"permutations {permutations} cannot reach alpha {alpha:g}: the smallest p-value is 1 / (1 + permutations) "
-            f"= {1 / (1 + permutations):.3g} and a flag needs p < alpha; allowed: permutations >= {needed}"
         )
 
 
