@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from helpers import assert_usage_error, files_under, run_cli
 
 from auditnn.data.controlled import BuildConfig, ShortcutConfig, build_controlled
-from tests.helpers import assert_usage_error, files_under, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -282,20 +282,22 @@ def _fold_standardized(features: torch.Tensor, fold: torch.Tensor, folds: int) -
 def _correct_counts(
     features: torch.Tensor, labels: torch.Tensor, fold: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-validated correct predictions for each set of labels (R, N): (R,) counts, and the observed
-    probabilities (N, K) of the first set (each image's from the fold that held it out)."""
+    """Cross-validated correct predictions of M families of the same width, features (M, N, D), for each set of
+    labels (R, N): (R, M) counts, and the first set's held-out probabilities (M, N, K) (each image's from the fold
+    that held it out). Every family x fold is one problem of one batched fit (linear.fit_logistic)."""
+    families, n, width = features.shape
     folds = int(fold.max()) + 1
-    x = _fold_standardized(features.float(), fold, folds)  # (G, N, F)
-    held_out = torch.nn.functional.one_hot(fold, folds).T.bool()  # (G, N): the test rows of each fold
-    weight = (~held_out).float()
+    x = torch.stack([_fold_standardized(f.float(), fold, folds) for f in features]).view(families * folds, n, width)
+    held_out = torch.nn.functional.one_hot(fold, folds).T.bool()  # (folds, N): the test rows of each fold
+    weight = (~held_out).float().repeat(families, 1)
     fit = fit_logistic(
-        x, labels.unsqueeze(1).expand(-1, folds, -1), num_classes, l2=L2, sample_weight=weight, max_iter=FIT_ITER,
-        tol=FIT_TOL,
+        x, labels.unsqueeze(1).expand(-1, families * folds, -1), num_classes, l2=L2, sample_weight=weight,
+        max_iter=FIT_ITER, tol=FIT_TOL,
     )  # fmt: skip
-    logits = predict_logits(fit, x)  # (R, G, N, K)
-    chosen = (logits.argmax(-1) == labels.unsqueeze(1)) & held_out  # (R, G, N)
-    probabilities = (torch.softmax(logits[0], -1) * held_out.unsqueeze(-1)).sum(0)
-    return chosen.sum((1, 2)), probabilities
+    logits = predict_logits(fit, x).view(len(labels), families, folds, n, num_classes)
+    chosen = (logits.argmax(-1) == labels.view(-1, 1, 1, n)) & held_out  # (R, M, folds, N)
+    probabilities = (torch.softmax(logits[0], -1) * held_out.unsqueeze(-1)).sum(1)
+    return chosen.sum((2, 3)), probabilities
 
 
 def _all_correct(
@@ -303,7 +305,7 @@ def _all_correct(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """_correct_counts over label_sets (1 + P, N), solved in chunks of at most PROBLEM_ELEMENTS logits."""
     folds, n = int(fold.max()) + 1, label_sets.shape[1]
-    chunk = max(1, PROBLEM_ELEMENTS // (folds * n * max(num_classes, features.shape[1])))
+    chunk = max(1, PROBLEM_ELEMENTS // (len(features) * folds * n * max(num_classes, features.shape[2])))
     counts, probabilities = [], torch.zeros(0)
     for start in range(0, len(label_sets), chunk):
         part, probs = _correct_counts(features, label_sets[start : start + chunk], fold, num_classes)
@@ -343,12 +345,17 @@ def scan(
     )
     n = len(labels)
     chance = float(torch.bincount(labels, minlength=num_classes).max()) / n
+    by_width: dict[int, list[str]] = {}  # families of one width are solved together (one batched fit)
+    for name, values in families.items():
+        by_width.setdefault(int(values.shape[1]), []).append(name)
     lifts, probabilities = {}, {}
-    for i, (name, values) in enumerate(families.items()):
+    for i, names in enumerate(by_width.values()):
         if progress is not None:
-            progress(name, i, len(families))
-        correct, probabilities[name] = _all_correct(values, label_sets, fold, num_classes)
-        lifts[name] = correct.double() / n - chance  # (1 + P,)
+            progress(", ".join(names) if len(names) < 3 else f"{len(names)} families", i, len(by_width))
+        correct, probs = _all_correct(torch.stack([families[k] for k in names]), label_sets, fold, num_classes)
+        for j, name in enumerate(names):
+            lifts[name], probabilities[name] = correct[:, j].double() / n - chance, probs[j]  # (1 + P,), (N, K)
+    lifts = {name: lifts[name] for name in families}  # in the families' order
     table = torch.stack(list(lifts.values()))  # (families, 1 + P)
     observed, null = table[:, 0], table[:, 1:]
     largest = null.max(dim=0).values
