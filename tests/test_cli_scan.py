@@ -68,3 +68,28 @@ def test_data_without_labels_exits_2(capsys, tmp_path) -> None:  # noqa: ANN001
     torch.save({"images": torch.rand(4, 1, 8, 8)}, path)
     code, _, err = run_cli(capsys, "scan", f"tensors:{path}", "--out", tmp_path / "o")
     assert_usage_error(code, err, "has no 'labels'")
+
+
+def test_an_audit_file_scan_check_gates_without_a_model(capsys, tmp_path, planted_file) -> None:  # noqa: ANN001
+    # No [model]: the scan needs none, and none is trained (the report names no model). The planted corner's lift
+    # breaks a tight region bound; the property bound is loose.
+    (tmp_path / "audit.toml").write_text(
+        f'[data]\nsource = "tensors:{planted_file}"\n[run]\ndevice = "cpu"\n'
+        '[[check]]\nkind = "scan"\npermutations = 100\nfolds = 3\n'
+        "max_region_accuracy_lift = 0.05\nmax_property_accuracy_lift = 0.99\n"
+    )
+    code, out, err = run_cli(capsys, "audit", tmp_path / "audit.toml", "--out", tmp_path / "out")
+    assert code == 1, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    verdict = {r["metric"]: r for r in report["results"]["verdict"]["rows"]}
+    section = next(v for k, v in report["results"].items() if k.startswith("scan/"))
+    region = max(s["lift"] for s in section["scores"] if s["region"])
+    prop = max(s["lift"] for s in section["scores"] if not s["region"])
+    assert (
+        verdict["region_accuracy_lift"]["measured"] == pytest.approx(region)
+        and not verdict["region_accuracy_lift"]["passed"]
+    )
+    assert (
+        verdict["property_accuracy_lift"]["measured"] == pytest.approx(prop)
+        and verdict["property_accuracy_lift"]["passed"]
+    )
