@@ -187,3 +187,26 @@ def test_bad_scan_input_is_refused(change: dict, needle: str) -> None:  # noqa: 
 def test_grid_that_does_not_divide_the_images_is_refused() -> None:
     with pytest.raises(AuditError, match="grid 5 does not divide the 28x28 images"):
         feature_families(torch.zeros(2, 1, 28, 28), 5)
+
+
+def test_an_image_folder_adds_the_files_properties_from_their_headers(tmp_path) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    from auditnn.data.sources import load_imagefolder
+    from auditnn.shortcut.scan import FORMATS
+
+    for cls, fmt, suffix in (("a", "PNG", "png"), ("b", "JPEG", "jpg")):
+        (tmp_path / cls).mkdir()
+        for i, size in enumerate(((16, 8), (12, 12))):
+            Image.new("RGB", size, (200, 10 * i, 30)).save(tmp_path / cls / f"{i}.{suffix}", fmt, quality=60)
+    images, _ = load_imagefolder(tmp_path)
+    files = feature_families(images.store, 4)["file"]
+    assert files.shape == (4, 6 + len(FORMATS))
+    for row, path in zip(files.tolist(), images.store.files, strict=True):
+        with Image.open(path) as img:
+            width, height = img.size
+        assert row[:3] == pytest.approx([width, height, width / height])
+        assert row[3] == pytest.approx(torch.tensor(float(path.stat().st_size)).log2().item())
+        jpeg = path.suffix == ".jpg"
+        assert row[4] == (pytest.approx(60, abs=2) if jpeg else 0.0) and row[5] == float(jpeg)
+        assert row[6 + FORMATS.index("jpeg" if jpeg else "png")] == 1.0 and sum(row[6:]) == 1.0

@@ -196,7 +196,7 @@ def describe(result: ScanResult, scanned: Scanned, seconds: float) -> CheckResul
         "alpha": result.alpha,
         "strongest_region": result.strongest_region,
         "heat": result.heat.tolist(),
-        "scores": [{k: v for k, v in asdict(s).items() if k != "box"} | {"box": s.box} for s in result.scores],
+        "scores": [asdict(s) for s in result.scores],  # box: the region's pixels (top, bottom, left, right) or None
         "exemplars": result.exemplars,
         "data": {**scanned.described, "classes": scanned.classes},
         "seconds": seconds,
