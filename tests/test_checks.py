@@ -31,6 +31,7 @@ EXAMPLES = {
     "sensitivity": {"tag": "watermark"},
     "groups": {"groups": "GROUPS", "attribute": "side"},
     "discover": {"slices": 4},
+    "scan": {"permutations": 100, "folds": 2},
     "discovery": {"tag": "watermark", "epochs": 1},
     "corruption": {
         "corruptions": ["defocus_blur,gaussian_blur"],

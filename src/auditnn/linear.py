@@ -120,28 +120,38 @@ def fit_logistic(
         raise AuditError("sample weights include a negative value or sum to 0; allowed: weights >= 0, some > 0")
     w = w / w.sum(dim=-1, keepdim=True)
     repeats = max(y.shape[0], w.shape[0])
-    y, w = y.expand(repeats, groups, n), w.expand(repeats, groups, n)
-    onehot = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)  # (R, G, N, K)
-    step = 1.0 / lipschitz_bound(x, w, l2)  # (R, G, 1, 1)
+    y = y.expand(repeats, groups, n)
+    step = 1.0 / lipschitz_bound(x, w, l2)  # (R or 1, G, 1, 1)
 
-    def gradient(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient(
+        weight: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.einsum("gnd,rgkd->rgnk", x, weight) + bias.unsqueeze(-2)
-        residual = (torch.softmax(logits, dim=-1) - onehot) * w.unsqueeze(-1)  # (R, G, N, K)
+        residual = torch.softmax(logits, dim=-1).mul_(w.unsqueeze(-1))  # (R, G, N, K): w_i (p_i - onehot(y_i))
+        residual.scatter_add_(-1, y.unsqueeze(-1), -w.expand(y.shape).unsqueeze(-1))
         return torch.einsum("rgnk,gnd->rgkd", residual, x) + l2 * weight, residual.sum(dim=-2)
 
-    weight = torch.zeros(repeats, groups, num_classes, dim, dtype=x.dtype, device=x.device)
-    bias = torch.zeros(repeats, groups, num_classes, dtype=x.dtype, device=x.device)
+    shape = (repeats, groups, num_classes, dim)
+    final_w = torch.zeros(shape, dtype=x.dtype, device=x.device)
+    final_b = torch.zeros(shape[:-1], dtype=x.dtype, device=x.device)
+    final_converged = torch.zeros(repeats, groups, dtype=torch.bool, device=x.device)
+    # The label sets still iterating (a set leaves when all its G problems have converged): finished problems
+    # cost nothing more, which is what makes a permutation null cheap (most null fits converge early).
+    active = torch.arange(repeats, device=x.device)
+    weight, bias = final_w.clone(), final_b.clone()
     ahead_w, ahead_b = weight, bias  # the extrapolated point the gradient is taken at
     momentum = torch.ones(repeats, groups, 1, 1, dtype=x.dtype, device=x.device)
-    converged = torch.zeros(repeats, groups, dtype=torch.bool, device=x.device)
     iterations = 0
-    while iterations < max_iter:
+    while iterations < max_iter and len(active):
         iterations += 1
-        grad_w, grad_b = gradient(ahead_w, ahead_b)
-        new_w = ahead_w - step * grad_w
+        y_a = y[active]
+        w_a = w if w.shape[0] == 1 else w[active]
+        step_a = step if step.shape[0] == 1 else step[active]
+        grad_w, grad_b = gradient(ahead_w, ahead_b, y_a, w_a)
+        new_w = ahead_w - step_a * grad_w
         if l1 > 0:
-            new_w = torch.sign(new_w) * (new_w.abs() - step * l1).clamp_min(0)
-        new_b = ahead_b - step[..., 0] * grad_b
+            new_w = torch.sign(new_w) * (new_w.abs() - step_a * l1).clamp_min(0)
+        new_b = ahead_b - step_a[..., 0] * grad_b
         change = torch.maximum((new_w - weight).abs().amax((-2, -1)), (new_b - bias).abs().amax(-1))
         size = torch.maximum(new_w.abs().amax((-2, -1)), new_b.abs().amax(-1))
         converged = change <= tol * (1 + size)
@@ -153,8 +163,13 @@ def fit_logistic(
         ahead_w = new_w + beta * (new_w - weight)
         ahead_b = new_b + beta[..., 0] * (new_b - bias)
         weight, bias, momentum = new_w, new_b, next_momentum
-        if bool(converged.all()):
-            break
+        final_w[active], final_b[active], final_converged[active] = weight, bias, converged
+        going = ~converged.all(dim=1)
+        if not bool(going.all()):
+            active = active[going]
+            weight, bias, momentum = weight[going], bias[going], momentum[going]
+            ahead_w, ahead_b = ahead_w[going], ahead_b[going]
+    weight, bias, converged = final_w, final_b, final_converged
     return LogisticFit(
         weight.reshape(*lead, num_classes, dim),
         bias.reshape(*lead, num_classes),

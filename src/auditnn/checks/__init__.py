@@ -2,7 +2,7 @@
 Importing this package registers every kind."""
 
 from . import clean, attack, shortcut, patch, sensitivity, groups  # noqa: I001 - registration order is the order shown
-from . import corruption, discover  # noqa: I001
+from . import corruption, discover, scan  # noqa: I001
 from .base import KINDS, CheckKind, CheckResult, Context
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "discover",
     "groups",
     "patch",
+    "scan",
     "sensitivity",
     "shortcut",
 ]

@@ -10,6 +10,7 @@ from . import corrupt as corrupt_cmd
 from . import data as data_cmd
 from . import discover as discover_cmd
 from . import gate as gate_cmd
+from . import scan as scan_cmd
 from . import shortcut as shortcut_cmd
 from . import train as train_cmd
 
@@ -28,5 +29,6 @@ app.command("corrupt")(corrupt_cmd.corrupt)
 app.command("audit")(audit_cmd.audit)
 app.command("gate")(gate_cmd.gate)
 app.command("discover")(discover_cmd.discover)
+app.command("scan")(scan_cmd.scan)
 app.add_typer(gate_cmd.report_app, name="report")
 app.add_typer(data_cmd.app, name="data")

@@ -256,6 +256,32 @@ def _mitigation_figures(report: Report, pictures: dict[str, torch.Tensor], class
     return out
 
 
+def _scan_figures(report: Report, pictures: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """Each scan's heat map (lift per grid cell, over the mean scanned image) and its strongest region's exemplars."""
+    out = []
+    for key in sorted(k for k in pictures if k.startswith("scan/") and k.endswith("/heat")):
+        prefix = key.removesuffix("/heat")
+        heat, mean = pictures[key].float(), pictures.get(f"{prefix}/mean_image")
+        if mean is None or heat.dim() != 2:
+            continue
+        size = tuple(mean.shape[-2:])
+        overlay = torch.nn.functional.interpolate(heat[None, None].clamp(min=0), size=size, mode="nearest")[0]
+        grid_rows = [("lift per cell", mean[:1], [f"max {float(heat.max()):.3f}"])]
+        exemplars = pictures.get(f"{prefix}/exemplars")
+        if exemplars is not None:
+            labels = _names(classes, pictures[f"{prefix}/exemplar_labels"])
+            grid_rows.append(("exemplars", exemplars[:16], [f"y={y}" for y in labels[:16]]))
+        out.append(
+            _img(
+                plots.image_grid(grid_rows, {0: overlay}),
+                f"scan heat map {prefix}",
+                f"{prefix}: accuracy lift over chance per grid cell (brighter: the cell's statistics predict the "
+                "label better), and images of each class its strongest region classifies most surely.",
+            )
+        )
+    return out
+
+
 def _classes(report: Report) -> list[str]:
     """Class names from whichever section recorded them (an index without a name is shown as the index)."""
     for section in report.results.values():
@@ -300,6 +326,7 @@ def to_html(report: Report, pictures: dict[str, torch.Tensor] | None = None) -> 
         + _attack_figures(report, pictures, classes)
         + _corruption_figures(report, pictures, classes)
         + _discover_figures(report, pictures, classes)
+        + _scan_figures(report, pictures, classes)
     )
     if figures:
         parts.append("<h2>Pictures</h2>")
