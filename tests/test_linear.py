@@ -144,3 +144,24 @@ def test_standardize_uses_train_statistics_and_keeps_constant_columns_at_zero() 
 def test_bad_labels_are_refused() -> None:
     with pytest.raises(AuditError, match="labels fall outside"):
         fit_logistic(torch.zeros(3, 2), torch.tensor([0, 1, 2]), 2)
+
+
+def test_an_eigen_solver_failure_falls_back_to_the_trace_bound_and_the_fit_still_converges(monkeypatch) -> None:
+    """The CNN's penultimate features on the digits made float32 eigvalsh fail (exit 3 in `auditnn shortcut
+    --mitigate dfr`); the bound falls back to the Gram matrix's trace, an upper bound of its largest eigenvalue."""
+    from auditnn import linear
+
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    reference = fit_logistic(x, y, 2, l2=0.1)
+
+    def failing(_):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", failing)
+    weights = torch.full((1, 1, 40), 1 / 40)
+    bound = linear.lipschitz_bound(x[None], weights, 0.1)
+    x1 = torch.cat([x, torch.ones(40, 1)], 1)
+    assert float(bound) == pytest.approx(0.5 * float((x1 * x1).sum() / 40) + 0.1, rel=1e-5)
+    fallback = fit_logistic(x, y, 2, l2=0.1, max_iter=5000)
+    torch.testing.assert_close(fallback.weight, reference.weight, atol=1e-3, rtol=1e-3)

@@ -81,7 +81,10 @@ def lipschitz_bound(features: torch.Tensor, sample_weight: torch.Tensor, l2: flo
     ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
     x1 = torch.cat([features, ones], dim=-1)
     gram = torch.einsum("gnd,rgn,gne->rgde", x1, sample_weight, x1)
-    largest = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0)
+    try:  # in float64: features with near-repeated columns (ReLU units that never fire) break float32's solver
+        largest = torch.linalg.eigvalsh(gram.double())[..., -1].clamp_min(0).to(gram.dtype)
+    except torch.linalg.LinAlgError:  # the trace of a PSD matrix bounds its largest eigenvalue: smaller steps, same fit
+        largest = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
     return (0.5 * largest + l2)[..., None, None]
 
 
