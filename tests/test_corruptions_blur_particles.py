@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from auditnn.corruptions import CORRUPTIONS, corrupt, corruption
 from auditnn.corruptions.blur import arange, clipped_zoom, disk_kernel, line_blur, local_shuffle
+from auditnn.corruptions.particles import FROST, SPATTER, WATER, canny, edge_distance, equalize_hist
 
 BLURS = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur")
-PARTICLES: tuple[str, ...] = ()
+PARTICLES = ("snow", "frost", "spatter")
 SIZES = ((32, 32), (70, 90))  # CIFAR-size constants; ImageNet-size constants on a non-square image
 
 
@@ -38,7 +39,7 @@ def test_registered_with_the_reference_families():
         assert corruption(name).family == "blur"
     for name in PARTICLES:
         assert corruption(name).family == "weather"
-    assert corruption("gaussian_blur").held_out
+    assert corruption("gaussian_blur").held_out and corruption("spatter").held_out
     assert not any(CORRUPTIONS[n].held_out for n in ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"))
     assert [n for n in (*BLURS, *PARTICLES) if CORRUPTIONS[n].random] == ["glass_blur", "motion_blur", *PARTICLES]
 
@@ -194,3 +195,84 @@ def test_zoom_factors_are_numpys_arange_and_clipped_zoom_is_linear_on_a_ramp():
     # factor 2: crop rows 1..2, columns 1..3 (ceil(6 / 2) = 3 wide), enlarged to 4 x 6 with corners aligned
     expected = (1 + torch.arange(4.0).view(4, 1) / 3) * 10 + (1 + torch.arange(6.0).view(1, 6) * 2 / 5)
     torch.testing.assert_close(clipped_zoom(ramp, 2.0)[0, 0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snow_only_brightens(size):
+    images = textured(3, 3, *size)
+    for severity in range(1, 6):
+        assert bool((run("snow", images, severity) >= images - 1e-6).all())
+
+
+@pytest.mark.parametrize("scale, size", (("cifar", (32, 32)), ("imagenet", (70, 90))))
+def test_frost_is_the_reference_blend_of_the_image_and_a_layer_in_0_1(scale, size):
+    images = textured(3, 3, *size)
+    for severity in range(1, 6):
+        a, b = FROST[scale][severity - 1]
+        out = run("frost", images, severity)
+        assert bool((out >= (a * images).clamp(max=1) - 1e-6).all()) and bool((out <= a * images + b + 1e-6).all())
+        layer = (out - a * images) / b  # where nothing was clipped, the frost layer itself
+        unclipped = out < 1
+        assert float(layer[unclipped].mean()) > 0.2 and float(layer[unclipped].std()) > 0.05  # a texture, not a wash
+
+
+@pytest.mark.parametrize("scale, size", (("cifar", (32, 32)), ("imagenet", (70, 90))))
+def test_spatter_water_adds_at_most_its_colour_and_mud_mixes_towards_brown(scale, size):
+    images = textured(3, 3, *size)
+    mud = torch.tensor([63 / 255, 42 / 255, 20 / 255]).view(1, 3, 1, 1)
+    for severity in range(1, 6):
+        out = run("spatter", images, severity)
+        *_, strength, is_mud = SPATTER[scale][severity - 1]
+        if not is_mud:  # x + m * turquoise, m in [0, intensity] with its maximum reached
+            added = (out - images).amax(dim=(0, 2, 3))
+            assert bool((out >= images - 1e-6).all())
+            assert bool((added <= strength * torch.tensor(WATER) + 1e-5).all()) and float(added.max()) > 0
+        else:  # x (1 - m) + m brown, m in {0} or [0.8, 1]: between the pixel and brown, channel by channel
+            low, high = torch.minimum(images, mud), torch.maximum(images, mud)
+            assert bool((out >= low - 1e-6).all()) and bool((out <= high + 1e-6).all())
+            moved = (out - images).abs().amax(dim=1)
+            assert float(moved.max()) > 0.1  # some mud landed
+
+
+def test_canny_marks_a_step_once_as_opencv_breaks_ties():
+    levels = torch.zeros(1, 1, 6, 10)
+    levels[..., 5:] = 200.0  # Sobel magnitude 800 at columns 4 and 5; the first of a tie wins (m > left, m >= right)
+    edges = canny(levels, 50, 150)
+    expected = torch.zeros(1, 1, 6, 10, dtype=torch.bool)
+    expected[..., 4] = True
+    assert torch.equal(edges, expected)
+    weak = torch.zeros(1, 1, 6, 10)
+    weak[..., 5:] = 20.0  # magnitude 80: above 50, below 150, and no strong pixel to connect to
+    assert not bool(canny(weak, 50, 150).any())
+
+
+def test_edge_distance_is_the_brute_force_euclidean_distance_capped_at_20():
+    gen = torch.Generator().manual_seed(6)
+    edges = torch.rand(2, 1, 30, 45, generator=gen) < 0.004
+    edges[1] = False
+    edges[1, 0, 29, 44] = True  # one corner edge: distances up to sqrt(29^2 + 44^2) > 20
+    ys, xs = torch.meshgrid(torch.arange(30.0), torch.arange(45.0), indexing="ij")
+    out = edge_distance(edges)
+    for n in range(2):
+        points = edges[n, 0].nonzero().float()
+        grid = torch.stack([ys.flatten(), xs.flatten()], dim=1)
+        brute = torch.cdist(grid, points).min(dim=1).values.clamp(max=20).view(30, 45)
+        torch.testing.assert_close(out[n, 0], brute, rtol=0, atol=1e-4)
+    assert torch.equal(edge_distance(torch.zeros(1, 1, 4, 4, dtype=torch.bool)), torch.full((1, 1, 4, 4), 20.0))
+
+
+def test_equalize_hist_is_opencvs_loop():
+    levels = torch.tensor([3, 3, 5, 7, 7, 7, 9, 200], dtype=torch.float32).view(1, 1, 2, 4)
+    hist = [0] * 256
+    for v in levels.flatten().tolist():
+        hist[int(v)] += 1
+    lowest = next(i for i in range(256) if hist[i])
+    scale = 255.0 / (8 - hist[lowest])
+    lut, total = [0] * 256, 0
+    for i in range(lowest + 1, 256):
+        total += hist[i]
+        lut[i] = round(total * scale)
+    expected = torch.tensor([lut[int(v)] for v in levels.flatten().tolist()], dtype=torch.float32).view(1, 1, 2, 4)
+    torch.testing.assert_close(equalize_hist(levels), expected, rtol=0, atol=0)
+    flat = torch.full((1, 1, 3, 3), 17.0)
+    torch.testing.assert_close(equalize_hist(flat), flat, rtol=0, atol=0)
