@@ -688,8 +688,8 @@ def main() -> None:
                 rows, wall, cpu = speed_rows(r.ours_seconds, r.reference_seconds, r.images, BENCHMARK)
                 print(
                     f"\nSpeed at {r.side} px, {r.images} images: corrupted images per second, wall clock (corrupt "
-                    "calls only, each side warmed up once per task); ratios reference / ours; target >= 20x (wall) "
-                    "over the sweep"
+                    "calls only, each side warmed up once per task); ratios: our images per second over the "
+                    "reference's (its time over ours); target >= 20x (wall) over the sweep"
                 )
                 print(table(SPEED_HEADER, rows))
                 verdicts.append(
