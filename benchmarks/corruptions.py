@@ -701,7 +701,8 @@ def main() -> None:
         text, mem = memory_part(sizes, args.memory_batch, args.memory_severities, args.seed)
         print(
             f"\nMemory: streamed sweep at 32 px, batches of {args.memory_batch}, every benchmark corruption at "
-            f"severities {args.memory_severities} into a CNN forward; peak RSS (ru_maxrss) after the setup (model, uint8 store), after one batch of each corruption, after the sweep"
+            f"severities {args.memory_severities} into a CNN forward; peak RSS (ru_maxrss) after "
+            "the setup (model, uint8 store), after one batch of each corruption, after the sweep"
         )
         print(text)
         growth = [mem[n]["peak_mb"] - mem[n]["setup_mb"] for n in sizes]
