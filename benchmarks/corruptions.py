@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -513,15 +512,24 @@ SPEED_HEADER = ["corruption", "ours img/s", "reference img/s", "wall ratio", "CP
 # ---------------------------------------------------------------- memory
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far (ru_maxrss, MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def status_mb(field: str) -> float:
+    """A field of /proc/self/status in MB: VmRSS (resident now) or VmHWM (the resident high-water mark)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak() -> None:
+    """Reset this process's resident high-water mark (VmHWM) to its current resident set (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def memory_child(n: int, batch: int, severities: Sequence[int], seed: int) -> None:
     """The streamed sweep in this process: n 32 px shapes held as one uint8 tensor (built 1,000 at a time), every
-    available benchmark corruption at each of `severities`, batch by batch into a CNN's forward; prints JSON: peak RSS
-    (MB) after the setup (model and store), after one batch of each corruption (the warm-up) and after the sweep, the
+    available benchmark corruption at each of `severities`, batch by batch into a CNN's forward; prints JSON: the
+    resident set (MB) after the setup (model and store), the peak during one batch of each corruption (the warm-up)
+    and the peak during the sweep (the high-water mark reset before each, so setup transients do not count), the
     store's MB and the corrupted images."""
     from auditnn.corruptions import corrupt
     from auditnn.corruptions.base import BENCHMARK
@@ -530,12 +538,14 @@ def memory_child(n: int, batch: int, severities: Sequence[int], seed: int) -> No
     torch.manual_seed(seed)
     model = build_model("cnn", 3, SMALL, 6).eval()
     store = torch.cat([shapes_set(min(1000, n - i), seed + i)[0] for i in range(0, n, 1000)])
-    setup = peak_rss_mb()
+    setup = status_mb("VmRSS")
+    reset_peak()
     names = [name for name in available() if name in BENCHMARK]
-    for name in names:  # warm-up: first-call allocations of every corruption before the baseline
+    for name in names:  # warm-up: first-call allocations of every corruption before the sweep
         with torch.no_grad():
             model(corrupt(store[:batch].float() / 255, name, 5, torch.Generator().manual_seed(0)))
-    one_batch, done, checksum = peak_rss_mb(), 0, 0.0
+    one_batch, done, checksum = status_mb("VmHWM"), 0, 0.0
+    reset_peak()
     start = time.perf_counter()
     with torch.no_grad():
         for name in names:
@@ -551,7 +561,7 @@ def memory_child(n: int, batch: int, severities: Sequence[int], seed: int) -> No
                 "images": n,
                 "setup_mb": setup,
                 "one_batch_mb": one_batch,
-                "peak_mb": peak_rss_mb(),
+                "peak_mb": status_mb("VmHWM"),
                 "store_mb": store.numel() / 2**20,
                 "corrupted": done,
                 "seconds": time.perf_counter() - start,
@@ -581,7 +591,16 @@ def memory_part(
         ]
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         results[n] = json.loads(done.stdout.strip().splitlines()[-1])
-    header = ["images", "corrupted", "s", "store MB", "setup MB", "one batch each MB", "sweep MB", "sweep - setup MB"]
+    header = [
+        "images",
+        "corrupted",
+        "s",
+        "store MB",
+        "RSS after setup MB",
+        "peak, one batch each MB",
+        "peak, sweep MB",
+        "sweep - setup MB",
+    ]
     rows = [
         [
             f"{n:,}",
@@ -701,8 +720,9 @@ def main() -> None:
         text, mem = memory_part(sizes, args.memory_batch, args.memory_severities, args.seed)
         print(
             f"\nMemory: streamed sweep at 32 px, batches of {args.memory_batch}, every benchmark corruption at "
-            f"severities {args.memory_severities} into a CNN forward; peak RSS (ru_maxrss) after "
-            "the setup (model, uint8 store), after one batch of each corruption, after the sweep"
+            f"severities {args.memory_severities} into a CNN forward; resident set after the "
+            "setup (model, uint8 store), then its peak (VmHWM, reset before each) over one batch of each corruption "
+            "and over the sweep"
         )
         print(text)
         growth = [mem[n]["peak_mb"] - mem[n]["setup_mb"] for n in sizes]
