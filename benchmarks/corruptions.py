@@ -599,7 +599,7 @@ def memory_part(
         "RSS after setup MB",
         "peak, one batch each MB",
         "peak, sweep MB",
-        "sweep - setup MB",
+        "sweep adds MB",
     ]
     rows = [
         [
@@ -610,7 +610,7 @@ def memory_part(
             fmt_number(r["setup_mb"]),
             fmt_number(r["one_batch_mb"]),
             fmt_number(r["peak_mb"]),
-            fmt_number(r["peak_mb"] - r["setup_mb"]),
+            fmt_number(r["peak_mb"] - r["one_batch_mb"]),
         ]
         for n, r in results.items()
     ]
@@ -725,12 +725,14 @@ def main() -> None:
             "and over the sweep"
         )
         print(text)
-        growth = [mem[n]["peak_mb"] - mem[n]["setup_mb"] for n in sizes]
+        # The sweep's peak over the peak of one batch of each corruption: what the other batches add. (The resident set
+        # after the setup is no baseline: building the larger store leaves more freed heap that the sweep reuses.)
+        growth = [mem[n]["peak_mb"] - mem[n]["one_batch_mb"] for n in sizes]
         batch_mb = args.memory_batch * 3 * SMALL * SMALL * 4 / 2**20
-        flat = max(growth) - min(growth) <= max(4 * batch_mb, 8.0)
+        flat = max(growth) <= max(4 * batch_mb, 8.0)
         verdicts.append(
-            f"memory flat (the sweep adds {', '.join(f'{g:.1f}' for g in growth)} MB over the setup at "
-            f"{', '.join(f'{n:,}' for n in sizes)} images; allowed spread {max(4 * batch_mb, 8.0):.0f} MB): "
+            f"memory flat (the sweep's peak is {', '.join(f'{g:.1f}' for g in growth)} MB over one batch of each "
+            f"corruption at {', '.join(f'{n:,}' for n in sizes)} images; allowed {max(4 * batch_mb, 8.0):.0f} MB): "
             f"{verdict(flat)}"
         )
     print("\n" + "\n".join(verdicts))
