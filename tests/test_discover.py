@@ -12,6 +12,7 @@ from auditnn.shortcut.discover import (
     cell_shares,
     component_log_likelihood,
     difference_interval,
+    dimension_weights,
     distinguishing_features,
     distinguishing_regions,
     find_slices,
@@ -74,6 +75,31 @@ def test_atypicality_is_the_standardized_log_distance_to_the_class_mean():
     torch.testing.assert_close(a, (raw - raw.mean()) / raw.std() if raw.std() > 0 else raw - raw.mean())
 
 
+def test_atypicality_whitens_with_the_shrunk_class_covariance_as_torch_distributions_does():
+    gen = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.2, 0.1, 2.0]], dtype=torch.float64)
+    labels = torch.arange(2).repeat_interleave(40)
+    z = torch.randn(80, 3, generator=gen, dtype=torch.float64) @ mixing.T + 5.0 * labels[:, None]
+    raw = torch.zeros(80, dtype=torch.float64)
+    for k in (0, 1):
+        part = z[labels == k]
+        covariance = torch.cov(part.T, correction=0)
+        shrunk = 0.7 * covariance + 0.3 * covariance.trace() / 3 * torch.eye(3) + 1e-3 * torch.eye(3)
+        gauss = torch.distributions.MultivariateNormal(part.mean(0), covariance_matrix=shrunk)
+        # log N = -(d2 + log det + 3 log 2 pi) / 2, so the squared Mahalanobis distance d2 follows
+        d2 = -2 * gauss.log_prob(part) - torch.logdet(shrunk) - 3 * math.log(2 * math.pi)
+        raw[labels == k] = torch.log(d2 + 1e-9)
+    torch.testing.assert_close(atypicality(z, labels, shrinkage=0.3), (raw - raw.mean()) / raw.std())
+    # an image off the class's correlation (along z0 - z1, where the class hardly varies) is the most atypical once
+    # whitened, though a diagonal scaling finds it closer than the class's far tail along that correlation
+    odd = torch.cat([z, torch.tensor([[1.5, -1.5, 0.0]], dtype=torch.float64)])
+    odd_labels = torch.cat([labels, torch.tensor([0])])
+    assert int(atypicality(odd, odd_labels, shrinkage=0.1).argmax()) == 80
+    part = odd[odd_labels == 0]
+    diagonal = ((part - part.mean(0)) ** 2 / part.var(0, unbiased=False)).sum(1)
+    assert int(diagonal.argmax()) != len(part) - 1
+
+
 def test_the_mixtures_likelihood_is_the_one_torch_distributions_gives():
     gen = torch.Generator().manual_seed(0)
     z = torch.cat([torch.randn(30, 2, generator=gen), torch.randn(30, 2, generator=gen) + 6]).double()
@@ -97,6 +123,33 @@ def test_the_mixtures_likelihood_is_the_one_torch_distributions_gives():
     assert len(set(assignment[:30].tolist())) == 1 and len(set(assignment[30:].tolist())) == 1
     assert assignment[0] != assignment[30]
     assert float(mixture.correct_probs[assignment[30]]) < 0.01
+
+
+def test_per_dimension_embedding_weights_are_the_weighted_sum_of_normal_log_densities():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1] * 10)
+    correct = torch.rand(20, generator=gen, dtype=torch.float64)
+    weights = dimension_weights(2, 4.0)
+    assert weights.tolist() == pytest.approx([1 / 6, 1 / 6, 4 / 6])
+    mixture, _ = fit_mixture(z, labels, correct, 2, 3, error_weight=3.0, embedding_weight=weights, seed=0)
+    params = (mixture.weights, mixture.means, mixture.variances, mixture.label_probs, mixture.correct_probs)
+    by_hand = []
+    for s in range(3):
+        per_dim = torch.distributions.Normal(mixture.means[s], mixture.variances[s].sqrt()).log_prob(z)
+        right = correct * torch.log(mixture.correct_probs[s]) + (1 - correct) * torch.log1p(-mixture.correct_probs[s])
+        by_hand.append(torch.log(mixture.weights[s]) + per_dim @ weights + 3.0 * right)
+    onehot = torch.eye(2, dtype=torch.float64)[labels]
+    joint = component_log_likelihood(z, onehot, correct, params, 0.0, 3.0, weights)
+    torch.testing.assert_close(joint, torch.stack(by_hand, 1))
+    # a weight of 4 on one column is that column counted 4 times: the same likelihood as the column repeated
+    repeated = torch.cat([z, z[:, 2:].repeat(1, 3)], dim=1)
+    params4 = (params[0], torch.cat([params[1], params[1][:, 2:].repeat(1, 3)], 1)) + (
+        torch.cat([params[2], params[2][:, 2:].repeat(1, 3)], 1),
+        params[3],
+        params[4],
+    )
+    torch.testing.assert_close(joint, component_log_likelihood(repeated, onehot, correct, params4, 0.0, 3.0, 1 / 6))
 
 
 def test_fewer_than_two_slices_are_refused():

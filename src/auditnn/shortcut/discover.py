@@ -27,6 +27,12 @@ VARIANCE_FLOOR = 1e-3  # per dimension, on standardized components: no component
 # default: the label enters through the correctness term and the class-relative atypicality (reduce).
 LABEL_WEIGHT = 0.0
 ERROR_WEIGHT = 3.0
+# The atypicality (one column beside the reduced embedding) counts as this many embedding dimensions, and the
+# per-class covariance it whitens with is shrunk by SHRINKAGE towards a sphere (32 dimensions from 30 images of a
+# class: unshrunk, the covariance is singular). Measured on the planted digits at rho 0.95 (README): diagonal and
+# weight 1 gave top-slice recall 0.93 / 0.47 / 0.53 (background / watermark / boat), these 1.00 / 0.47 / 0.60.
+ATYPICALITY_WEIGHT = 4.0
+SHRINKAGE = 0.1
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 EPS = 1e-9
 
@@ -78,19 +84,20 @@ def component_log_likelihood(
     params: tuple[torch.Tensor, ...],
     label_weight: float,
     error_weight: float,
-    embedding_weight: float = 1.0,
+    embedding_weight: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """(N, k): log w_s + log N(z; mean_s, diag var_s) + label_weight log P(y | s) + error_weight (c log P(correct | s)
-    + (1 - c) log P(wrong | s)), with c in [0, 1] the (soft) correctness."""
+    """(N, k): log w_s + sum_j e_j log N(z_j; mean_sj, var_sj) + label_weight log P(y | s) + error_weight (c log
+    P(correct | s) + (1 - c) log P(wrong | s)), with c in [0, 1] the (soft) correctness and e the embedding weight,
+    one number or one per dimension (d,)."""
     weights, means, variances, labels, right = params
+    per_dim = torch.as_tensor(embedding_weight, dtype=torch.float64).expand(z.shape[1])
     gauss = -0.5 * (
-        ((z[:, None, :] - means[None]) ** 2 / variances[None]).sum(2)
-        + torch.log(variances).sum(1)[None]
-        + z.shape[1] * math.log(2 * math.pi)
-    )
+        ((z[:, None, :] - means[None]) ** 2 / variances[None] + torch.log(variances)[None] + math.log(2 * math.pi))
+        * per_dim
+    ).sum(2)
     label = onehot @ torch.log(labels).T
     error = correct[:, None] * torch.log(right)[None] + (1 - correct[:, None]) * torch.log1p(-right)[None]
-    return torch.log(weights)[None] + embedding_weight * gauss + label_weight * label + error_weight * error
+    return torch.log(weights)[None] + gauss + label_weight * label + error_weight * error
 
 
 def _start(
@@ -121,13 +128,14 @@ def fit_mixture(
     *,
     label_weight: float = LABEL_WEIGHT,
     error_weight: float = ERROR_WEIGHT,
-    embedding_weight: float = 1.0,
+    embedding_weight: float | torch.Tensor = 1.0,
     seed: int = 0,
     inits: int = INITS,
     max_iter: int = MAX_ITER,
 ) -> tuple[Mixture, torch.Tensor]:
     """(mixture, responsibilities (N, k)) fitted by EM from `inits` starts (_start), keeping the best weighted
-    log-likelihood. z: reduced embeddings (N, d); labels (N,) int64; correct (N,) in [0, 1]."""
+    log-likelihood. z: reduced embeddings (N, d); labels (N,) int64; correct (N,) in [0, 1]; embedding_weight: one
+    number or one per dimension (d,) (component_log_likelihood); the M-step does not depend on it."""
     if k < 2:
         raise AuditError(f"slices {k}; allowed: at least 2")
     z = z.double()
@@ -155,16 +163,22 @@ def fit_mixture(
     return best
 
 
-def atypicality(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N,) float64, standardized: the log of each image's squared distance to its class's mean in the reduced
-    embedding, each dimension scaled by the class's variance (diagonal Mahalanobis). How unlike its own class an
-    image looks, the same scale for every class: a failure spanning classes shares it."""
+def atypicality(z: torch.Tensor, labels: torch.Tensor, shrinkage: float = SHRINKAGE) -> torch.Tensor:
+    """(N,) float64, standardized: the log of each image's squared Mahalanobis distance to its class's mean in the
+    reduced embedding, under the class's own covariance S shrunk towards a sphere, (1 - shrinkage) S + shrinkage
+    mean(diag S) I (plus VARIANCE_FLOOR I). How unlike its own class an image looks once the class's correlated
+    within-class variation is whitened away, the same scale for every class: a failure spanning classes shares it."""
     out = torch.zeros(len(z), dtype=torch.float64)
     for k in labels.unique():
         members = labels == k
         part = z[members].double()
-        spread = part.var(0, unbiased=False) + VARIANCE_FLOOR
-        out[members] = torch.log(((part - part.mean(0)) ** 2 / spread).sum(1) + EPS)
+        centred = part - part.mean(0)
+        covariance = centred.T @ centred / len(part)
+        sphere = covariance.diagonal().mean() * torch.eye(part.shape[1], dtype=torch.float64)
+        shrunk = (1 - shrinkage) * covariance + shrinkage * sphere
+        shrunk = shrunk + VARIANCE_FLOOR * torch.eye(part.shape[1], dtype=torch.float64)
+        whitened = torch.linalg.solve(shrunk, centred.T).T
+        out[members] = torch.log((centred * whitened).sum(1) + EPS)
     std = out.std() if len(out) > 1 else torch.tensor(1.0)
     return (out - out.mean()) / (std if float(std) > 0 else 1.0)
 
@@ -250,6 +264,14 @@ def gap_interval(
     return rest_accuracy, rest_accuracy - acc_slice, low, high
 
 
+def dimension_weights(dims: int, atypicality_weight: float) -> torch.Tensor:
+    """(dims + 1,) float64: the weight of each reduced-embedding dimension and, last, of the atypicality, which
+    counts as atypicality_weight dimensions; they sum to 1 (the embedding's log-density averaged over dimensions)."""
+    weights = torch.ones(dims + 1, dtype=torch.float64)
+    weights[-1] = atypicality_weight
+    return weights / weights.sum()
+
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
@@ -270,11 +292,12 @@ def find_slices(
     dims: int = PCA_DIMS,
     label_weight: float = LABEL_WEIGHT,
     error_weight: float = ERROR_WEIGHT,
+    atypicality_weight: float = ATYPICALITY_WEIGHT,
 ) -> list[Slice]:
     """Every non-empty slice of the evaluation set, best first (score: gap x sqrt(size), slices without a gap
     last). features (N, D): the model's embedding; logits (N, K); labels (N,). The mixture sees the reduced
-    embedding plus the class-relative atypicality (Gaussian, averaged over the d + 1 dimensions), the soft
-    correctness (the probability the model gives the label) and the label (weighted by label_weight)."""
+    embedding plus the class-relative atypicality (Gaussian, averaged over the d + atypicality_weight dimensions it
+    counts as), the soft correctness (the probability the model gives the label) and the label (label_weight)."""
     num_classes = logits.shape[1]
     z = reduce_embeddings(features, dims)
     z = torch.cat([z, atypicality(z, labels)[:, None]], dim=1)
@@ -289,7 +312,7 @@ def find_slices(
             k,
             label_weight=label_weight,
             error_weight=error_weight,
-            embedding_weight=1.0 / z.shape[1],
+            embedding_weight=dimension_weights(z.shape[1] - 1, atypicality_weight),
             seed=seed,
         )
     assignment = resp.argmax(1)
