@@ -177,7 +177,7 @@ def birds_project(tmp_path, monkeypatch):
     torch.save({"images": images, "labels": labels, "classes": BIRDS}, tmp_path / "birds.pt")
     rows = ["index,label,place"] + [f"{i},{int(labels[i])},{PLACES[int(places[i])]}" for i in range(len(labels))]
     (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "birds_factory.py").write_text(FACTORY)
+    (tmp_path / "mitigate_birds_factory.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -188,7 +188,7 @@ def test_your_images_with_groups_pass_dfr_through_to_the_groups_check(capsys, bi
         capsys,
         "shortcut",
         "--model",
-        "factory:birds_factory:make",
+        "factory:mitigate_birds_factory:make",
         "--data",
         "tensors:birds.pt",
         "--groups",
