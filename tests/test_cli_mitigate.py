@@ -210,3 +210,31 @@ def test_your_images_with_groups_pass_dfr_through_to_the_groups_check(capsys, bi
     worst = {r["method"]: r["value"] for r in report["metrics"] if r["metric"] == "worst_group_accuracy"}
     assert set(worst) == {"erm", "dfr"} and worst["dfr"] > worst["erm"]
     assert (birds_project / "out" / "last_layer.safetensors").is_file()
+
+
+def test_a_dfr_fit_that_did_not_converge_on_planted_data_is_said(capsys, tmp_path, base, monkeypatch):
+    """Review: the groups path warned dfr_not_converged, the planted path recorded converged: false silently."""
+    import auditnn.shortcut.dfr as dfr
+
+    monkeypatch.setattr(dfr, "MAX_ITER", 1)
+    code, _, err = run_cli(capsys, "shortcut", *TINY, "--base", base, "--mitigate", "dfr", "--out", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["results"]["shortcut"]["rows"][0]["training"]["dfr"]["converged"] is False
+    assert [w["code"] for w in report["warnings"]] == ["dfr_not_converged"]
+
+
+def test_the_curves_against_rho_are_drawn_in_rho_order_whatever_the_order_given(monkeypatch):
+    """Review: --rho 0.99,0.5,0.9 drew a zigzag: the series kept the order given."""
+    from auditnn.report import html
+
+    drawn = []
+    monkeypatch.setattr(html.plots, "line_plot", lambda series, *a: drawn.append(series) or b"png")
+    rows = [
+        {"rho": rho, "method": "erm", "dataset": {"shortcut": {"tag": "watermark"}},
+         "metrics": {"reliance": rel, "worst_group_accuracy": 1 - rel}}
+        for rho, rel in ((0.99, 0.9), (0.5, 0.1), (0.9, 0.6))
+    ]  # fmt: skip
+    report = type("R", (), {"results": {"shortcut": {"rows": rows}}})()
+    html._mitigation_figures(report, {}, [])
+    assert drawn[0]["erm"] == ([0.5, 0.9, 0.99], [0.1, 0.6, 0.9])

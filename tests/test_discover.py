@@ -235,3 +235,15 @@ def test_cell_shares_and_regions_on_an_analytic_grid():
     regions = distinguishing_regions(shares, 2, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2]), 2)
     # slice: image 0 (class 0) and image 2 (class 1); rest: image 1 (class 0), image 3 (class 1)
     assert regions[0] == {"region": "cell 1,1", "slice_share": 0.5, "rest_share": 0.0, "difference": 0.5}
+
+
+def test_the_gap_compares_the_slice_and_the_rest_on_the_same_classes():
+    """Review: 4 wrong images of class 0 (all inside the slice) and 2 right of class 1 inside, 8 right of class 1
+    outside. Like for like (class 1 only) the gap is 0; before, the slice's accuracy counted class 0 too: gap 0.667
+    with an interval above 0, a 'significant' slice."""
+    from auditnn.shortcut.discover import gap_interval
+
+    labels = torch.tensor([0] * 4 + [1] * 10)
+    correct = torch.tensor([False] * 4 + [True] * 10)
+    rest, gap, low, high = gap_interval(correct, labels, torch.tensor([0, 1, 2, 3, 4, 5]), 2)
+    assert rest == 1.0 and gap == 0.0 and low < 0 < high

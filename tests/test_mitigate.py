@@ -3,6 +3,7 @@ hand, a fit step on a weighted or DRO loss against plain torch, JTT's error set 
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -183,10 +184,13 @@ def test_dfr_groups_are_aligned_or_conflicting_and_a_split_too_small_is_refused_
     small = Split(split.images[:3], labels[:3], ids[:3], masks[:3], torch.arange(3))
     with pytest.raises(AuditError, match="rho 0.5 has 1 conflicting image\\(s\\) of 3; allowed: at least 2 per group"):
         check_dfr_data(small, None, 0.5)
+    with pytest.raises(AuditError, match="the group-balanced held-out set has 1 conflicting .*more training data"):
+        check_dfr_data(small, None, 0.8, balanced=True)  # not 'rho 0.8' nor 'a lower rho': it is planted at 1/2
 
 
-def test_the_default_validation_split_at_rho_099_is_too_small_for_dfr():
-    """150 digits at rho 0.99: one conflicting image, the count the message gives."""
+def test_a_built_dataset_validation_split_at_rho_099_is_too_small_for_dfr():
+    """150 digits at rho 0.99: one conflicting image, the count the message gives (the path of a built dataset
+    folder, whose validation split is taken as it is)."""
     dataset = build_controlled(BuildConfig(rho=0.99))
     with pytest.raises(AuditError, match="has 1 conflicting image\\(s\\) of 150"):
         check_dfr_data(dataset.val, None, 0.99)
@@ -208,3 +212,32 @@ def test_dfr_held_out_set_is_the_validation_images_planted_again_half_aligned():
     assert abs(float(aligned.float().mean()) - 0.5) <= 1 / len(aligned)
     check_dfr_data(held_out, None, 0.5)  # both groups large enough: no refusal at rho 0.99 any more
     assert not set(held_out.source_index.tolist()) & set(dataset.train.source_index.tolist())
+
+
+@pytest.mark.parametrize(
+    "settings,needle",
+    [
+        ({"upweight": 5.0}, "upweight) 5.0 applies to jtt"),
+        ({"mitigation": ["dfr"], "upweight": 5.0}, "upweight) 5.0 applies to jtt"),
+        ({"mitigation": ["dfr"], "groupdro_eta": 0.5}, "groupdro_eta) 0.5 applies to groupdro"),
+        ({"mitigation": ["jtt"], "jtt_epochs": 3, "epochs": 1}, "jtt_epochs) 3 is more than the 1 epochs"),
+    ],
+)
+def test_an_audit_file_setting_of_a_method_not_run_is_refused_not_ignored(settings, needle):
+    """Review: an audit file's upweight without jtt (or groupdro_eta with dfr only) ran and was silently ignored,
+    while the CLI refused the same; a first JTT pass longer than the training was taken as given."""
+    from auditnn.checks import KINDS
+    from auditnn.checks.shortcut import ShortcutSettings
+    from auditnn.subject import SubjectSpec
+
+    with pytest.raises(AuditError, match=re.escape(needle)):
+        KINDS["shortcut"].validate(ShortcutSettings(tag="watermark", **settings), SubjectSpec())
+
+
+def test_a_groups_holdout_without_mitigation_is_refused():
+    from auditnn.checks import KINDS
+    from auditnn.checks.groups import GroupsSettings
+    from auditnn.subject import SubjectSpec
+
+    with pytest.raises(AuditError, match="holdout 0.3 applies to mitigation = 'dfr'"):
+        KINDS["groups"].validate(GroupsSettings(groups="g.csv", attribute="a", holdout=0.3), SubjectSpec())

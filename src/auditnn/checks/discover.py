@@ -99,6 +99,17 @@ def discover_on(
 ) -> tuple[list[Slice], dict[str, Any], dict[str, torch.Tensor]]:
     """(ranked slices, the section's slice fields, pictures) of the model on the labelled images."""
     check_labels(labels, classes)
+    n = len(labels)
+    if settings.slices is not None and settings.slices > n // 2:
+        raise AuditError(
+            f"{option('--slices', 'slices')} {settings.slices} for {n} images; allowed: 2 to {max(2, n // 2)} "
+            "(at least 2 images a slice on average)"
+        )
+    if settings.min_slice_size is not None and settings.min_slice_size > n:
+        raise AuditError(
+            f"{option('--min-slice-size', 'min_slice_size')} {settings.min_slice_size} for {n} images; allowed: 1 "
+            f"to {n} (a larger minimum leaves no slice to judge)"
+        )
     if settings.layer is not None:
         named_layer(model, settings.layer)  # before anything runs
     grid = _grid(settings, images.shape)
@@ -106,6 +117,13 @@ def discover_on(
     features, logits = embed_with_logits(
         model, images, layer=settings.layer, batch_size=batch_size, device=device, num_classes=len(classes)
     )
+    bad = int((~torch.isfinite(features)).any(1).sum())
+    if bad:
+        where = "its penultimate layer" if settings.layer is None else f"layer '{settings.layer}'"
+        raise AuditError(
+            f"the model's features at {where} are NaN or infinite for {bad} of {len(features)} images; allowed: a "
+            "model whose features are finite"
+        )
     k = settings.slices if settings.slices is not None else 2 * len(classes)
     slices = find_slices(features, logits, labels, k, seed=seed)
     values, names = feature_names(feature_families(images, grid, batch_size=batch_size), images.shape[0])
@@ -125,6 +143,7 @@ def discover_on(
             "share": s.size / n,
             "accuracy": s.accuracy,
             "rest_accuracy": s.rest_accuracy,
+            "compared_accuracy": s.compared_accuracy,
             "gap": s.gap,
             "gap_low": s.gap_low,
             "gap_high": s.gap_high,
@@ -173,6 +192,7 @@ SLICE_SCHEMA = {
     "size": INT,
     "accuracy": NUM,
     "rest_accuracy": NUM_OR_NULL,
+    "compared_accuracy?": NUM_OR_NULL,
     "gap": NUM_OR_NULL,
     "gap_low": NUM_OR_NULL,
     "gap_high": NUM_OR_NULL,

@@ -185,6 +185,10 @@ class Groups(CheckKind[GroupsSettings]):
             )
         if not 0 < settings.holdout < 1:
             raise AuditError(f"holdout {settings.holdout:g}; allowed: a share of each group between 0 and 1")
+        if settings.mitigation is None and settings.holdout != self.defaults()["holdout"]:
+            raise AuditError(
+                f"holdout {settings.holdout:g} applies to mitigation = 'dfr'; allowed: leave it out or add the mitigation"
+            )
 
     def title(self, settings: GroupsSettings) -> tuple[str, tuple[str, ...]]:
         return f"groups by {settings.attribute}", ("attribute", "groups")

@@ -23,7 +23,7 @@ from ..data.controlled import (
 from ..data.shortcuts import make_shortcut
 from ..data.sources import load_source
 from ..data.stream import as_store
-from ..errors import AuditError, allowed
+from ..errors import AuditError, allowed, option
 from ..models import PixelModel, save_model_dir
 from ..report.schema import ANY, NUM, NUM_OR_NULL, STR, metric_row
 from ..report.tables import Table, fmt
@@ -103,6 +103,9 @@ def _train_config(settings: ShortcutSettings, spec: SubjectSpec) -> TrainConfig:
     return spec.train if settings.epochs is None else replace(spec.train, epochs=settings.epochs)
 
 
+TUNING = {"upweight": "jtt", "jtt_epochs": "jtt", "groupdro_eta": "groupdro", "groupdro_adjustment": "groupdro"}
+
+
 def balanced_held_out(config: BuildConfig, base: Any) -> Split:
     """DFR's small group-balanced held-out set (Kirichenko et al. 2022 retrain the last layer on one): the validation
     split's images planted again at rho = 1/2, half aligned and half conflicting. Which base images form the
@@ -167,7 +170,21 @@ class Shortcut(CheckKind[ShortcutSettings]):
                 f"a rho sweep builds one dataset and trains one model per rho, but {given} is given; "
                 "allowed: a single rho with a given dataset or trained model"
             )
-        _train_config(settings, spec).validate()
+        train = _train_config(settings, spec)
+        train.validate()
+        defaults = self.defaults()
+        for key, method in TUNING.items():  # a method's setting without the method: refused, never silently ignored
+            if getattr(settings, key) != defaults[key] and method not in settings.mitigation:
+                raise AuditError(
+                    f"{option('--' + key.replace('_', '-'), key)} {getattr(settings, key)} applies to {method}; "
+                    f"allowed: leave it out or add {method} to the mitigation"
+                )
+        if settings.jtt_epochs != defaults["jtt_epochs"] and settings.jtt_epochs > train.epochs:
+            raise AuditError(
+                f"{option('--jtt-epochs', 'jtt_epochs')} {settings.jtt_epochs} is more than the {train.epochs} "
+                "epochs of training; allowed: a first pass no longer than the training it precedes (the default, 2, is "
+                "cut to the training's epochs)"
+            )
         if settings.mitigation:
             validate_methods(settings.mitigation)
             settings.mitigation_config().validate()
@@ -248,6 +265,15 @@ class Shortcut(CheckKind[ShortcutSettings]):
                     else balanced_held_out(build_config(settings, ctx.subject_spec, rho, ctx.seed), base)
                 )
                 for trained in self._mitigated(settings, dataset, ctx, held_out):
+                    dfr = trained.details.get("dfr")
+                    if dfr is not None and not dfr["converged"]:
+                        result.warnings.append(
+                            {
+                                "code": "dfr_not_converged",
+                                "message": f"at rho {rho:g}, a DFR retraining fit stopped before it converged (l1 "
+                                f"{dfr['l1']:g}); the retrained layer may be short of its optimum",
+                            }
+                        )
                     files = self._kept(settings, trained.model, trained.card, dataset, ctx, trained.method)
                     measured = time.perf_counter()
                     self._describe(

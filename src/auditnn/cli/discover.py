@@ -110,6 +110,9 @@ def discover(
     else:
         planted = {"--target-class": target_class, "--size": size, "--opacity": opacity, "--position": position}
         given = [flag for flag, value in planted.items() if value is not None]
+        given += [
+            flag for flag, value, default in (("--tag", tag, "watermark"), ("--rho", rho, "0.95")) if value != default
+        ]
         if given:
             raise AuditError(f"{given[0]} is taken with --evaluate-discovery only; allowed: drop it, or add that flag")
         check = Check(

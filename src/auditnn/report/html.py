@@ -245,6 +245,9 @@ def _mitigation_figures(report: Report, pictures: dict[str, torch.Tensor], class
             xs, ys = series.setdefault(name, ([], []))
             xs.append(r["rho"])
             ys.append(r["metrics"][metric])
+        for name, (xs, ys) in series.items():  # drawn left to right, whatever order --rho gave
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            series[name] = ([xs[i] for i in order], [ys[i] for i in order])
         if any(len(xs) > 1 for xs, _ in series.values()):
             out.append(
                 _img(

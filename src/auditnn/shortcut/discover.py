@@ -187,14 +187,16 @@ def atypicality(z: torch.Tensor, labels: torch.Tensor, shrinkage: float = SHRINK
 class Slice:
     """One slice: the images (indices into the evaluation set) the mixture gives to one component. accuracy: the
     share the model gets right; rest_accuracy: the accuracy of the other images of the slice's classes, weighted by
-    the slice's class counts (None when the slice holds every image of its classes); gap = rest_accuracy -
-    accuracy with its 95 % interval (gap_interval); score = gap x sqrt(size), the ranking key; exemplars: the members
+    the slice's class counts (None when the slice holds every image of its classes); compared_accuracy: the slice's
+    accuracy on its images of those classes (a class wholly inside has nothing to compare with); gap = rest_accuracy
+    - compared_accuracy with its 95 % interval (gap_interval); score = gap x sqrt(size), the ranking key; exemplars: the members
     the component claims most surely (at most EXEMPLARS)."""
 
     component: int
     members: torch.Tensor
     accuracy: float
     rest_accuracy: float | None
+    compared_accuracy: float | None
     gap: float | None
     gap_low: float | None
     gap_high: float | None
@@ -248,19 +250,21 @@ def gap_interval(
 ) -> tuple[float | None, float | None, float | None, float | None]:
     """(rest accuracy, gap, 95 % interval of the gap) of one slice. The rest accuracy is a class-weighted mean
     (class_weights); its interval uses its effective size 1 / sum_k(w_k^2 / n_k), the size of a plain proportion
-    with the same binomial variance (Kish), and the gap's interval is difference_interval. None where no class has
-    images outside the slice."""
+    with the same binomial variance (Kish), and the gap's interval is difference_interval. The slice's side counts its
+    images of those classes only (weighted by the same class shares, that is their plain mean): a class wholly inside
+    the slice has no rest to be compared with. None where no class has images outside the slice."""
     weights, rest = class_weights(labels, members, num_classes)
     if not rest.any():
         return None, None, None, None
     right = correct.double()
-    acc_slice = float(right[members].mean())
+    compared = members[weights[labels[members]] > 0]  # like for like: a class wholly inside has nothing to compare
+    acc_slice = float(right[compared].mean())
     rest_n = torch.bincount(labels[rest], minlength=num_classes).double()
     rest_right = torch.bincount(labels[rest], weights=right[rest], minlength=num_classes).double()
     used = weights > 0
     rest_accuracy = float((weights[used] * rest_right[used] / rest_n[used]).sum())
     effective = 1.0 / float((weights[used] ** 2 / rest_n[used]).sum())
-    low, high = difference_interval(rest_accuracy, effective, acc_slice, len(members))
+    low, high = difference_interval(rest_accuracy, effective, acc_slice, len(compared))
     return rest_accuracy, rest_accuracy - acc_slice, low, high
 
 
@@ -330,6 +334,7 @@ def find_slices(
                 members=members,
                 accuracy=float(correct[members].double().mean()),
                 rest_accuracy=rest_accuracy,
+                compared_accuracy=None if rest_accuracy is None or gap is None else rest_accuracy - gap,
                 gap=gap,
                 gap_low=low,
                 gap_high=high,

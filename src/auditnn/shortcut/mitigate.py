@@ -5,8 +5,9 @@ erm: plain training (what `auditnn shortcut` trains without --mitigate). reweigh
 weighted so that each label x shortcut group weighs the same (Sagawa et al. 2020's reweighting). groupdro: online
 group DRO over those groups (Sagawa et al. 2020). jtt: Just Train Twice (Liu et al. 2021): ERM for a few epochs,
 then a fresh model trained with the first one's training errors upweighted; no group labels. dfr: Deep Feature
-Reweighting (Kirichenko et al. 2022): the ERM model's last layer retrained on a group-balanced part of the
-validation split (shortcut/dfr.py).
+Reweighting (Kirichenko et al. 2022): the ERM model's last layer retrained on a small group-balanced held-out set
+(shortcut/dfr.py): on planted data the validation images planted again at rho 1/2 (checks/shortcut.py
+balanced_held_out), on a built dataset folder its validation split as it is.
 
 Groups are label x shortcut variant, as shortcut/metrics.py names them: group = label * V + variant, where V = K
 and the variant is the shortcut id (0 .. K-1), or, with a target class, V = 2 and the variant is 0 untagged, 1
@@ -57,7 +58,7 @@ for _method in (
     Method(
         "jtt", False, "ERM for a few epochs, then a fresh model with its training errors upweighted (Liu et al. 2021)"
     ),
-    Method("dfr", True, "the ERM model's last layer retrained on a group-balanced part of the validation split"),
+    Method("dfr", True, "the ERM model's last layer retrained on a small group-balanced held-out set"),
 ):
     _register(_method)
 
@@ -129,31 +130,28 @@ def jtt_weights(errors: torch.Tensor, upweight: float) -> torch.Tensor:
 
 
 def dfr_groups(split: Split, target_class: int | None) -> torch.Tensor:
-    """DFR's groups on the validation split: 0 where the shortcut agrees with the label, 1 where it conflicts.
+    """DFR's groups on its held-out split: 0 where the shortcut agrees with the label, 1 where it conflicts.
 
-    Not label x shortcut: the controlled validation split holds a tenth of the images at the training rho (150
-    digits at rho 0.95 hold 7 conflicting ones), so the label x shortcut groups are mostly empty or single images and
-    cannot be balanced; aligned against conflicting is the balance the shortcut breaks."""
+    Not label x shortcut: a held-out split of 150 digits spreads over 100 label x shortcut groups, most empty or of
+    one image, which cannot be balanced; aligned against conflicting is the balance the shortcut breaks."""
     return (~aligned_with_label(split.labels, split.shortcut_ids, target_class)).long()
 
 
 DFR_MIN_PER_GROUP = 2  # DFR tunes its L1 strength on two halves of the balanced set: one image per half
 
 
-def aligned_share(split: Split, target_class: int | None) -> float:
-    """The share of the split's images whose shortcut agrees with the label."""
-    return float(aligned_with_label(split.labels, split.shortcut_ids, target_class).float().mean())
-
-
-def check_dfr_data(split: Split, target_class: int | None, rho: float) -> None:
-    """Refuse a validation split too small to balance: each of DFR's groups needs DFR_MIN_PER_GROUP images."""
+def check_dfr_data(split: Split, target_class: int | None, rho: float, *, balanced: bool = False) -> None:
+    """Refuse a split too small to balance: each of DFR's groups needs DFR_MIN_PER_GROUP images. balanced: the split
+    is the group-balanced held-out set (planted at rho 1/2, so only more images help), else the validation split at
+    the training rho."""
     counts = torch.bincount(dfr_groups(split, target_class), minlength=2).tolist()
+    what = "the group-balanced held-out set" if balanced else f"the validation split at rho {rho:g}"
+    advice = "more training data: it is the validation share of it" if balanced else "a lower rho or more data"
     for name, count in zip(("aligned", "conflicting"), counts, strict=True):
         if count < DFR_MIN_PER_GROUP:
             raise AuditError(
-                f"dfr: the held-out split at rho {rho:g} has {count} {name} image(s) of {len(split)}; "
-                f"allowed: at least {DFR_MIN_PER_GROUP} per group (aligned, conflicting) to balance (a lower rho or "
-                "more data)"
+                f"dfr: {what} has {count} {name} image(s) of {len(split)}; allowed: at least {DFR_MIN_PER_GROUP} "
+                f"per group (aligned, conflicting) to balance ({advice})"
             )
 
 
@@ -198,8 +196,7 @@ def train_methods(
     validate_methods(methods)
     dfr_split = dataset.val if held_out is None else held_out
     if "dfr" in methods:
-        rho = dataset.manifest["rho"] if held_out is None else float(aligned_share(held_out, dataset.target_class))
-        check_dfr_data(dfr_split, dataset.target_class, rho)
+        check_dfr_data(dfr_split, dataset.target_class, dataset.manifest["rho"], balanced=held_out is not None)
 
     def report(name: str) -> ProgressFn | None:
         return None if progress is None else progress(name)
@@ -293,8 +290,10 @@ def _jtt(
     mitigation: MitigationConfig,
     report: Callable[[str], ProgressFn | None],
 ) -> Trained:
-    """JTT: ERM for jtt_epochs, its training errors upweighted, then a fresh model (same seed) for the full epochs."""
-    first_config = TrainConfig(**{**asdict(config), "epochs": mitigation.jtt_epochs})
+    """JTT: ERM for jtt_epochs (at most the full epochs), its training errors upweighted, then a fresh model (same
+    seed) for the full epochs."""
+    first_epochs = min(mitigation.jtt_epochs, config.epochs)
+    first_config = TrainConfig(**{**asdict(config), "epochs": first_epochs})
     first = _fit("jtt", dataset, arch, first_config, device, width, report("jtt first pass"))
     errors = jtt_errors(first.model, dataset.train)
     trained = _fit(
@@ -303,7 +302,7 @@ def _jtt(
     trained.seconds += first.seconds
     trained.details = {
         "upweight": mitigation.upweight,
-        "jtt_epochs": mitigation.jtt_epochs,
+        "jtt_epochs": first_epochs,
         "errors": int(errors.sum()),
     }
     return trained
