@@ -36,7 +36,7 @@ def test_discover_writes_ranked_slices_that_cover_every_image(capsys, tmp_path):
     assert abs(overall - section["accuracy"]) < 1e-9
     rows = {r["metric"]: r["value"] for r in report["metrics"] if r["section"] == "discover"}
     judged = [s for s in slices if s["judged"] and s["gap"] is not None]
-    assert rows["max_slice_gap"] == (max(s["gap"] for s in judged) if judged else None)
+    assert rows["slice_gap"] == (max(s["gap"] for s in judged) if judged else None)
     assert rows["slices"] == len(slices)
 
 

@@ -64,7 +64,7 @@ BAD = [
     ("[[check]]\nkind='clean'\nmin_accuracy='high'", "key 'min_accuracy' is 'high'"),
     (
         "[[check]]\nkind='fairness'\nmin_accuracy=0.5",
-        "key 'kind' is 'fairness'; allowed: clean, attack, shortcut, patch, sensitivity or groups",
+        "key 'kind' is 'fairness'; allowed: clean, attack, shortcut, patch, sensitivity, groups, corruption, discover, discovery or scan",
     ),
     ("[[check]]\nkind='attack'\nmin_robust_accuracy=0.5", "check #1 (attack) is missing key 'eps'"),
     ("[[check]]\nkind='attack'\neps=0.1\nepsilon=0.2\nmin_robust_accuracy=0.5", "unknown key 'epsilon'"),

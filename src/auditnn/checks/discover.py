@@ -180,8 +180,8 @@ def gate_rows(section: dict[str, Any], kind: str, **labels: Any) -> list[dict[st
     worst = max(judged, key=lambda r: r["gap"], default=None)
     significant = sum(1 for r in judged if r["gap_low"] > 0)
     return [
-        metric_row(kind, "max_slice_gap", None if worst is None else worst["gap"], **labels),
-        metric_row(kind, "max_slice_gap_low", None if worst is None else worst["gap_low"], **labels),
+        metric_row(kind, "slice_gap", None if worst is None else worst["gap"], **labels),
+        metric_row(kind, "slice_gap_low", None if worst is None else worst["gap_low"], **labels),
         metric_row(kind, "significant_slices", significant, **labels),
         metric_row(kind, "slices", len(section["slices"]), **labels),
     ]
@@ -241,7 +241,7 @@ def slice_table(section: dict[str, Any], title: str) -> Table:
 class Discover(CheckKind[DiscoverSettings]):
     name = "discover"
     settings = DiscoverSettings
-    thresholds = {"max_slice_gap": ("max_slice_gap", "max")}
+    thresholds = {"max_slice_gap": ("slice_gap", "max")}
     section_schema = {**SECTION_SCHEMA, "model": STR, "data": DATA, "batch?": BATCH}
 
     def validate(self, settings: DiscoverSettings, spec: SubjectSpec) -> None:
