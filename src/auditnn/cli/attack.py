@@ -75,12 +75,7 @@ def attack(
     compile: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model first (falls back with a warning).")
     ] = False,
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR."
-        ),
-    ] = "cnn",
+    model: o.TrainedOrCached = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
@@ -94,15 +89,8 @@ def attack(
     base: o.Base = "digits",
     width: o.Width = None,
     epochs: o.Epochs = 10,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Images per batch (default: the most that fit --max-memory, at most 512).")
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            help="Memory a batch may take, e.g. 4GB or 512MB (default: half the free memory on CPU, 0.8 on CUDA)."
-        ),
-    ] = None,
+    batch_size: o.EvalBatchSize = None,
+    max_memory: o.MaxMemory = None,
     save_adversarial: Annotated[
         Path | None,
         typer.Option(help="Write every batch's adversarial images at each eps to this new folder (batch-NNNNNN.pt)."),

@@ -28,12 +28,7 @@ def corrupt(
         Path | None,
         typer.Option(help="Another model's 'auditnn corrupt' report.json on the same images: adds CE and mCE."),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR."
-        ),
-    ] = "cnn",
+    model: o.TrainedOrCached = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
@@ -47,15 +42,8 @@ def corrupt(
     base: o.Base = "digits",
     width: o.Width = None,
     epochs: o.Epochs = 10,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Images per batch (default: the most that fit --max-memory, at most 512).")
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            help="Memory a batch may take, e.g. 4GB or 512MB (default: half the free memory on CPU, 0.8 on CUDA)."
-        ),
-    ] = None,
+    batch_size: o.EvalBatchSize = None,
+    max_memory: o.MaxMemory = None,
     test_per_class: o.TestPerClass = 30,
     device: o.Device = "auto",
     seed: o.Seed = 0,

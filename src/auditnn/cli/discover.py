@@ -17,12 +17,7 @@ from .run import run_and_render
 
 
 def discover(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR."
-        ),
-    ] = "cnn",
+    model: o.TrainedOrCached = "cnn",
     weights: o.Weights = None,
     mean: o.Mean = None,
     std: o.Std = None,
@@ -58,9 +53,7 @@ def discover(
     base: o.Base = "digits",
     width: o.Width = None,
     epochs: o.Epochs = 10,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Images per batch (default: the most that fit --max-memory, at most 512).")
-    ] = None,
+    batch_size: o.EvalBatchSize = None,
     max_memory: Annotated[
         str | None, typer.Option(help="Memory a batch may take, e.g. 4GB or 512MB (default: a share of the free).")
     ] = None,

@@ -44,6 +44,21 @@ Mean = Annotated[
 ]
 Std = Annotated[str | None, typer.Option(help="Per-channel std the model expects, in pixel units.")]
 Strict = Annotated[bool, typer.Option(help="Non-image files in an image folder are an error, not skipped.")]
+TrainedOrCached = Annotated[
+    str,
+    typer.Option(
+        help="Architecture to train (cached), or a model: factory:pkg.mod:fn, torchvision:NAME, export:FILE.pt2, torchscript:FILE, auditnn:DIR."
+    ),
+]
+EvalBatchSize = Annotated[
+    int | None, typer.Option(help="Images per batch (default: the most that fit --max-memory, at most 512).")
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        help="Memory a batch may take, e.g. 4GB or 512MB (default: half the free memory on CPU, 0.8 on CUDA)."
+    ),
+]
 
 
 def user_model(model: str, weights: Path | None, mean: str | None, std: str | None) -> ModelSpec:
