@@ -109,8 +109,11 @@ def attack(
 ) -> int:
     """Robust accuracy under an attack (FGSM, PGD, APGD, APGD-T, FAB-T, Square) or the AutoAttack ensemble at each eps
     (with gradient-masking flags), or a universal patch's success."""
-    subject = o.subject_spec(
-        model=o.user_model(model, weights, mean, std),
+    subject = o.evaluated_subject(
+        model=model,
+        weights=weights,
+        mean=mean,
+        std=std,
         base=base,
         data=data,
         data_root=data_root,
@@ -118,7 +121,8 @@ def attack(
         test_per_class=test_per_class,
         strict=strict,
         width=width,
-        train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
+        epochs=epochs,
+        seed=seed,
     )
     if method == "patch":
         given = {

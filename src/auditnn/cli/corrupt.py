@@ -54,8 +54,11 @@ def corrupt(
 ) -> int:
     """Accuracy under natural corruptions (noise, blur, weather, digital) at each severity, with mCE against a
     baseline report and the expected calibration error per severity."""
-    subject = o.subject_spec(
-        model=o.user_model(model, weights, mean, std),
+    subject = o.evaluated_subject(
+        model=model,
+        weights=weights,
+        mean=mean,
+        std=std,
         base=base,
         data=data,
         data_root=data_root,
@@ -63,7 +66,8 @@ def corrupt(
         test_per_class=test_per_class,
         strict=strict,
         width=width,
-        train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
+        epochs=epochs,
+        seed=seed,
     )
     settings = CorruptionSettings(
         corruptions=parse_corruptions(corruptions),

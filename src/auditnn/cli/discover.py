@@ -67,8 +67,11 @@ def discover(
 ) -> int:
     """Slices where the model fails without group labels: an error-aware mixture over its embeddings, ranked by
     accuracy gap, each described by its classes, exemplars, scan features and the regions the model looks at."""
-    subject = o.subject_spec(
-        model=o.user_model(model, weights, mean, std),
+    subject = o.evaluated_subject(
+        model=model,
+        weights=weights,
+        mean=mean,
+        std=std,
         base=base,
         data=data,
         data_root=data_root,
@@ -76,7 +79,8 @@ def discover(
         test_per_class=test_per_class,
         strict=strict,
         width=width,
-        train=o.train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
+        epochs=epochs,
+        seed=seed,
     )
     if evaluate_discovery:
         if data is not None:

@@ -125,3 +125,34 @@ def train_config(*, epochs: int, batch_size: int, lr: float, seed: int) -> Train
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     config.validate()
     return config
+
+
+def evaluated_subject(
+    *,
+    model: str,
+    weights: Path | None,
+    mean: str | None,
+    std: str | None,
+    base: str,
+    data: str | None,
+    data_root: Path | None,
+    download: bool,
+    test_per_class: int,
+    strict: bool,
+    width: int | None,
+    epochs: int,
+    seed: int,
+) -> SubjectSpec:
+    """The subject of a command that evaluates a model (attack, corrupt, discover): the user's model, or an
+    architecture trained (and cached) with the default batch size and learning rate, on --data or the built-in base."""
+    return subject_spec(
+        model=user_model(model, weights, mean, std),
+        base=base,
+        data=data,
+        data_root=data_root,
+        download=download,
+        test_per_class=test_per_class,
+        strict=strict,
+        width=width,
+        train=train_config(epochs=epochs, batch_size=64, lr=2e-3, seed=seed),
+    )
