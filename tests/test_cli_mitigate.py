@@ -111,8 +111,8 @@ def test_an_audit_files_mitigation_is_judged_on_that_methods_row(capsys, tmp_pat
         (["--mitigate", "erm,erx"], ["'erx' is unknown", "allowed:", "groupdro"]),
         (["--mitigate", "erm,jtt,erm"], ["'erm' twice"]),
         (["--mitigate", "jtt", "--upweight", "0.5"], ["upweight 0.5", ">= 1"]),
-        (["--upweight", "5"], ["--upweight 5", "--mitigate jtt"]),
-        (["--mitigate", "erm", "--groupdro-eta", "0.1"], ["--groupdro-eta 0.1", "groupdro"]),
+        (["--upweight", "5"], ["--upweight (audit file: upweight) 5.0 applies to jtt", "add jtt"]),
+        (["--mitigate", "erm", "--groupdro-eta", "0.1"], ["--groupdro-eta (audit file: groupdro_eta) 0.1", "groupdro"]),
         (["--mitigate", "erm", "--model", "auditnn:nowhere"], ["mitigation", "trained already", "architecture"]),
     ],
 )
@@ -238,3 +238,29 @@ def test_the_curves_against_rho_are_drawn_in_rho_order_whatever_the_order_given(
     report = type("R", (), {"results": {"shortcut": {"rows": rows}}})()
     html._mitigation_figures(report, {}, [])
     assert drawn[0]["erm"] == ([0.5, 0.9, 0.99], [0.1, 0.6, 0.9])
+
+
+def test_your_images_refuse_a_from_scratch_method_setting(capsys, birds_project):
+    """JTT and group DRO settings apply to methods that train on planted data; with your images they are refused."""
+    code, _, err = run_cli(
+        capsys,
+        "shortcut",
+        "--model",
+        "factory:mitigate_birds_factory:make",
+        "--data",
+        "tensors:birds.pt",
+        "--groups",
+        "meta.csv",
+        "--attribute",
+        "place",
+        "--mitigate",
+        "dfr",
+        "--upweight",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        "out",
+    )
+    assert_usage_error(code, err, "--upweight 5.0 applies to", "allowed: leave --upweight out")
+    assert not (birds_project / "out").exists()
